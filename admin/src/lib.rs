@@ -1,0 +1,17 @@
+//! The control plane: the admin HTTP API served on each node's private cluster address.
+//!
+//! # Layout
+//!
+//! - [`auth`]: API keys (format, hashing, constant-time check) and roles;
+//! - [`api`]: the `/v1` routes: health, cluster status and membership, join tokens, projects and
+//!   the audit log.
+//!
+//! Every change goes through [`palisade_raft::cluster::Cluster::write`] with an audit entry that
+//! is committed in the same log entry as the change.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod api;
+
+pub use api::{routes, AdminState};

@@ -1,0 +1,12 @@
+//! `palisade-bench`: scenarios that measure Palisade side by side with the tools operators know
+//! (nginx, HAProxy, etcd), and the harness that starts real `palisade` processes, shared with the
+//! integration tests.
+//!
+//! # Layout
+//!
+//! - [`harness`]: a cluster of real node processes on loopback: init, join, kill -9, restart,
+//!   readiness by polling `/v1/health`, clean-up on drop;
+//! - [`scenarios`]: the measurements `palisade-bench` runs.
+
+pub mod harness;
+pub mod scenarios;

@@ -1,0 +1,72 @@
+//! Cluster-core measurements: election time after a leader is killed, and write latency.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde_json::json;
+
+use crate::harness::TestCluster;
+
+/// Percentile of sorted samples (nearest rank).
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Kill the leader of a three-node cluster `runs` times (restarting it each time) and measure how
+/// long the survivors take to agree on a new leader, and until a write succeeds again.
+pub fn election(bin: &Path, runs: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let mut c = TestCluster::start(bin, 3, &[])?;
+    let mut elections = Vec::new();
+    let mut writable = Vec::new();
+    for run in 0..runs {
+        let old = c.wait_leader(None, Duration::from_secs(30))?;
+        let idx = c.index_of(old).expect("leader is a member");
+        let t0 = Instant::now();
+        c.kill(idx);
+        let new = c.wait_leader(Some(old), Duration::from_secs(30))?;
+        elections.push(t0.elapsed());
+        let via = c.index_of(new).expect("leader is a member");
+        loop {
+            let r = c.post(via, "/v1/projects", json!({ "id": format!("e{run}"), "name": "e" }), Some(&format!("e{run}")))?;
+            if r.status == 201 {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("no write succeeded within 30 s of the leader kill");
+            }
+        }
+        writable.push(t0.elapsed());
+        c.restart(idx)?;
+        c.wait_ready(idx, Duration::from_secs(30))?;
+    }
+    elections.sort();
+    writable.sort();
+    Ok((elections, writable))
+}
+
+/// One client writing `n` projects one after another through the leader's admin API.
+pub fn write_latency(bin: &Path, n: usize) -> Result<Vec<Duration>> {
+    let c = TestCluster::start(bin, 3, &[])?;
+    let leader = c.wait_leader(None, Duration::from_secs(30))?;
+    let idx = c.index_of(leader).expect("leader is a member");
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let t0 = Instant::now();
+        let r = c.post(idx, "/v1/projects", json!({ "id": format!("w{i}"), "name": "w" }), None)?;
+        if r.status != 201 {
+            bail!("write {i} answered {}: {}", r.status, r.body);
+        }
+        samples.push(t0.elapsed());
+    }
+    samples.sort();
+    Ok(samples)
+}

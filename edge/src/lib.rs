@@ -1,0 +1,91 @@
+//! The data plane of a Palisade node.
+//!
+//! # Layout
+//!
+//! - [`view`]: the compiled view of the replicated state (hosts, projects, certificates) behind
+//!   `arc-swap`, kept current from the store's change events;
+//! - [`tls`]: certificates by SNI from that view;
+//! - [`server`]: the public listeners (PROXY protocol, TLS, HTTP/1.1 and h2, limits, timeouts);
+//! - [`client_ip`], [`pipeline`]: the one client-IP resolver and the ordered request stages;
+//! - [`proxy`], [`upstream`]: forwarding, target selection and health;
+//! - [`response`]: pages the edge makes and the security headers on every response.
+//!
+//! The edge reads only the applied state (`palisade_raft::store::StateReader`); it keeps serving
+//! through a partition, and never talks to the admin API.
+
+#![forbid(unsafe_code)]
+
+pub mod view;
+pub mod tls;
+pub mod server;
+pub mod client_ip;
+pub mod proxy_protocol;
+pub mod pipeline;
+pub mod proxy;
+pub mod upstream;
+pub mod response;
+
+use std::sync::Arc;
+
+
+use palisade_raft::crypto::MasterKey;
+use palisade_raft::ids::Cidr;
+use palisade_raft::store::StateReader;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use server::ListenerLimits;
+
+/// How a node's edge is set up.
+#[derive(Debug, Clone, Default)]
+pub struct EdgeSettings {
+    pub trusted_proxies: Vec<Cidr>,
+    pub limits: ListenerLimits,
+    pub timeouts: proxy::ProxyTimeouts,
+}
+
+/// A running edge: both listeners, the live view, and the upstream health checker.
+pub struct Edge {
+    pub view: Arc<view::LiveView>,
+    pub pipeline: Arc<pipeline::Pipeline>,
+}
+
+impl Edge {
+    /// Start serving on the given (already bound) listeners until `shutdown` turns true.
+    pub fn start(
+        reader: StateReader,
+        master: MasterKey,
+        settings: EdgeSettings,
+        http: TcpListener,
+        https: TcpListener,
+        shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<Edge> {
+        let view = view::LiveView::start(reader.clone(), master.clone())?;
+        let tls = Arc::new(tls::TlsConfigs::new(view.clone()).map_err(std::io::Error::other)?);
+        let pipeline = Arc::new(pipeline::Pipeline {
+            view: view.clone(),
+            reader,
+            master,
+            client_ip: client_ip::ClientIpResolver::new(settings.trusted_proxies.clone()),
+            proxy: proxy::Proxy::new(settings.timeouts.clone()),
+            gates: Vec::new(),
+        });
+        tokio::spawn(server::serve(http, None, pipeline.clone(), settings.limits.clone(), shutdown.clone()));
+        tokio::spawn(server::serve(https, Some(tls), pipeline.clone(), settings.limits.clone(), shutdown.clone()));
+        tokio::spawn(health_checks(view.clone(), shutdown));
+        Ok(Edge { view, pipeline })
+    }
+}
+
+async fn health_checks(view: Arc<view::LiveView>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        for group in view.get().upstream_groups() {
+            group.check().await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(upstream::HEALTH_INTERVAL) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+

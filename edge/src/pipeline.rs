@@ -1,0 +1,177 @@
+//! The request pipeline: the only place that knows the order of the stages.
+//!
+//! client IP -> host -> project/route -> IP rules -> bot protection -> upstream -> response
+//! -> security headers -> observe
+//!
+//! IP rules and bot protection plug in as [`Gate`]s.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Request, Response, StatusCode};
+use palisade_raft::crypto::MasterKey;
+use palisade_raft::model::{HeaderPolicy, Project, Record, RecordKey};
+use palisade_raft::store::StateReader;
+
+use crate::client_ip::ClientIpResolver;
+use crate::proxy::{Forwarded, Proxy};
+use crate::response::{apply_security_headers, error_page, full, wants_json, Body};
+use crate::view::{LiveView, Route};
+
+const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// What the pipeline knows about a request before routing it.
+pub struct RequestCtx<'a> {
+    pub client_ip: IpAddr,
+    pub host: &'a str,
+    pub route: &'a Route,
+    pub project: Option<&'a Project>,
+    pub request_id: &'a str,
+    pub https: bool,
+}
+
+/// A stage that may answer a request instead of letting it through (IP rules, bot protection).
+pub trait Gate: Send + Sync {
+    fn check(&self, ctx: &RequestCtx<'_>, req: &Request<Incoming>) -> Option<Response<Body>>;
+}
+
+/// The connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    /// The socket peer, or the source a PROXY protocol header named.
+    pub peer: SocketAddr,
+    pub https: bool,
+}
+
+pub struct Pipeline {
+    pub view: Arc<LiveView>,
+    pub reader: StateReader,
+    pub master: MasterKey,
+    pub client_ip: ClientIpResolver,
+    pub proxy: Proxy,
+    pub gates: Vec<Box<dyn Gate>>,
+}
+
+fn new_request_id() -> String {
+    let mut b = [0u8; 12];
+    palisade_raft::crypto::fill_random(&mut b);
+    hex::encode(b)
+}
+
+/// The host a request is for, lower case, without port.
+fn host_of(req: &Request<Incoming>) -> Option<String> {
+    let raw = req.uri().host().map(str::to_string).or_else(|| {
+        req.headers().get("host").and_then(|h| h.to_str().ok()).map(|h| {
+            if h.starts_with('[') {
+                h.split(']').next().unwrap_or(h).trim_start_matches('[').to_string()
+            } else {
+                h.rsplit_once(':').map(|(h, _)| h).unwrap_or(h).to_string()
+            }
+        })
+    })?;
+    Some(raw.trim_end_matches('.').to_ascii_lowercase())
+}
+
+impl Pipeline {
+    pub async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+        let started = Instant::now();
+        let request_id = new_request_id();
+        let client_ip = self.client_ip.resolve(conn.peer.ip(), req.headers());
+        let json = wants_json(req.headers());
+        let view = self.view.get();
+        let host = host_of(&req).unwrap_or_default();
+        let route = view.route(&host).cloned();
+        let project = route.as_ref().and_then(|r| view.project(&r.domain.project).cloned());
+        let policy = project.as_ref().map(|p| p.headers.clone()).unwrap_or_default();
+        let project_label = route.as_ref().map(|r| r.domain.project.to_string()).unwrap_or_else(|| "-".into());
+
+        let mut resp = match route {
+            None if !conn.https && req.uri().path().starts_with(ACME_PREFIX) => self.acme_http01(&req, &request_id, json),
+            None => {
+                let status = if conn.https { StatusCode::MISDIRECTED_REQUEST } else { StatusCode::NOT_FOUND };
+                error_page(status, "This server does not serve that host name.", &request_id, json)
+            }
+            Some(route) => {
+                if !conn.https && req.uri().path().starts_with(ACME_PREFIX) {
+                    self.acme_http01(&req, &request_id, json)
+                } else if !conn.https && route.domain.redirect_https {
+                    redirect(&host, &req)
+                } else {
+                    let ctx = RequestCtx {
+                        client_ip,
+                        host: &host,
+                        route: &route,
+                        project: project.as_deref(),
+                        request_id: &request_id,
+                        https: conn.https,
+                    };
+                    match self.gates.iter().find_map(|g| g.check(&ctx, &req)) {
+                        Some(denied) => denied,
+                        None => {
+                            let max_body = project.as_ref().map(|p| p.limits.max_body_bytes).unwrap_or(10 << 20);
+                            let fwd = Forwarded {
+                                client_ip,
+                                https: conn.https,
+                                host: &host,
+                                request_id: &request_id,
+                                max_body,
+                                wants_json: json,
+                            };
+                            self.proxy.forward(req, &route, fwd).await
+                        }
+                    }
+                }
+            }
+        };
+        finish(&mut resp, &policy, conn.https, &request_id);
+        let status = resp.status().as_u16().to_string();
+        metrics::counter!("palisade_requests_total", "project" => project_label, "status" => status).increment(1);
+        metrics::histogram!("palisade_request_duration_seconds").record(started.elapsed().as_secs_f64());
+        resp
+    }
+
+    /// Answer an ACME HTTP-01 challenge from the replicated state, whichever node the CA reaches.
+    fn acme_http01(&self, req: &Request<Incoming>, request_id: &str, json: bool) -> Response<Body> {
+        let token = &req.uri().path()[ACME_PREFIX.len()..];
+        let found = token
+            .parse()
+            .ok()
+            .and_then(|token| self.reader.get(&RecordKey::Http01 { token }).ok().flatten())
+            .and_then(|r| match r {
+                Record::Http01(h) => {
+                    let ctx = RecordKey::Http01 { token: h.token.clone() }.encode();
+                    self.master.open(&h.key_authorization, &ctx).ok()
+                }
+                _ => None,
+            });
+        match found {
+            Some(body) => {
+                let mut r = Response::new(full(body));
+                r.headers_mut().insert("content-type", HeaderValue::from_static("application/octet-stream"));
+                r
+            }
+            None => error_page(StatusCode::NOT_FOUND, "Unknown challenge token.", request_id, json),
+        }
+    }
+}
+
+fn redirect(host: &str, req: &Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut r = Response::new(full(""));
+    *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{path}")) {
+        r.headers_mut().insert("location", v);
+    }
+    r
+}
+
+/// Every response, errors and redirects included: the security headers and the request id.
+fn finish(resp: &mut Response<Body>, policy: &HeaderPolicy, https: bool, request_id: &str) {
+    apply_security_headers(resp.headers_mut(), policy, https);
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+}

@@ -1,0 +1,204 @@
+//! Forwarding to upstreams: pooled keep-alive connections, bodies streamed both ways, retries on
+//! another target only for connect failures of idempotent requests without a body, WebSocket and
+//! other upgrades tunnelled.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::response::{empty, error_page, Body, BoxError};
+use crate::upstream::Target;
+use crate::view::Route;
+
+#[derive(Debug, Clone)]
+pub struct ProxyTimeouts {
+    pub connect: Duration,
+    /// Until the upstream's response headers arrive.
+    pub response: Duration,
+}
+
+impl Default for ProxyTimeouts {
+    fn default() -> Self {
+        ProxyTimeouts { connect: Duration::from_secs(3), response: Duration::from_secs(60) }
+    }
+}
+
+pub struct Proxy {
+    client: Client<HttpConnector, Body>,
+    timeouts: ProxyTimeouts,
+}
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [&str; 8] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(n);
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key("transfer-encoding")
+        || headers.get("content-length").and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() != "0")
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+/// Who is asking, as the pipeline resolved it.
+pub struct Forwarded<'a> {
+    pub client_ip: IpAddr,
+    pub https: bool,
+    pub host: &'a str,
+    pub request_id: &'a str,
+    pub max_body: u64,
+    pub wants_json: bool,
+}
+
+impl Proxy {
+    pub fn new(timeouts: ProxyTimeouts) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeouts.connect));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Proxy { client, timeouts }
+    }
+
+    pub async fn forward(&self, mut req: Request<Incoming>, route: &Route, fwd: Forwarded<'_>) -> Response<Body> {
+        let page = |status, detail: &str| error_page(status, detail, fwd.request_id, fwd.wants_json);
+        let declared = req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > fwd.max_body) {
+            return page(StatusCode::PAYLOAD_TOO_LARGE, "The request body is larger than this site accepts.");
+        }
+        let upgrade = is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let upgrade_value = parts.headers.get(UPGRADE).cloned();
+        let retryable = is_idempotent(&parts.method) && !has_body(&parts.headers) && !upgrade;
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(v) = upgrade_value {
+            parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(UPGRADE, v);
+        }
+        parts.headers.remove(HOST);
+        let set = |h: &mut HeaderMap, name: &'static str, v: &str| {
+            if let Ok(v) = HeaderValue::from_str(v) {
+                h.insert(name, v);
+            }
+        };
+        set(&mut parts.headers, "x-forwarded-for", &fwd.client_ip.to_string());
+        set(&mut parts.headers, "x-forwarded-proto", if fwd.https { "https" } else { "http" });
+        set(&mut parts.headers, "x-forwarded-host", fwd.host);
+        set(&mut parts.headers, "x-request-id", fwd.request_id);
+        if let Ok(host) = HeaderValue::from_str(fwd.host) {
+            parts.headers.insert(HOST, host);
+        }
+        let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+
+        let mut body = Some(Limited::new(body, fwd.max_body as usize).map_err(BoxError::from).boxed());
+        let mut tried: Vec<Arc<Target>> = Vec::new();
+        loop {
+            let Some(inflight) = route.upstreams.pick(&tried) else {
+                let (status, detail) = if tried.is_empty() {
+                    (StatusCode::SERVICE_UNAVAILABLE, "No healthy upstream is available for this site.")
+                } else {
+                    (StatusCode::BAD_GATEWAY, "The upstream could not be reached.")
+                };
+                metrics::counter!("palisade_upstream_errors_total", "kind" => "unavailable").increment(1);
+                return page(status, detail);
+            };
+            let target = inflight.target().clone();
+            let uri: Uri = match format!("http://{}{}", target.addr, path).parse() {
+                Ok(u) => u,
+                Err(_) => return page(StatusCode::BAD_GATEWAY, "The upstream address is invalid."),
+            };
+            // Always HTTP/1.1 upstream, whatever the client spoke.
+            let mut out = Request::new(body.take().unwrap_or_else(empty));
+            *out.method_mut() = parts.method.clone();
+            *out.uri_mut() = uri;
+            *out.headers_mut() = parts.headers.clone();
+            let result = tokio::time::timeout(self.timeouts.response, self.client.request(out)).await;
+            match result {
+                Err(_) => {
+                    metrics::counter!("palisade_upstream_errors_total", "kind" => "timeout").increment(1);
+                    return page(StatusCode::GATEWAY_TIMEOUT, "The upstream did not answer in time.");
+                }
+                Ok(Err(e)) if e.is_connect() => {
+                    target.eject();
+                    metrics::counter!("palisade_upstream_errors_total", "kind" => "connect").increment(1);
+                    tried.push(target);
+                    if retryable {
+                        continue;
+                    }
+                    return page(StatusCode::BAD_GATEWAY, "The upstream could not be reached.");
+                }
+                Ok(Err(e)) => {
+                    let too_large = std::error::Error::source(&e)
+                        .and_then(|s| s.downcast_ref::<http_body_util::LengthLimitError>())
+                        .is_some();
+                    if too_large {
+                        return page(StatusCode::PAYLOAD_TOO_LARGE, "The request body is larger than this site accepts.");
+                    }
+                    metrics::counter!("palisade_upstream_errors_total", "kind" => "protocol").increment(1);
+                    tracing::debug!(target = %target.addr, error = %e, "upstream request failed");
+                    return page(StatusCode::BAD_GATEWAY, "The upstream failed to answer.");
+                }
+                Ok(Ok(mut resp)) => {
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        if let Some(client_side) = client_upgrade {
+                            let upstream_side = hyper::upgrade::on(&mut resp);
+                            tokio::spawn(async move {
+                                if let (Ok(c), Ok(u)) = (client_side.await, upstream_side.await) {
+                                    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+                                }
+                            });
+                        }
+                        let (p, _) = resp.into_parts();
+                        return Response::from_parts(p, empty());
+                    }
+                    let (mut p, b) = resp.into_parts();
+                    strip_hop_by_hop(&mut p.headers);
+                    // The in-flight count lasts until the response body is done.
+                    let body = b.map_err(BoxError::from).map_frame(move |f| {
+                        let _ = &inflight;
+                        f
+                    });
+                    return Response::from_parts(p, body.boxed());
+                }
+            }
+        }
+    }
+}
+

@@ -1,0 +1,122 @@
+//! Responses the edge makes itself, and the security headers every response carries.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{HeaderMap, Response, StatusCode};
+use palisade_raft::model::HeaderPolicy;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// A small page for an error the edge itself answers, carrying the request id so an operator can
+/// find the request in the logs. JSON when the client asks for JSON.
+pub fn error_page(status: StatusCode, detail: &str, request_id: &str, wants_json: bool) -> Response<Body> {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let (ctype, body) = if wants_json {
+        (
+            "application/json",
+            serde_json::json!({ "status": status.as_u16(), "error": reason, "detail": detail, "request_id": request_id })
+                .to_string(),
+        )
+    } else {
+        (
+            "text/html; charset=utf-8",
+            format!(
+                "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{code} {reason}</title></head>\
+                 <body><h1>{code} {reason}</h1><p>{detail}</p><p>Request id: <code>{request_id}</code></p></body></html>\n",
+                code = status.as_u16()
+            ),
+        )
+    };
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert("content-type", HeaderValue::from_static(ctype));
+    r.headers_mut().insert("cache-control", HeaderValue::from_static("no-store"));
+    r
+}
+
+pub fn wants_json(headers: &HeaderMap) -> bool {
+    headers.get("accept").and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"))
+}
+
+/// Set the policy's security headers. HSTS only over HTTPS: RFC 6797 section 7.2 forbids it on
+/// plain HTTP, where a browser would ignore it anyway.
+pub fn apply_security_headers(headers: &mut HeaderMap, policy: &HeaderPolicy, https: bool) {
+    let mut set = |name: &'static str, value: Option<String>| {
+        let name = HeaderName::from_static(name);
+        match value {
+            Some(v) => {
+                if policy.keep_upstream && headers.contains_key(&name) {
+                    return;
+                }
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    headers.insert(name, v);
+                }
+            }
+            None => {
+                if !policy.keep_upstream {
+                    headers.remove(name);
+                }
+            }
+        }
+    };
+    let hsts = (https && policy.hsts_max_age > 0).then(|| {
+        let mut v = format!("max-age={}", policy.hsts_max_age);
+        if policy.hsts_include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        if policy.hsts_preload {
+            v.push_str("; preload");
+        }
+        v
+    });
+    if https {
+        set("strict-transport-security", hsts);
+    }
+    set("x-content-type-options", policy.nosniff.then(|| "nosniff".to_string()));
+    set("x-frame-options", policy.frame_deny.then(|| "DENY".to_string()));
+    set("x-xss-protection", policy.xss_protection.then(|| "1; mode=block".to_string()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_set_all_four_and_replace_upstream_values() {
+        let mut h = HeaderMap::new();
+        h.insert("x-frame-options", HeaderValue::from_static("ALLOWALL"));
+        apply_security_headers(&mut h, &HeaderPolicy::default(), true);
+        assert_eq!(h["strict-transport-security"], "max-age=31536000; includeSubDomains");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["x-frame-options"], "DENY");
+        assert_eq!(h["x-xss-protection"], "1; mode=block");
+        let mut plain = HeaderMap::new();
+        apply_security_headers(&mut plain, &HeaderPolicy::default(), false);
+        assert!(!plain.contains_key("strict-transport-security"));
+        assert_eq!(plain["x-frame-options"], "DENY");
+    }
+
+    #[test]
+    fn a_project_can_keep_upstream_values_or_turn_a_header_off() {
+        let policy = HeaderPolicy { keep_upstream: true, frame_deny: true, xss_protection: false, ..Default::default() };
+        let mut h = HeaderMap::new();
+        h.insert("x-frame-options", HeaderValue::from_static("SAMEORIGIN"));
+        apply_security_headers(&mut h, &policy, true);
+        assert_eq!(h["x-frame-options"], "SAMEORIGIN");
+        assert!(!h.contains_key("x-xss-protection"));
+        let off = HeaderPolicy { hsts_max_age: 0, ..Default::default() };
+        let mut h = HeaderMap::new();
+        apply_security_headers(&mut h, &off, true);
+        assert!(!h.contains_key("strict-transport-security"));
+    }
+}

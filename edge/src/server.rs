@@ -1,0 +1,143 @@
+//! The public listeners: accept, optional PROXY header, TLS (HTTPS), HTTP/1.1 and h2 with
+//! limits and timeouts, then the pipeline. One bad client never holds up another: each
+//! connection is its own task, and slow or oversized input is cut off by hyper's limits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::pipeline::{Conn, Pipeline};
+use crate::tls::TlsConfigs;
+
+#[derive(Debug, Clone)]
+pub struct ListenerLimits {
+    /// Whole request head (request line and headers); larger gets 431.
+    pub max_header_bytes: usize,
+    /// Time for a client to send a complete request head (slow clients are cut off).
+    pub header_read_timeout: Duration,
+    /// Time for the PROXY header and the TLS handshake.
+    pub handshake_timeout: Duration,
+    pub proxy_protocol: bool,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            max_header_bytes: 64 << 10,
+            header_read_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            proxy_protocol: false,
+        }
+    }
+}
+
+/// Serve `listener` until `shutdown` turns true; then stop accepting and let open connections
+/// finish their current request.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<TlsConfigs>>,
+    pipeline: Arc<Pipeline>,
+    limits: ListenerLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let https = tls.is_some();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let pipeline = pipeline.clone();
+        let tls = tls.clone();
+        let limits = limits.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            metrics::gauge!("palisade_active_connections").increment(1.0);
+            let mut stream = stream;
+            let mut peer = peer;
+            if limits.proxy_protocol {
+                match tokio::time::timeout(limits.handshake_timeout, crate::proxy_protocol::read_header(&mut stream)).await {
+                    Ok(Ok(Some(src))) => peer = src,
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "bad PROXY header");
+                        metrics::gauge!("palisade_active_connections").decrement(1.0);
+                        return;
+                    }
+                    Err(_) => {
+                        metrics::gauge!("palisade_active_connections").decrement(1.0);
+                        return;
+                    }
+                }
+            }
+            let conn = Conn { peer, https };
+            match tls {
+                Some(tls) => {
+                    let cfg = tls.pick(pipeline.view.get().tls13_only);
+                    let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
+                    match tokio::time::timeout(limits.handshake_timeout, accept).await {
+                        Ok(Ok(tls_stream)) => {
+                            metrics::counter!("palisade_tls_handshakes_total").increment(1);
+                            serve_conn(tls_stream, conn, pipeline, &limits, watcher).await;
+                        }
+                        Ok(Err(e)) => {
+                            metrics::counter!("palisade_tls_handshake_failures_total", "reason" => "handshake").increment(1);
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics::counter!("palisade_tls_handshake_failures_total", "reason" => "timeout").increment(1);
+                        }
+                    }
+                }
+                None => serve_conn(stream, conn, pipeline, &limits, watcher).await,
+            }
+            metrics::gauge!("palisade_active_connections").decrement(1.0);
+        });
+    }
+    drop(listener);
+    // Let open connections finish what they are doing, within reason.
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+}
+
+async fn serve_conn<S>(
+    io: S,
+    conn: Conn,
+    pipeline: Arc<Pipeline>,
+    limits: &ListenerLimits,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let service = service_fn(move |req| {
+        let pipeline = pipeline.clone();
+        async move { Ok::<_, std::convert::Infallible>(pipeline.handle(req, conn).await) }
+    });
+    let fut = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(fut.into_owned()).await {
+        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    }
+}

@@ -1,0 +1,219 @@
+//! The edge's compiled view of the replicated state: hosts, projects and certificates, read on
+//! every request through `arc-swap` (no lock), and updated from the store's change events.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use palisade_raft::crypto::MasterKey;
+use palisade_raft::ids::ProjectId;
+use palisade_raft::model::{prefix, Cert, Domain, Project, Record, RecordKey};
+use palisade_raft::store::{Change, ChangeSet, StateReader};
+use rustls::sign::CertifiedKey;
+
+use crate::upstream::UpstreamGroup;
+
+/// A routed host: its domain record and the live upstream group for it.
+#[derive(Clone)]
+pub struct Route {
+    pub domain: Arc<Domain>,
+    pub upstreams: Arc<UpstreamGroup>,
+}
+
+#[derive(Clone, Default)]
+pub struct View {
+    /// Last log index reflected in this view.
+    pub index: u64,
+    exact: HashMap<String, Route>,
+    /// Wildcard routes, keyed by the suffix after `*.`.
+    wildcard: HashMap<String, Route>,
+    pub projects: HashMap<ProjectId, Arc<Project>>,
+    certs_exact: HashMap<String, Arc<CertifiedKey>>,
+    certs_wildcard: HashMap<String, Arc<CertifiedKey>>,
+    /// Which hosts each certificate record covers, for deletes.
+    cert_hosts: HashMap<String, Vec<String>>,
+    /// `min_tls = "1.3"` in the cluster settings.
+    pub tls13_only: bool,
+}
+
+/// Exact match first, then the wildcard one label up (`*.example.com` covers `a.example.com`
+/// but not `a.b.example.com` nor `example.com`).
+fn lookup<'a, T>(exact: &'a HashMap<String, T>, wildcard: &'a HashMap<String, T>, host: &str) -> Option<&'a T> {
+    exact.get(host).or_else(|| host.split_once('.').and_then(|(_, parent)| wildcard.get(parent)))
+}
+
+impl View {
+    pub fn route(&self, host: &str) -> Option<&Route> {
+        lookup(&self.exact, &self.wildcard, host)
+    }
+
+    pub fn cert(&self, host: &str) -> Option<Arc<CertifiedKey>> {
+        lookup(&self.certs_exact, &self.certs_wildcard, host).cloned()
+    }
+
+    pub fn project(&self, id: &ProjectId) -> Option<&Arc<Project>> {
+        self.projects.get(id)
+    }
+
+    fn put_domain(&mut self, d: Domain, previous: Option<&Route>) {
+        let upstreams = match previous {
+            Some(r) if r.domain.upstreams == d.upstreams => r.upstreams.clone(),
+            _ => UpstreamGroup::new(&d.upstreams),
+        };
+        let route = Route { domain: Arc::new(d.clone()), upstreams };
+        match d.host.as_str().strip_prefix("*.") {
+            Some(suffix) => self.wildcard.insert(suffix.to_string(), route),
+            None => self.exact.insert(d.host.to_string(), route),
+        };
+    }
+
+    fn delete_domain(&mut self, host: &str) {
+        match host.strip_prefix("*.") {
+            Some(suffix) => self.wildcard.remove(suffix),
+            None => self.exact.remove(host),
+        };
+    }
+
+    fn put_cert(&mut self, c: &Cert, master: &MasterKey) {
+        self.delete_cert(c.name.as_str());
+        let key = match crate::tls::certified_key(c, master) {
+            Ok(k) => Arc::new(k),
+            Err(e) => {
+                tracing::error!(cert = %c.name, error = %e, "certificate not usable; not served");
+                return;
+            }
+        };
+        let mut hosts = Vec::new();
+        for h in &c.hosts {
+            match h.as_str().strip_prefix("*.") {
+                Some(suffix) => self.certs_wildcard.insert(suffix.to_string(), key.clone()),
+                None => self.certs_exact.insert(h.to_string(), key.clone()),
+            };
+            hosts.push(h.to_string());
+        }
+        self.cert_hosts.insert(c.name.to_string(), hosts);
+    }
+
+    fn delete_cert(&mut self, name: &str) {
+        for h in self.cert_hosts.remove(name).unwrap_or_default() {
+            match h.strip_prefix("*.") {
+                Some(suffix) => self.certs_wildcard.remove(suffix),
+                None => self.certs_exact.remove(&h),
+            };
+        }
+    }
+
+    fn apply(&mut self, change: &Change, master: &MasterKey) {
+        match change {
+            Change::Put(Record::Domain(d)) => {
+                let previous = self.route(d.host.as_str()).filter(|r| r.domain.host == d.host).cloned();
+                self.put_domain(d.clone(), previous.as_ref());
+            }
+            Change::Delete(RecordKey::Domain { host }) => self.delete_domain(host.as_str()),
+            Change::Put(Record::Project(p)) => {
+                self.projects.insert(p.id.clone(), Arc::new(p.clone()));
+            }
+            Change::Delete(RecordKey::Project { id }) => {
+                self.projects.remove(id);
+            }
+            Change::Put(Record::Cert(c)) => self.put_cert(c, master),
+            Change::Delete(RecordKey::Cert { name }) => self.delete_cert(name.as_str()),
+            Change::Put(Record::Settings(s)) => {
+                self.tls13_only = s.values.get("min_tls").map(String::as_str) == Some("1.3");
+            }
+            Change::Delete(RecordKey::Settings) => self.tls13_only = false,
+            _ => {}
+        }
+    }
+
+    /// Build the whole view from the applied state (start-up, snapshot install, lagging).
+    pub fn load(reader: &StateReader, master: &MasterKey, old: Option<&View>) -> std::io::Result<View> {
+        let index = reader.applied_index();
+        let mut v = View { index, ..View::default() };
+        for r in reader.scan(prefix::PROJECT, None, usize::MAX)? {
+            v.apply(&Change::Put(r), master);
+        }
+        for r in reader.scan(prefix::DOMAIN, None, usize::MAX)? {
+            if let Record::Domain(d) = r {
+                let previous = old.and_then(|o| o.route(d.host.as_str())).filter(|r| r.domain.host == d.host).cloned();
+                v.put_domain(d, previous.as_ref());
+            }
+        }
+        for r in reader.scan(prefix::CERT, None, usize::MAX)? {
+            v.apply(&Change::Put(r), master);
+        }
+        if let Some(s) = reader.get(&RecordKey::Settings)? {
+            v.apply(&Change::Put(s), master);
+        }
+        Ok(v)
+    }
+
+    /// Every upstream group in the view (for health checking).
+    pub fn upstream_groups(&self) -> Vec<Arc<UpstreamGroup>> {
+        self.exact.values().chain(self.wildcard.values()).map(|r| r.upstreams.clone()).collect()
+    }
+}
+
+/// The shared, hot-swappable view and the task that keeps it current.
+pub struct LiveView {
+    pub current: ArcSwap<View>,
+}
+
+impl LiveView {
+    pub fn get(&self) -> arc_swap::Guard<Arc<View>> {
+        self.current.load()
+    }
+
+    /// Load the view and follow the store's change events until the store stops.
+    pub fn start(reader: StateReader, master: MasterKey) -> std::io::Result<Arc<LiveView>> {
+        let mut events = reader.subscribe();
+        let live = Arc::new(LiveView { current: ArcSwap::from_pointee(View::load(&reader, &master, None)?) });
+        let this = live.clone();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match events.recv().await {
+                    Ok(set) => this.apply(&set, &reader, &master),
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "edge view fell behind the store; reloading");
+                        this.reload(&reader, &master);
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(live)
+    }
+
+    fn reload(&self, reader: &StateReader, master: &MasterKey) {
+        let old = self.current.load_full();
+        match View::load(reader, master, Some(&old)) {
+            Ok(v) => self.current.store(Arc::new(v)),
+            Err(e) => tracing::error!(error = %e, "reloading the edge view failed; keeping the previous one"),
+        }
+    }
+
+    fn apply(&self, set: &ChangeSet, reader: &StateReader, master: &MasterKey) {
+        if set.changes.iter().any(|c| matches!(c, Change::Reset)) {
+            return self.reload(reader, master);
+        }
+        let relevant = |c: &Change| {
+            matches!(
+                c,
+                Change::Put(Record::Domain(_) | Record::Project(_) | Record::Cert(_) | Record::Settings(_))
+                    | Change::Delete(
+                        RecordKey::Domain { .. } | RecordKey::Project { .. } | RecordKey::Cert { .. } | RecordKey::Settings
+                    )
+            )
+        };
+        if !set.changes.iter().any(relevant) {
+            return;
+        }
+        let mut next = View::clone(&self.current.load());
+        for c in &set.changes {
+            next.apply(c, master);
+        }
+        next.index = set.index;
+        self.current.store(Arc::new(next));
+    }
+}

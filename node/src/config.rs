@@ -1,0 +1,288 @@
+//! The node's TOML configuration: parsed with defaults, then validated so that a bad value stops
+//! the node at start-up with one line naming the field.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use palisade_raft::cluster::RaftTuning;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub cluster: ClusterSection,
+    pub admin: AdminSection,
+    pub public: PublicSection,
+    pub raft: RaftTuning,
+    pub edge: EdgeSection,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeSection {
+    /// Peers whose `X-Forwarded-For` is believed (CIDRs). Empty: the socket peer is the client.
+    pub trusted_proxies: Vec<String>,
+    /// Expect a PROXY protocol (v1 or v2) header on both public listeners.
+    pub proxy_protocol: bool,
+    pub max_header_bytes: usize,
+    pub header_read_timeout_ms: u64,
+    pub upstream_connect_timeout_ms: u64,
+    pub upstream_response_timeout_ms: u64,
+}
+
+impl Default for EdgeSection {
+    fn default() -> Self {
+        EdgeSection {
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+            max_header_bytes: 64 << 10,
+            header_read_timeout_ms: 10_000,
+            upstream_connect_timeout_ms: 3_000,
+            upstream_response_timeout_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// UDP address the QUIC transport binds.
+    pub listen: String,
+    /// Address other nodes use to reach this one (defaults to `listen`).
+    pub advertise: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSection {
+    pub listen: String,
+    /// Allow the admin API on a public or wildcard address. Off by default.
+    pub allow_public: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublicSection {
+    pub http: String,
+    pub https: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// A tracing filter such as `info` or `palisade_raft=debug,info`.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("/var/lib/palisade"),
+            cluster: ClusterSection::default(),
+            admin: AdminSection::default(),
+            public: PublicSection::default(),
+            raft: RaftTuning::default(),
+            edge: EdgeSection::default(),
+            log: LogSection::default(),
+        }
+    }
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection { listen: "127.0.0.1:7000".into(), advertise: None }
+    }
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection { listen: "127.0.0.1:7001".into(), allow_public: false }
+    }
+}
+
+impl Default for PublicSection {
+    fn default() -> Self {
+        PublicSection { http: "0.0.0.0:80".into(), https: "0.0.0.0:443".into() }
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection { level: "info".into() }
+    }
+}
+
+/// A configuration error: which field, which value, what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {detail}")]
+    Read { path: PathBuf, detail: String },
+    #[error("config {path}: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("config field {field} = {value:?}: {why}")]
+    Field { field: &'static str, value: String, why: String },
+}
+
+fn field(field: &'static str, value: &str, why: impl Into<String>) -> ConfigError {
+    ConfigError::Field { field, value: value.to_string(), why: why.into() }
+}
+
+/// The checked configuration the node runs with.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub raw: Config,
+    pub cluster_listen: SocketAddr,
+    pub cluster_advertise: String,
+    pub admin_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub https_listen: SocketAddr,
+    pub edge: palisade_edge::EdgeSettings,
+}
+
+fn socket(name: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| field(name, value, "must be IP:PORT, for example 10.0.0.5:7000"))
+}
+
+/// Private, loopback or link-local: reachable only from inside the operator's network.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback() || v4.is_private() || v4.is_link_local() || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            v6.is_loopback() || (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.into(), detail: e.to_string() })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            detail: e.to_string().lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" "),
+        })
+    }
+
+    /// Environment overrides, applied after the file: `PALISADE_RAFT_<FIELD>` for each `[raft]`
+    /// field (for example `PALISADE_RAFT_SNAPSHOT_EVERY=500`), the edge's header-read and
+    /// upstream-response timeouts, and `PALISADE_LOG`.
+    pub fn apply_env(mut self) -> Result<Config, ConfigError> {
+        let num = |var: &'static str, slot: &mut u64| -> Result<(), ConfigError> {
+            if let Ok(v) = std::env::var(var) {
+                *slot = v.parse().map_err(|_| field(var, &v, "must be a whole number"))?;
+            }
+            Ok(())
+        };
+        num("PALISADE_RAFT_HEARTBEAT_MS", &mut self.raft.heartbeat_ms)?;
+        num("PALISADE_RAFT_ELECTION_TIMEOUT_MIN_MS", &mut self.raft.election_timeout_min_ms)?;
+        num("PALISADE_RAFT_ELECTION_TIMEOUT_MAX_MS", &mut self.raft.election_timeout_max_ms)?;
+        num("PALISADE_RAFT_SNAPSHOT_EVERY", &mut self.raft.snapshot_every)?;
+        num("PALISADE_RAFT_KEEP_LOGS", &mut self.raft.keep_logs)?;
+        num("PALISADE_EDGE_HEADER_READ_TIMEOUT_MS", &mut self.edge.header_read_timeout_ms)?;
+        num("PALISADE_EDGE_UPSTREAM_RESPONSE_TIMEOUT_MS", &mut self.edge.upstream_response_timeout_ms)?;
+        if let Ok(v) = std::env::var("PALISADE_LOG") {
+            self.log.level = v;
+        }
+        Ok(self)
+    }
+
+    pub fn validate(self) -> Result<Validated, ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(field("data_dir", "", "must name a directory"));
+        }
+        let cluster_listen = socket("cluster.listen", &self.cluster.listen)?;
+        let cluster_advertise = self.cluster.advertise.clone().unwrap_or_else(|| self.cluster.listen.clone());
+        let adv = socket("cluster.advertise", &cluster_advertise)?;
+        if adv.ip().is_unspecified() {
+            return Err(field("cluster.advertise", &cluster_advertise, "must be an address peers can reach, not a wildcard"));
+        }
+        let admin_listen = socket("admin.listen", &self.admin.listen)?;
+        let ip = admin_listen.ip();
+        if !self.admin.allow_public && (ip.is_unspecified() || !is_private(ip)) {
+            return Err(field(
+                "admin.listen",
+                &self.admin.listen,
+                "is a public or wildcard address; bind the admin API to a private address or set admin.allow_public = true",
+            ));
+        }
+        let http_listen = socket("public.http", &self.public.http)?;
+        let https_listen = socket("public.https", &self.public.https)?;
+        let mut trusted = Vec::new();
+        for (i, c) in self.edge.trusted_proxies.iter().enumerate() {
+            trusted.push(c.parse().map_err(|e: palisade_raft::ids::InvalidId| {
+                ConfigError::Field { field: "edge.trusted_proxies", value: format!("[{i}] {c}"), why: e.why.to_string() }
+            })?);
+        }
+        if self.edge.max_header_bytes < 8192 || self.edge.max_header_bytes > 1 << 20 {
+            return Err(field("edge.max_header_bytes", &self.edge.max_header_bytes.to_string(), "must be 8192 to 1048576"));
+        }
+        for (name, v) in [
+            ("edge.header_read_timeout_ms", self.edge.header_read_timeout_ms),
+            ("edge.upstream_connect_timeout_ms", self.edge.upstream_connect_timeout_ms),
+            ("edge.upstream_response_timeout_ms", self.edge.upstream_response_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(field(name, "0", "must be above 0"));
+            }
+        }
+        let ms = std::time::Duration::from_millis;
+        let edge = palisade_edge::EdgeSettings {
+            trusted_proxies: trusted,
+            limits: palisade_edge::ListenerLimits {
+                max_header_bytes: self.edge.max_header_bytes,
+                header_read_timeout: ms(self.edge.header_read_timeout_ms),
+                handshake_timeout: ms(self.edge.header_read_timeout_ms),
+                proxy_protocol: self.edge.proxy_protocol,
+            },
+            timeouts: palisade_edge::proxy::ProxyTimeouts {
+                connect: ms(self.edge.upstream_connect_timeout_ms),
+                response: ms(self.edge.upstream_response_timeout_ms),
+            },
+        };
+        self.raft.validate().map_err(|why| field("raft", "", why))?;
+        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            return Err(field("log.level", &self.log.level, "is not a valid log filter"));
+        }
+        Ok(Validated { cluster_listen, cluster_advertise, admin_listen, http_listen, https_listen, edge, raw: self })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Validated, ConfigError> {
+        toml::from_str::<Config>(s).map_err(|e| ConfigError::Parse { path: "t".into(), detail: e.to_string() })?.validate()
+    }
+
+    #[test]
+    fn errors_name_the_field_and_value() {
+        let e = parse("[cluster]\nlisten = \"nonsense\"").unwrap_err().to_string();
+        assert!(e.contains("cluster.listen") && e.contains("nonsense"), "{e}");
+        let e = parse("[admin]\nlisten = \"0.0.0.0:7001\"").unwrap_err().to_string();
+        assert!(e.contains("admin.listen") && e.contains("allow_public"), "{e}");
+        let e = parse("[admin]\nlisten = \"8.8.8.8:7001\"").unwrap_err().to_string();
+        assert!(e.contains("admin.listen"), "{e}");
+        let e = parse("[raft]\nheartbeat_ms = 900").unwrap_err().to_string();
+        assert!(e.contains("heartbeat_ms"), "{e}");
+        let e = parse("[clutser]\nlisten = \"127.0.0.1:1\"").unwrap_err().to_string();
+        assert!(e.contains("clutser"), "{e}");
+        let e = parse("[edge]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/40\"]").unwrap_err().to_string();
+        assert!(e.contains("edge.trusted_proxies") && e.contains("[1] 10.0.0.0/40"), "{e}");
+    }
+
+    #[test]
+    fn private_admin_addresses_and_explicit_public_are_accepted() {
+        assert!(parse("[admin]\nlisten = \"10.1.2.3:7001\"").is_ok());
+        assert!(parse("[admin]\nlisten = \"[fd00::1]:7001\"").is_ok());
+        assert!(parse("[admin]\nlisten = \"0.0.0.0:7001\"\nallow_public = true").is_ok());
+    }
+}

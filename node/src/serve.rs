@@ -1,0 +1,183 @@
+//! `palisade run`: open the data dir, start the cluster member and the admin API, and stop
+//! cleanly on SIGTERM or Ctrl-C.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use palisade_admin::AdminState;
+use palisade_raft::cluster::{Cluster, MemberSetup};
+use palisade_raft::crypto::node_id_of_cert;
+use palisade_raft::store::Store;
+use palisade_raft::transport::tls::parse_cert;
+use palisade_raft::types::NodeInfo;
+use tokio::sync::watch;
+
+use crate::config::Validated;
+use crate::datadir::{DataDir, NodeFile};
+
+/// In-flight admin requests get this long to finish at shutdown.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Everything checked and opened, before anything listens.
+pub struct Prepared {
+    pub setup: MemberSetup,
+    pub store: Store,
+    pub node_file: NodeFile,
+    pub data_dir: DataDir,
+}
+
+pub fn prepare(cfg: &Validated) -> Result<Prepared> {
+    let dd = DataDir::new(&cfg.raw.data_dir);
+    let nf = dd.node_file()?;
+    let identity = dd.identity()?;
+    identity.check().with_context(|| format!("data dir {} has a bad node certificate", dd.root.display()))?;
+    let cert = parse_cert(&identity.cert_pem, "node certificate")?;
+    match node_id_of_cert(&cert) {
+        Some(id) if id == nf.node_id => {}
+        other => bail!(
+            "data dir {}: node.json says node {} but the node certificate is for {:?}",
+            dd.root.display(),
+            nf.node_id,
+            other
+        ),
+    }
+    let master_key = dd.master_key()?;
+    let ca = dd.ca()?;
+    let store = Store::open(&dd.root, &nf.cluster_id)?;
+    let setup = MemberSetup {
+        node_id: nf.node_id,
+        cluster_id: nf.cluster_id.clone(),
+        node: NodeInfo {
+            cluster_addr: cfg.cluster_advertise.clone(),
+            admin_addr: cfg.raw.admin.listen.clone(),
+            public_addr: cfg.raw.public.https.clone(),
+        },
+        listen: cfg.cluster_listen,
+        identity,
+        ca,
+        master_key,
+        tuning: cfg.raw.raft.clone(),
+    };
+    Ok(Prepared { setup, store, node_file: nf, data_dir: dd })
+}
+
+/// A started node: cluster member, edge and admin API.
+pub struct Running {
+    pub cluster: Arc<Cluster>,
+    pub edge: palisade_edge::Edge,
+    stop_tx: watch::Sender<bool>,
+    admin: tokio::task::JoinHandle<Result<()>>,
+}
+
+async fn bind(name: &str, addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind {name} {addr}"))
+}
+
+pub async fn start(cfg: &Validated) -> Result<Running> {
+    let p = prepare(cfg)?;
+    let http = bind("public.http", cfg.http_listen).await?;
+    let https = bind("public.https", cfg.https_listen).await?;
+    let admin_listener = bind("admin.listen", cfg.admin_listen).await?;
+    let node_id = p.node_file.node_id;
+    let master = p.setup.master_key.clone();
+    let cluster = Cluster::start(p.setup, p.store, &p.data_dir.root).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let edge = palisade_edge::Edge::start(cluster.reader.clone(), master, cfg.edge.clone(), http, https, stop_rx.clone())?;
+    tracing::info!(
+        node = node_id,
+        cluster = %cluster.cluster_id,
+        cluster_addr = %cluster.node.cluster_addr,
+        admin = %cfg.admin_listen,
+        http = %cfg.http_listen,
+        https = %cfg.https_listen,
+        "node started"
+    );
+    let admin = tokio::spawn(serve_admin(cluster.clone(), admin_listener, stop_rx));
+    if !p.node_file.joined {
+        tokio::spawn(finish_join(cluster.clone(), p.data_dir, p.node_file.clone()));
+    }
+    Ok(Running { cluster, edge, stop_tx, admin })
+}
+
+/// Keep asking until the cluster has made this node a voter, then record it.
+async fn finish_join(cluster: Arc<Cluster>, dd: DataDir, mut nf: NodeFile) {
+    loop {
+        // Until this node hears from a leader, only the member that let it in knows it.
+        let attempt = match (cluster.local_status().leader, nf.seed.clone()) {
+            (None, Some(seed)) => cluster.join_via(seed).await,
+            _ => cluster.add_member(nf.node_id, cluster.node.clone()).await,
+        };
+        match attempt {
+            Ok(()) => {
+                nf.joined = true;
+                if let Err(e) = dd.save_node_file(&nf) {
+                    tracing::error!(error = %format!("{e:#}"), "cannot record the finished join");
+                }
+                tracing::info!(node = nf.node_id, "joined the cluster as a voter");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "joining as a voter failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+impl Running {
+    /// Serve until SIGTERM or Ctrl-C, then stop: listeners first, in-flight requests get a
+    /// moment, then Raft.
+    pub async fn until_signal(self) -> Result<()> {
+        let Running { cluster, stop_tx, admin, .. } = self;
+        let mut admin = admin;
+        let result = tokio::select! {
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down");
+                Ok(())
+            }
+            r = &mut admin => match r {
+                Ok(Err(e)) => Err(e),
+                _ => Err(anyhow::anyhow!("admin API stopped unexpectedly")),
+            },
+        };
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(DRAIN, admin).await;
+        cluster.shutdown().await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+pub async fn run(cfg: Validated) -> Result<()> {
+    start(&cfg).await?.until_signal().await
+}
+
+async fn serve_admin(
+    cluster: Arc<Cluster>,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let addr = listener.local_addr()?;
+    let app = palisade_admin::routes(Arc::new(AdminState { cluster }));
+    let acceptor = poem::listener::TcpAcceptor::from_tokio(listener)?;
+    poem::Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(
+            app,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+            Some(DRAIN),
+        )
+        .await
+        .with_context(|| format!("admin API on {addr}"))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,192 @@
+//! Secrets at rest and the cluster's own PKI.
+//!
+//! The master key seals every secret the store holds (certificate keys, challenge keys, ACME
+//! credentials) with AES-256-GCM. The cluster CA signs one certificate per node whose only name is
+//! `node-{id}.palisade`; that name is how a peer proves which node it is.
+
+use std::fmt;
+
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::ids::NodeId;
+use crate::model::Sealed;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("sealed secret could not be opened: wrong master key or corrupted data")]
+    Open,
+    #[error("master key must be 64 hex characters (32 bytes)")]
+    BadMasterKey,
+    #[error("certificate error: {0}")]
+    Cert(String),
+}
+
+pub fn fill_random(buf: &mut [u8]) {
+    SystemRandom::new().fill(buf).expect("the operating system's random source failed");
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, data))
+}
+
+/// The key that seals secrets at rest. It lives in the data dir (mode 0600), never in RocksDB,
+/// and its `Debug` never prints it.
+#[derive(Clone)]
+pub struct MasterKey([u8; 32]);
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+impl MasterKey {
+    pub fn generate() -> Self {
+        let mut k = [0u8; 32];
+        fill_random(&mut k);
+        MasterKey(k)
+    }
+
+    pub fn from_hex(s: &str) -> Result<Self, CryptoError> {
+        let bytes = hex::decode(s.trim()).map_err(|_| CryptoError::BadMasterKey)?;
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| CryptoError::BadMasterKey)?;
+        Ok(MasterKey(arr))
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    fn key(&self) -> LessSafeKey {
+        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &self.0).expect("32-byte key"))
+    }
+
+    /// Seal `plaintext`; `context` (for example the record key) is authenticated but not stored,
+    /// so a sealed value moved to another record will not open.
+    pub fn seal(&self, plaintext: &[u8], context: &str) -> Sealed {
+        let mut nonce = [0u8; NONCE_LEN];
+        fill_random(&mut nonce);
+        let mut buf = plaintext.to_vec();
+        self.key()
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context.as_bytes()), &mut buf)
+            .expect("AES-GCM sealing cannot fail for in-memory buffers");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buf);
+        Sealed(out)
+    }
+
+    pub fn open(&self, sealed: &Sealed, context: &str) -> Result<Vec<u8>, CryptoError> {
+        if sealed.0.len() < NONCE_LEN {
+            return Err(CryptoError::Open);
+        }
+        let (nonce, body) = sealed.0.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::Open)?;
+        let mut buf = body.to_vec();
+        let plain = self.key().open_in_place(nonce, Aad::from(context.as_bytes()), &mut buf).map_err(|_| CryptoError::Open)?;
+        Ok(plain.to_vec())
+    }
+}
+
+/// The DNS name a node's certificate carries, and the name a peer must present.
+pub fn node_server_name(id: NodeId) -> String {
+    format!("node-{id}.palisade")
+}
+
+/// The node id a certificate (DER) names, if it is a node certificate.
+pub fn node_id_of_cert(der: &[u8]) -> Option<NodeId> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::DNSName(name) => {
+            name.strip_prefix("node-")?.strip_suffix(".palisade")?.parse().ok()
+        }
+        _ => None,
+    })
+}
+
+/// PEM of a certificate authority and its private key.
+#[derive(Clone)]
+pub struct CaMaterial {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl fmt::Debug for CaMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaMaterial").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
+    }
+}
+
+fn cert_err(e: impl fmt::Display) -> CryptoError {
+    CryptoError::Cert(e.to_string())
+}
+
+impl CaMaterial {
+    /// A new cluster CA (ECDSA P-256).
+    pub fn generate(cluster_id: &str) -> Result<Self, CryptoError> {
+        let key = rcgen::KeyPair::generate().map_err(cert_err)?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("palisade cluster {cluster_id}"));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).map_err(cert_err)?;
+        Ok(CaMaterial { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+
+    /// Sign a node certificate for `id` over the public key in `csr_pem`. Whatever names the CSR
+    /// asks for are ignored: the CA decides the node's identity.
+    pub fn sign_node_csr(&self, id: NodeId, csr_pem: &str) -> Result<String, CryptoError> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(cert_err)?;
+        csr.params = node_cert_params(id)?;
+        let issuer = self.issuer()?;
+        Ok(csr.signed_by(&issuer).map_err(cert_err)?.pem())
+    }
+
+    fn issuer(&self) -> Result<rcgen::Issuer<'static, rcgen::KeyPair>, CryptoError> {
+        let key = rcgen::KeyPair::from_pem(&self.key_pem).map_err(cert_err)?;
+        rcgen::Issuer::from_ca_cert_pem(&self.cert_pem, key).map_err(cert_err)
+    }
+}
+
+fn node_cert_params(id: NodeId) -> Result<rcgen::CertificateParams, CryptoError> {
+    let mut params = rcgen::CertificateParams::new(vec![node_server_name(id)]).map_err(cert_err)?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, node_server_name(id));
+    params.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    Ok(params)
+}
+
+/// A node's new key and a signing request for it; the key never leaves the node.
+pub fn node_key_and_csr() -> Result<(String, String), CryptoError> {
+    let key = rcgen::KeyPair::generate().map_err(cert_err)?;
+    let params = rcgen::CertificateParams::new(vec!["pending.palisade".to_string()]).map_err(cert_err)?;
+    let csr = params.serialize_request(&key).map_err(cert_err)?;
+    Ok((key.serialize_pem(), csr.pem().map_err(cert_err)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_secrets_open_only_with_the_same_key_and_context() {
+        let k = MasterKey::generate();
+        let s = k.seal(b"private key", "cert/a");
+        assert_eq!(k.open(&s, "cert/a").unwrap(), b"private key");
+        assert!(k.open(&s, "cert/b").is_err());
+        assert!(MasterKey::generate().open(&s, "cert/a").is_err());
+        assert!(!format!("{k:?}").contains(&k.to_hex()));
+    }
+
+    #[test]
+    fn node_certificates_name_the_node() {
+        let ca = CaMaterial::generate("test").unwrap();
+        let (_key, csr) = node_key_and_csr().unwrap();
+        let pem = ca.sign_node_csr(7, &csr).unwrap();
+        let der = rustls_pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+            .map(|c: rustls_pki_types::CertificateDer<'static>| c)
+            .unwrap();
+        assert_eq!(node_id_of_cert(&der), Some(7));
+    }
+}

@@ -1,0 +1,469 @@
+//! The replicated records. Each record is one RocksDB key in the state-machine column family,
+//! so a list of a million IP rules is a million small keys, never one large value.
+//!
+//! Times are Unix milliseconds set by the proposer; apply never reads the clock.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Cidr, Hostname, Name, NodeId, ProjectId};
+
+/// Unix time in milliseconds.
+pub type Millis = u64;
+
+/// An AES-256-GCM sealed secret (nonce || ciphertext || tag), base64 in JSON.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed(#[serde(with = "b64")] pub Vec<u8>);
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sealed({} bytes)", self.0.len())
+    }
+}
+
+mod b64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HeaderPolicy {
+    pub hsts_max_age: u64,
+    pub hsts_include_subdomains: bool,
+    pub hsts_preload: bool,
+    pub nosniff: bool,
+    pub frame_deny: bool,
+    pub xss_protection: bool,
+    /// Keep a header the upstream set instead of replacing it with the policy's value.
+    pub keep_upstream: bool,
+}
+
+impl Default for HeaderPolicy {
+    fn default() -> Self {
+        HeaderPolicy {
+            hsts_max_age: 31_536_000,
+            hsts_include_subdomains: true,
+            hsts_preload: false,
+            nosniff: true,
+            frame_deny: true,
+            xss_protection: true,
+            keep_upstream: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BotMode {
+    Off,
+    #[default]
+    Automatic,
+    AlwaysOn,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BotPolicy {
+    pub mode: BotMode,
+    pub difficulty_bits: u8,
+    pub requests_per_minute: u32,
+    pub failed_logins: u32,
+    pub session_minutes: u32,
+    /// Bumping the epoch invalidates every session cookie of the project at once.
+    pub epoch: u32,
+}
+
+impl Default for BotPolicy {
+    fn default() -> Self {
+        BotPolicy {
+            mode: BotMode::Automatic,
+            difficulty_bits: 18,
+            requests_per_minute: 600,
+            failed_logins: 10,
+            session_minutes: 30,
+            epoch: 0,
+        }
+    }
+}
+
+/// Request limits of a project's domains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_body_bytes: 10 << 20 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    pub id: ProjectId,
+    pub name: String,
+    #[serde(default)]
+    pub headers: HeaderPolicy,
+    #[serde(default)]
+    pub bot: BotPolicy,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    #[default]
+    Acme,
+    Manual,
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Domain {
+    pub host: Hostname,
+    pub project: ProjectId,
+    pub upstreams: Vec<String>,
+    #[serde(default)]
+    pub tls: TlsMode,
+    #[serde(default = "yes")]
+    pub redirect_https: bool,
+    #[serde(default)]
+    pub bot_override: Option<BotMode>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleList {
+    Allow,
+    Block,
+}
+
+impl RuleList {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleList::Allow => "allow",
+            RuleList::Block => "block",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpRule {
+    pub project: ProjectId,
+    pub list: RuleList,
+    pub cidr: Cidr,
+    #[serde(default)]
+    pub note: String,
+    #[serde(default)]
+    pub created_by: String,
+    #[serde(default)]
+    pub created_at: Millis,
+    #[serde(default)]
+    pub expires_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertSource {
+    Acme,
+    Manual,
+    Local,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cert {
+    pub name: Name,
+    pub hosts: Vec<Hostname>,
+    pub chain_pem: String,
+    /// The private key, sealed with the cluster master key.
+    pub key: Sealed,
+    pub not_before: Millis,
+    pub not_after: Millis,
+    pub issuer: String,
+    pub source: CertSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcmeAccount {
+    pub directory: String,
+    pub contact: Vec<String>,
+    /// Account credentials (key and URL), sealed with the master key.
+    pub credentials: Sealed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Http01 {
+    pub token: Name,
+    pub key_authorization: Sealed,
+    pub expires_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alpn01 {
+    pub host: Hostname,
+    pub cert_pem: String,
+    pub key: Sealed,
+    pub expires_at: Millis,
+}
+
+/// A lease on a piece of cluster work. `token` is the log index that granted it: a fencing token
+/// that only grows, so a deposed holder's writes can be told apart and refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub name: Name,
+    pub holder: NodeId,
+    pub token: u64,
+    pub expires_at: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BotKeyState {
+    Next,
+    Active,
+    VerifyOnly,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BotKey {
+    pub kid: Name,
+    pub secret: Sealed,
+    pub state: BotKeyState,
+    pub not_after: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionAction {
+    Challenge,
+    Block,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub project: ProjectId,
+    pub prefix: Cidr,
+    pub action: DecisionAction,
+    pub until: Millis,
+    #[serde(default)]
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+    Owner,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: Name,
+    /// The visible start of the key, for operators to recognise it.
+    pub prefix: String,
+    /// SHA-256 of the whole key, hex.
+    pub hash: String,
+    pub role: Role,
+    #[serde(default)]
+    pub project: Option<ProjectId>,
+    pub created_at: Millis,
+    #[serde(default)]
+    pub expires_at: Option<Millis>,
+    #[serde(default)]
+    pub revoked: bool,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// The log index of the write that recorded it: unique and ordered cluster-wide.
+    #[serde(default)]
+    pub seq: u64,
+    pub at: Millis,
+    pub actor: String,
+    #[serde(default)]
+    pub source_ip: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+}
+
+/// A one-use secret that lets a new node join; only its hash is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    pub hash: String,
+    pub expires_at: Millis,
+    pub created_by: String,
+}
+
+/// Cluster-wide settings that every node applies.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ClusterSettings {
+    #[serde(default)]
+    pub values: BTreeMap<String, String>,
+}
+
+/// Every kind of replicated record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    Project(Project),
+    Domain(Domain),
+    IpRule(IpRule),
+    Cert(Cert),
+    AcmeAccount(AcmeAccount),
+    Http01(Http01),
+    Alpn01(Alpn01),
+    Lease(Lease),
+    BotKey(BotKey),
+    Decision(Decision),
+    ApiKey(ApiKey),
+    Audit(AuditEntry),
+    JoinToken(JoinToken),
+    Settings(ClusterSettings),
+}
+
+/// The key of a record: what `Delete` commands name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RecordKey {
+    Project { id: ProjectId },
+    Domain { host: Hostname },
+    IpRule { project: ProjectId, list: RuleList, cidr: Cidr },
+    Cert { name: Name },
+    AcmeAccount { directory: String },
+    Http01 { token: Name },
+    Alpn01 { host: Hostname },
+    Lease { name: Name },
+    BotKey { kid: Name },
+    Decision { project: ProjectId, prefix: Cidr },
+    ApiKey { id: Name },
+    Audit { seq: u64 },
+    JoinToken { hash: String },
+    Settings,
+}
+
+impl Record {
+    pub fn key(&self) -> RecordKey {
+        match self {
+            Record::Project(p) => RecordKey::Project { id: p.id.clone() },
+            Record::Domain(d) => RecordKey::Domain { host: d.host.clone() },
+            Record::IpRule(r) => RecordKey::IpRule { project: r.project.clone(), list: r.list, cidr: r.cidr },
+            Record::Cert(c) => RecordKey::Cert { name: c.name.clone() },
+            Record::AcmeAccount(a) => RecordKey::AcmeAccount { directory: a.directory.clone() },
+            Record::Http01(h) => RecordKey::Http01 { token: h.token.clone() },
+            Record::Alpn01(a) => RecordKey::Alpn01 { host: a.host.clone() },
+            Record::Lease(l) => RecordKey::Lease { name: l.name.clone() },
+            Record::BotKey(k) => RecordKey::BotKey { kid: k.kid.clone() },
+            Record::Decision(d) => RecordKey::Decision { project: d.project.clone(), prefix: d.prefix },
+            Record::ApiKey(k) => RecordKey::ApiKey { id: k.id.clone() },
+            Record::Audit(a) => RecordKey::Audit { seq: a.seq },
+            Record::JoinToken(t) => RecordKey::JoinToken { hash: t.hash.clone() },
+            Record::Settings(_) => RecordKey::Settings,
+        }
+    }
+}
+
+/// Key prefixes of the state-machine column family, one per record kind.
+pub mod prefix {
+    pub const PROJECT: &str = "project/";
+    pub const DOMAIN: &str = "domain/";
+    pub const IPRULE: &str = "iprule/";
+    pub const CERT: &str = "cert/";
+    pub const ACME_ACCOUNT: &str = "acme/account/";
+    pub const HTTP01: &str = "acme/http01/";
+    pub const ALPN01: &str = "acme/alpn01/";
+    pub const LEASE: &str = "lease/";
+    pub const BOTKEY: &str = "botkey/";
+    pub const DECISION: &str = "decision/";
+    pub const APIKEY: &str = "apikey/";
+    pub const AUDIT: &str = "audit/";
+    pub const JOIN_TOKEN: &str = "jointoken/";
+    pub const SETTINGS: &str = "settings";
+    /// Internal: request ids already applied, for exactly-once retries.
+    pub const DEDUP: &str = "~dedup/";
+    /// Internal: counters such as the next node id.
+    pub const COUNTER: &str = "~counter/";
+}
+
+impl RecordKey {
+    /// The RocksDB key. Sequence numbers are zero-padded so that keys sort numerically.
+    pub fn encode(&self) -> String {
+        use prefix::*;
+        match self {
+            RecordKey::Project { id } => format!("{PROJECT}{id}"),
+            RecordKey::Domain { host } => format!("{DOMAIN}{host}"),
+            RecordKey::IpRule { project, list, cidr } => {
+                format!("{IPRULE}{project}/{}/{cidr}", list.as_str())
+            }
+            RecordKey::Cert { name } => format!("{CERT}{name}"),
+            RecordKey::AcmeAccount { directory } => format!("{ACME_ACCOUNT}{directory}"),
+            RecordKey::Http01 { token } => format!("{HTTP01}{token}"),
+            RecordKey::Alpn01 { host } => format!("{ALPN01}{host}"),
+            RecordKey::Lease { name } => format!("{LEASE}{name}"),
+            RecordKey::BotKey { kid } => format!("{BOTKEY}{kid}"),
+            RecordKey::Decision { project, prefix } => format!("{DECISION}{project}/{prefix}"),
+            RecordKey::ApiKey { id } => format!("{APIKEY}{id}"),
+            RecordKey::Audit { seq } => format!("{AUDIT}{seq:020}"),
+            RecordKey::JoinToken { hash } => format!("{JOIN_TOKEN}{hash}"),
+            RecordKey::Settings => SETTINGS.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_keys_follow_the_design_prefixes() {
+        let rule = Record::IpRule(IpRule {
+            project: "shop".parse().unwrap(),
+            list: RuleList::Block,
+            cidr: "2001:db8::/32".parse().unwrap(),
+            note: String::new(),
+            created_by: String::new(),
+            created_at: 0,
+            expires_at: None,
+        });
+        assert_eq!(rule.key().encode(), "iprule/shop/block/2001:db8::/32");
+        assert_eq!(RecordKey::Audit { seq: 42 }.encode(), "audit/00000000000000000042");
+    }
+
+    #[test]
+    fn records_round_trip_through_json() {
+        let p = Record::Project(Project {
+            id: "shop".parse().unwrap(),
+            name: "Shop".into(),
+            headers: HeaderPolicy::default(),
+            bot: BotPolicy::default(),
+            limits: Limits::default(),
+            created_at: 7,
+        });
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), p);
+        let bad = json.replace("\"shop\"", "\"Sh op\"");
+        assert!(serde_json::from_str::<Record>(&bad).is_err());
+    }
+}

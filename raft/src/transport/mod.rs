@@ -1,0 +1,191 @@
+//! The cluster transport: QUIC (quinn) with mutual TLS, one stream per RPC.
+//!
+//! Connections are cached per peer and re-dialled when they close. Heartbeats and appends travel
+//! on their own streams, so a snapshot transfer in progress never delays them.
+
+pub mod proto;
+pub mod tls;
+mod network;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+pub use network::Network;
+use proto::{RemoteError, Rpc, FRAME_VERSION, MAX_FRAME};
+
+use crate::crypto::node_server_name;
+use crate::ids::NodeId;
+
+/// Idle connections are closed after this; keep-alives keep live ones open well inside it.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+const KEEP_ALIVE: Duration = Duration::from_secs(2);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot reach {addr}: {detail}")]
+    Unreachable { addr: String, detail: String },
+    #[error("connection to {addr} failed: {detail}")]
+    Io { addr: String, detail: String },
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("bad frame: {0}")]
+    Frame(String),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+impl TransportError {
+    /// True when the peer could not be reached at all (retrying elsewhere is safe).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, TransportError::Unreachable { .. })
+    }
+}
+
+fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("valid idle timeout")));
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.max_concurrent_bidi_streams(1024u32.into());
+    t
+}
+
+pub fn server_config(identity: &tls::Identity) -> Result<quinn::ServerConfig, tls::TlsError> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)
+        .map_err(|e| tls::TlsError::Bad { what: "QUIC server TLS", detail: e.to_string() })?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(Arc::new(transport_config()));
+    Ok(cfg)
+}
+
+pub fn client_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, tls::TlsError> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| tls::TlsError::Bad { what: "QUIC client TLS", detail: e.to_string() })?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(Arc::new(transport_config()));
+    Ok(cfg)
+}
+
+pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, v: &T) -> Result<(), TransportError> {
+    let body = serde_json::to_vec(v).map_err(|e| TransportError::Frame(e.to_string()))?;
+    if body.len() > MAX_FRAME {
+        return Err(TransportError::Frame(format!("frame of {} bytes exceeds {MAX_FRAME}", body.len())));
+    }
+    let mut head = [0u8; 5];
+    head[0] = FRAME_VERSION;
+    head[1..].copy_from_slice(&(body.len() as u32).to_be_bytes());
+    let io = |e: quinn::WriteError| TransportError::Io { addr: String::new(), detail: e.to_string() };
+    send.write_all(&head).await.map_err(io)?;
+    send.write_all(&body).await.map_err(io)?;
+    Ok(())
+}
+
+pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result<T, TransportError> {
+    let mut head = [0u8; 5];
+    recv.read_exact(&mut head).await.map_err(|e| TransportError::Frame(format!("reading frame header: {e}")))?;
+    if head[0] != FRAME_VERSION {
+        return Err(TransportError::Frame(format!("unknown frame version {}", head[0])));
+    }
+    let len = u32::from_be_bytes(head[1..].try_into().expect("4 bytes")) as usize;
+    if len > MAX_FRAME {
+        return Err(TransportError::Frame(format!("frame of {len} bytes exceeds {MAX_FRAME}")));
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(|e| TransportError::Frame(format!("reading frame body: {e}")))?;
+    serde_json::from_slice(&body).map_err(|e| TransportError::Frame(format!("malformed frame: {e}")))
+}
+
+/// Outgoing calls to peers over one QUIC endpoint.
+pub struct Transport {
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    conns: Mutex<HashMap<NodeId, (SocketAddr, quinn::Connection)>>,
+}
+
+impl Transport {
+    pub fn new(endpoint: quinn::Endpoint, client: quinn::ClientConfig) -> Self {
+        Transport { endpoint, client, conns: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
+    async fn connection(&self, target: NodeId, addr: &str) -> Result<quinn::Connection, TransportError> {
+        let sock = resolve(addr)?;
+        {
+            let conns = self.conns.lock().await;
+            if let Some((a, c)) = conns.get(&target) {
+                if *a == sock && c.close_reason().is_none() {
+                    return Ok(c.clone());
+                }
+            }
+        }
+        let conn = connect(&self.endpoint, &self.client, sock, &node_server_name(target)).await?;
+        self.conns.lock().await.insert(target, (sock, conn.clone()));
+        Ok(conn)
+    }
+
+    /// Open a stream to `target` for one RPC.
+    pub async fn open(
+        &self,
+        target: NodeId,
+        addr: &str,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
+        let conn = self.connection(target, addr).await?;
+        match conn.open_bi().await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                self.conns.lock().await.remove(&target);
+                Err(TransportError::Unreachable { addr: addr.to_string(), detail: e.to_string() })
+            }
+        }
+    }
+
+    /// One request, one reply, within `timeout`.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        rpc: &Rpc,
+        timeout: Duration,
+    ) -> Result<T, TransportError> {
+        let fut = async {
+            let (mut send, mut recv) = self.open(target, addr).await?;
+            write_frame(&mut send, rpc).await?;
+            let _ = send.finish();
+            let reply: Result<T, RemoteError> = read_frame(&mut recv).await?;
+            Ok(reply?)
+        };
+        tokio::time::timeout(timeout, fut).await.map_err(|_| TransportError::Timeout(timeout))?
+    }
+}
+
+pub fn resolve(addr: &str) -> Result<SocketAddr, TransportError> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| TransportError::Unreachable { addr: addr.to_string(), detail: "not a host:port address".into() })
+}
+
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    client: &quinn::ClientConfig,
+    addr: SocketAddr,
+    server_name: &str,
+) -> Result<quinn::Connection, TransportError> {
+    let unreachable = |detail: String| TransportError::Unreachable { addr: addr.to_string(), detail };
+    let connecting = endpoint.connect_with(client.clone(), addr, server_name).map_err(|e| unreachable(e.to_string()))?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(_) => Err(unreachable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
+    }
+}

@@ -1,0 +1,126 @@
+//! The messages nodes exchange. Each RPC is one bidirectional QUIC stream: the caller writes one
+//! request frame (and, for a snapshot, the file's bytes) and finishes its side; the callee writes
+//! one reply frame. A frame is a format version byte, a u32 length and a JSON body.
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Request, Response};
+use crate::ids::NodeId;
+use crate::types::{NodeInfo, SnapshotMeta, TypeConfig, Vote};
+
+pub const FRAME_VERSION: u8 = 1;
+/// The largest frame either side accepts. Bulk commands are split below this by their callers.
+pub const MAX_FRAME: usize = 32 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "rpc", rename_all = "snake_case")]
+pub enum Rpc {
+    Append { req: openraft::raft::AppendEntriesRequest<TypeConfig> },
+    Vote { req: openraft::raft::VoteRequest<TypeConfig> },
+    PreVote { req: openraft::raft::VoteRequest<TypeConfig> },
+    TransferLeader { req: openraft::raft::TransferLeaderRequest<TypeConfig> },
+    /// Followed on the stream by exactly `size` bytes of snapshot file.
+    Snapshot { vote: Vote, meta: SnapshotMeta, size: u64 },
+    /// A client write, forwarded to the leader.
+    Forward { req: Request },
+    /// Ask the leader for a read index (linearizable reads on a follower).
+    ReadIndex,
+    /// Add a node as learner, wait for it to catch up, then make it a voter.
+    AddMember { id: NodeId, node: NodeInfo },
+    RemoveMember { id: NodeId },
+    /// The leader's view of the cluster.
+    Status,
+    /// A node without a certificate asks to join (the only RPC allowed without one).
+    Join(JoinRequest),
+    /// Reachability and identity check.
+    Ping { from: NodeId },
+}
+
+impl Rpc {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Rpc::Append { .. } => "append",
+            Rpc::Vote { .. } => "vote",
+            Rpc::PreVote { .. } => "pre_vote",
+            Rpc::TransferLeader { .. } => "transfer_leader",
+            Rpc::Snapshot { .. } => "snapshot",
+            Rpc::Forward { .. } => "forward",
+            Rpc::ReadIndex => "read_index",
+            Rpc::AddMember { .. } => "add_member",
+            Rpc::RemoveMember { .. } => "remove_member",
+            Rpc::Status => "status",
+            Rpc::Join(_) => "join",
+            Rpc::Ping { .. } => "ping",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub secret: String,
+    pub csr_pem: String,
+    pub node: NodeInfo,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct JoinGrant {
+    pub node_id: NodeId,
+    pub cluster_id: String,
+    pub ca_cert_pem: String,
+    pub ca_key_pem: String,
+    pub node_cert_pem: String,
+    pub master_key_hex: String,
+}
+
+impl std::fmt::Debug for JoinGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinGrant").field("node_id", &self.node_id).field("cluster_id", &self.cluster_id).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pong {
+    pub node_id: NodeId,
+    pub cluster_id: String,
+    /// The id the caller's certificate proves, as the callee saw it.
+    pub you_are: Option<NodeId>,
+}
+
+/// Why a remote call failed, as the callee reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "error", rename_all = "snake_case")]
+pub enum RemoteError {
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<(NodeId, NodeInfo)> },
+    #[error("refused: {reason}")]
+    Refused { reason: String },
+    #[error("unauthenticated: {reason}")]
+    Unauthenticated { reason: String },
+    #[error("remote failure: {message}")]
+    Failed { message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub node: NodeInfo,
+    pub voter: bool,
+    /// Last log index known replicated to it (leader's view).
+    pub matched: Option<u64>,
+    pub lag: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster_id: String,
+    pub node_id: NodeId,
+    pub state: String,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub committed: Option<u64>,
+    pub applied: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+pub type WriteReply = Result<Response, RemoteError>;
