@@ -15,3 +15,18 @@ pub mod auth;
 pub mod api;
 
 pub use api::{routes, AdminState};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Serve the admin API on `listener` until `stop` resolves; in-flight requests then get `drain`
+/// to finish.
+pub async fn serve(
+    state: Arc<AdminState>,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    drain: Duration,
+) -> std::io::Result<()> {
+    let acceptor = poem::listener::TcpAcceptor::from_tokio(listener)?;
+    poem::Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(routes(state), stop, Some(drain)).await
+}

@@ -84,7 +84,7 @@ async fn health_checks(view: Arc<view::LiveView>, mut shutdown: watch::Receiver<
         }
         tokio::select! {
             _ = tokio::time::sleep(upstream::HEALTH_INTERVAL) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = server::stopped(&mut shutdown) => return,
         }
     }
 }

@@ -57,7 +57,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
         let pipeline = pipeline.clone();
@@ -140,4 +140,9 @@ async fn serve_conn<S>(
     if let Err(e) = watcher.watch(fut.into_owned()).await {
         tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
     }
+}
+
+/// Resolves once `rx` has turned true (or its sender is gone).
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }

@@ -65,7 +65,6 @@ pub fn prepare(cfg: &Validated) -> Result<Prepared> {
 /// A started node: cluster member, edge and admin API.
 pub struct Running {
     pub cluster: Arc<Cluster>,
-    pub edge: palisade_edge::Edge,
     stop_tx: watch::Sender<bool>,
     admin: tokio::task::JoinHandle<Result<()>>,
 }
@@ -83,7 +82,7 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
     let master = p.setup.master_key.clone();
     let cluster = Cluster::start(p.setup, p.store, &p.data_dir.root).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let edge = palisade_edge::Edge::start(cluster.reader.clone(), master, cfg.edge.clone(), http, https, stop_rx.clone())?;
+    palisade_edge::Edge::start(cluster.reader.clone(), master, cfg.edge.clone(), http, https, stop_rx.clone())?;
     tracing::info!(
         node = node_id,
         cluster = %cluster.cluster_id,
@@ -97,7 +96,7 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
     if !p.node_file.joined {
         tokio::spawn(finish_join(cluster.clone(), p.data_dir, p.node_file.clone()));
     }
-    Ok(Running { cluster, edge, stop_tx, admin })
+    Ok(Running { cluster, stop_tx, admin })
 }
 
 /// Keep asking until the cluster has made this node a voter, then record it.
@@ -159,16 +158,10 @@ async fn serve_admin(
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let addr = listener.local_addr()?;
-    let app = palisade_admin::routes(Arc::new(AdminState { cluster }));
-    let acceptor = poem::listener::TcpAcceptor::from_tokio(listener)?;
-    poem::Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(
-            app,
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
-            Some(DRAIN),
-        )
+    let stop = async move {
+        let _ = stop.wait_for(|s| *s).await.map(|_| ());
+    };
+    palisade_admin::serve(Arc::new(AdminState { cluster }), listener, stop, DRAIN)
         .await
         .with_context(|| format!("admin API on {addr}"))
 }

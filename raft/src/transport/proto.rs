@@ -12,8 +12,10 @@ pub const FRAME_VERSION: u8 = 1;
 /// The largest frame either side accepts. Bulk commands are split below this by their callers.
 pub const MAX_FRAME: usize = 32 << 20;
 
+/// Externally tagged: an internally tagged enum would buffer its content, and serde cannot then
+/// read the integer map keys (node ids) inside openraft's membership.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "rpc", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Rpc {
     Append { req: openraft::raft::AppendEntriesRequest<TypeConfig> },
     Vote { req: openraft::raft::VoteRequest<TypeConfig> },
