@@ -8,7 +8,8 @@ use palisade_raft::cluster::{Cluster, ClusterError};
 use palisade_raft::command::{Command, Request, Response};
 use palisade_raft::ids::{Hostname, Name, ProjectId, RequestId};
 use palisade_raft::model::{
-    prefix, AuditEntry, Cert, CertSource, ClusterSettings, Domain, Project, Record, RecordKey, Role, TlsMode,
+    prefix, AuditEntry, Cert, CertSource, ClusterSettings, Domain, Project, Record, RecordKey,
+    Role, TlsMode,
 };
 use palisade_raft::now_ms;
 use poem::http::{HeaderMap, StatusCode};
@@ -33,7 +34,10 @@ pub fn routes(state: Arc<AdminState>) -> impl poem::Endpoint {
         .at("/v1/projects/:id", get(get_project))
         .at("/v1/audit", get(list_audit))
         .at("/v1/domains", get(list_domains))
-        .at("/v1/domains/:host", get(get_domain).put(put_domain).delete(delete_domain))
+        .at(
+            "/v1/domains/:host",
+            get(get_domain).put(put_domain).delete(delete_domain),
+        )
         .at("/v1/certificates", get(list_certs).post(upload_cert))
         .at("/v1/settings", get(get_settings).put(put_settings))
         .data(state)
@@ -42,9 +46,7 @@ pub fn routes(state: Arc<AdminState>) -> impl poem::Endpoint {
 type ApiResult = poem::Result<poem::Response>;
 
 fn error(status: StatusCode, msg: impl std::fmt::Display) -> poem::Error {
-    poem::Error::from_response(
-        (status, Json(json!({ "error": msg.to_string() }))).into_response(),
-    )
+    poem::Error::from_response((status, Json(json!({ "error": msg.to_string() }))).into_response())
 }
 
 fn cluster_error(e: ClusterError) -> poem::Error {
@@ -71,11 +73,12 @@ fn authorize(state: &AdminState, headers: &HeaderMap, needs: Role) -> poem::Resu
 fn request_id(headers: &HeaderMap) -> poem::Result<RequestId> {
     match headers.get("idempotency-key") {
         None => Ok(RequestId::random()),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| error(StatusCode::BAD_REQUEST, "Idempotency-Key must be 1 to 128 printable characters")),
+        Some(v) => v.to_str().ok().and_then(|s| s.parse().ok()).ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "Idempotency-Key must be 1 to 128 printable characters",
+            )
+        }),
     }
 }
 
@@ -84,7 +87,10 @@ fn audit(p: &Principal, remote: &RemoteAddr, action: &str, target: &str) -> Audi
         seq: 0,
         at: now_ms(),
         actor: format!("key:{}", p.key_id),
-        source_ip: remote.as_socket_addr().map(|a| a.ip().to_string()).unwrap_or_default(),
+        source_ip: remote
+            .as_socket_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default(),
         action: action.to_string(),
         target: target.to_string(),
         outcome: "ok".to_string(),
@@ -99,9 +105,17 @@ struct ReadOpts {
 
 async fn read_barrier(state: &AdminState, opts: &ReadOpts) -> poem::Result<()> {
     match opts.consistency.as_deref() {
-        None | Some("linearizable") => state.cluster.linearizable_barrier().await.map(|_| ()).map_err(cluster_error),
+        None | Some("linearizable") => state
+            .cluster
+            .linearizable_barrier()
+            .await
+            .map(|_| ())
+            .map_err(cluster_error),
         Some("local") => Ok(()),
-        Some(other) => Err(error(StatusCode::BAD_REQUEST, format!("consistency must be linearizable or local, not {other:?}"))),
+        Some(other) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("consistency must be linearizable or local, not {other:?}"),
+        )),
     }
 }
 
@@ -110,7 +124,11 @@ async fn health(state: Data<&Arc<AdminState>>) -> poem::Response {
     let s = state.cluster.local_status();
     let ready = s.leader.is_some();
     let body = json!({ "node_id": s.node_id, "ready": ready, "leader": s.leader, "state": s.state, "applied": s.applied });
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 
@@ -137,16 +155,29 @@ async fn create_join_token(
     body: Option<Json<TokenBody>>,
 ) -> ApiResult {
     let p = authorize(&state, headers, Role::Owner)?;
-    let ttl = body.map(|b| b.ttl_seconds).unwrap_or_else(default_token_ttl);
+    let ttl = body
+        .map(|b| b.ttl_seconds)
+        .unwrap_or_else(default_token_ttl);
     if ttl == 0 || ttl > 7 * 24 * 3600 {
-        return Err(error(StatusCode::BAD_REQUEST, "ttl_seconds must be between 1 and 604800"));
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "ttl_seconds must be between 1 and 604800",
+        ));
     }
     let token = state
         .cluster
-        .create_join_token(Duration::from_secs(ttl), &format!("key:{}", p.key_id), now_ms())
+        .create_join_token(
+            Duration::from_secs(ttl),
+            &format!("key:{}", p.key_id),
+            now_ms(),
+        )
         .await
         .map_err(cluster_error)?;
-    Ok((StatusCode::CREATED, Json(json!({ "token": token, "ttl_seconds": ttl }))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token": token, "ttl_seconds": ttl })),
+    )
+        .into_response())
 }
 
 #[handler]
@@ -157,10 +188,17 @@ async fn remove_member(
     Path(id): Path<u64>,
 ) -> ApiResult {
     let p = authorize(&state, headers, Role::Owner)?;
-    state.cluster.remove_member(id).await.map_err(cluster_error)?;
+    state
+        .cluster
+        .remove_member(id)
+        .await
+        .map_err(cluster_error)?;
     let entry = audit(&p, remote, "cluster.member.remove", &format!("node/{id}"));
     // Membership changes are Raft entries of their own; the audit entry follows them.
-    let _ = state.cluster.write(Request::new(Command::AuditOnly).with_audit(entry)).await;
+    let _ = state
+        .cluster
+        .write(Request::new(Command::AuditOnly).with_audit(entry))
+        .await;
     Ok(Json(json!({ "removed": id })).into_response())
 }
 
@@ -183,7 +221,10 @@ async fn create_project(
 ) -> ApiResult {
     let p = authorize(&state, headers, Role::Admin)?;
     let Json(body) = body.map_err(|e| error(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
-    let id: ProjectId = body.id.parse().map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+    let id: ProjectId = body
+        .id
+        .parse()
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
     let project = Project {
         id: id.clone(),
         name: body.name,
@@ -192,9 +233,16 @@ async fn create_project(
         limits: body.limits.unwrap_or_default(),
         created_at: now_ms(),
     };
-    let req = Request::new(Command::Put { record: Record::Project(project.clone()) })
-        .with_id(request_id(headers)?)
-        .with_audit(audit(&p, remote, "project.create", &format!("project/{id}")));
+    let req = Request::new(Command::Put {
+        record: Record::Project(project.clone()),
+    })
+    .with_id(request_id(headers)?)
+    .with_audit(audit(
+        &p,
+        remote,
+        "project.create",
+        &format!("project/{id}"),
+    ));
     match state.cluster.write(req).await.map_err(cluster_error)? {
         Response::Applied { index, duplicate } => Ok((
             StatusCode::CREATED,
@@ -202,7 +250,10 @@ async fn create_project(
         )
             .into_response()),
         Response::Refused { reason } => Err(error(StatusCode::CONFLICT, reason)),
-        other => Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected answer {other:?}"))),
+        other => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected answer {other:?}"),
+        )),
     }
 }
 
@@ -216,7 +267,11 @@ async fn get_project(
     authorize(&state, headers, Role::Viewer)?;
     let id: ProjectId = id.parse().map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
     read_barrier(&state, &opts).await?;
-    match state.cluster.reader.get(&RecordKey::Project { id: id.clone() }) {
+    match state
+        .cluster
+        .reader
+        .get(&RecordKey::Project { id: id.clone() })
+    {
         Ok(Some(Record::Project(p))) => Ok(Json(p).into_response()),
         Ok(_) => Err(error(StatusCode::NOT_FOUND, format!("no project {id}"))),
         Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
@@ -244,21 +299,45 @@ fn page(
         .reader
         .scan(pfx, after.as_deref(), usize::MAX)
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    Ok(records.into_iter().filter(|r| keep(r)).take(limit).collect())
+    Ok(records
+        .into_iter()
+        .filter(|r| keep(r))
+        .take(limit)
+        .collect())
 }
 
 #[handler]
-async fn list_projects(state: Data<&Arc<AdminState>>, headers: &HeaderMap, Query(opts): Query<ListOpts>) -> ApiResult {
+async fn list_projects(
+    state: Data<&Arc<AdminState>>,
+    headers: &HeaderMap,
+    Query(opts): Query<ListOpts>,
+) -> ApiResult {
     authorize(&state, headers, Role::Viewer)?;
-    read_barrier(&state, &ReadOpts { consistency: opts.consistency.clone() }).await?;
+    read_barrier(
+        &state,
+        &ReadOpts {
+            consistency: opts.consistency.clone(),
+        },
+    )
+    .await?;
     let items = page(&state, prefix::PROJECT, &opts, |_| true)?;
     Ok(Json(json!({ "items": items })).into_response())
 }
 
 #[handler]
-async fn list_audit(state: Data<&Arc<AdminState>>, headers: &HeaderMap, Query(opts): Query<ListOpts>) -> ApiResult {
+async fn list_audit(
+    state: Data<&Arc<AdminState>>,
+    headers: &HeaderMap,
+    Query(opts): Query<ListOpts>,
+) -> ApiResult {
     authorize(&state, headers, Role::Viewer)?;
-    read_barrier(&state, &ReadOpts { consistency: opts.consistency.clone() }).await?;
+    read_barrier(
+        &state,
+        &ReadOpts {
+            consistency: opts.consistency.clone(),
+        },
+    )
+    .await?;
     let action = opts.action.clone();
     let items = page(&state, prefix::AUDIT, &opts, |r| match (r, &action) {
         (Record::Audit(a), Some(want)) => &a.action == want,
@@ -268,15 +347,34 @@ async fn list_audit(state: Data<&Arc<AdminState>>, headers: &HeaderMap, Query(op
 }
 
 /// Write one command with its audit entry; 201/200 with the applied index, 409 when refused.
-async fn apply(state: &AdminState, headers: &HeaderMap, command: Command, audit: AuditEntry, created: bool) -> ApiResult {
-    let req = Request::new(command).with_id(request_id(headers)?).with_audit(audit);
+async fn apply(
+    state: &AdminState,
+    headers: &HeaderMap,
+    command: Command,
+    audit: AuditEntry,
+    created: bool,
+) -> ApiResult {
+    let req = Request::new(command)
+        .with_id(request_id(headers)?)
+        .with_audit(audit);
     match state.cluster.write(req).await.map_err(cluster_error)? {
         Response::Applied { index, duplicate } => {
-            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-            Ok((status, Json(json!({ "index": index, "duplicate": duplicate }))).into_response())
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok((
+                status,
+                Json(json!({ "index": index, "duplicate": duplicate })),
+            )
+                .into_response())
         }
         Response::Refused { reason } => Err(error(StatusCode::CONFLICT, reason)),
-        other => Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected answer {other:?}"))),
+        other => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected answer {other:?}"),
+        )),
     }
 }
 
@@ -306,12 +404,30 @@ async fn put_domain(
     let Json(body) = body.map_err(|e| bad_request(format!("body: {e}")))?;
     let host: Hostname = host.parse().map_err(bad_request)?;
     let project: ProjectId = body.project.parse().map_err(bad_request)?;
-    if state.cluster.reader.get(&RecordKey::Project { id: project.clone() }).ok().flatten().is_none() {
-        return Err(error(StatusCode::NOT_FOUND, format!("no project {project}")));
+    if state
+        .cluster
+        .reader
+        .get(&RecordKey::Project {
+            id: project.clone(),
+        })
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no project {project}"),
+        ));
     }
     for (i, u) in body.upstreams.iter().enumerate() {
-        if u.rsplit_once(':').and_then(|(h, p)| (!h.is_empty()).then_some(p)).and_then(|p| p.parse::<u16>().ok()).is_none() {
-            return Err(bad_request(format!("upstreams[{i}] = {u:?} must be HOST:PORT")));
+        if u.rsplit_once(':')
+            .and_then(|(h, p)| (!h.is_empty()).then_some(p))
+            .and_then(|p| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(bad_request(format!(
+                "upstreams[{i}] = {u:?} must be HOST:PORT"
+            )));
         }
     }
     let domain = Domain {
@@ -323,15 +439,38 @@ async fn put_domain(
         bot_override: None,
     };
     let entry = audit(&p, remote, "domain.put", &format!("domain/{host}"));
-    apply(&state, headers, Command::Put { record: Record::Domain(domain) }, entry, true).await
+    apply(
+        &state,
+        headers,
+        Command::Put {
+            record: Record::Domain(domain),
+        },
+        entry,
+        true,
+    )
+    .await
 }
 
 #[handler]
-async fn delete_domain(state: Data<&Arc<AdminState>>, headers: &HeaderMap, remote: &RemoteAddr, Path(host): Path<String>) -> ApiResult {
+async fn delete_domain(
+    state: Data<&Arc<AdminState>>,
+    headers: &HeaderMap,
+    remote: &RemoteAddr,
+    Path(host): Path<String>,
+) -> ApiResult {
     let p = authorize(&state, headers, Role::Operator)?;
     let host: Hostname = host.parse().map_err(bad_request)?;
     let entry = audit(&p, remote, "domain.delete", &format!("domain/{host}"));
-    apply(&state, headers, Command::Delete { key: RecordKey::Domain { host } }, entry, false).await
+    apply(
+        &state,
+        headers,
+        Command::Delete {
+            key: RecordKey::Domain { host },
+        },
+        entry,
+        false,
+    )
+    .await
 }
 
 #[handler]
@@ -344,7 +483,11 @@ async fn get_domain(
     authorize(&state, headers, Role::Viewer)?;
     let host: Hostname = host.parse().map_err(bad_request)?;
     read_barrier(&state, &opts).await?;
-    match state.cluster.reader.get(&RecordKey::Domain { host: host.clone() }) {
+    match state
+        .cluster
+        .reader
+        .get(&RecordKey::Domain { host: host.clone() })
+    {
         Ok(Some(Record::Domain(d))) => Ok(Json(d).into_response()),
         Ok(_) => Err(error(StatusCode::NOT_FOUND, format!("no domain {host}"))),
         Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
@@ -352,9 +495,19 @@ async fn get_domain(
 }
 
 #[handler]
-async fn list_domains(state: Data<&Arc<AdminState>>, headers: &HeaderMap, Query(opts): Query<ListOpts>) -> ApiResult {
+async fn list_domains(
+    state: Data<&Arc<AdminState>>,
+    headers: &HeaderMap,
+    Query(opts): Query<ListOpts>,
+) -> ApiResult {
     authorize(&state, headers, Role::Viewer)?;
-    read_barrier(&state, &ReadOpts { consistency: opts.consistency.clone() }).await?;
+    read_barrier(
+        &state,
+        &ReadOpts {
+            consistency: opts.consistency.clone(),
+        },
+    )
+    .await?;
     let items = page(&state, prefix::DOMAIN, &opts, |_| true)?;
     Ok(Json(json!({ "items": items })).into_response())
 }
@@ -371,12 +524,16 @@ fn cert_facts(chain_pem: &str) -> Result<(Vec<Hostname>, u64, u64, String), Stri
     use rustls_pki_types::pem::PemObject;
     let der = rustls_pki_types::CertificateDer::from_pem_slice(chain_pem.as_bytes())
         .map_err(|e| format!("chain_pem: {e}"))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| format!("chain_pem: {e}"))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| format!("chain_pem: {e}"))?;
     let mut hosts = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {
             if let x509_parser::extensions::GeneralName::DNSName(d) = n {
-                hosts.push(d.parse::<Hostname>().map_err(|e| format!("chain_pem: {e}"))?);
+                hosts.push(
+                    d.parse::<Hostname>()
+                        .map_err(|e| format!("chain_pem: {e}"))?,
+                );
             }
         }
     }
@@ -384,7 +541,12 @@ fn cert_facts(chain_pem: &str) -> Result<(Vec<Hostname>, u64, u64, String), Stri
         return Err("chain_pem: the certificate names no DNS host (subjectAltName)".into());
     }
     let ms = |t: x509_parser::time::ASN1Time| (t.timestamp().max(0) as u64) * 1000;
-    Ok((hosts, ms(cert.validity().not_before), ms(cert.validity().not_after), cert.issuer().to_string()))
+    Ok((
+        hosts,
+        ms(cert.validity().not_before),
+        ms(cert.validity().not_after),
+        cert.issuer().to_string(),
+    ))
 }
 
 #[handler]
@@ -397,7 +559,8 @@ async fn upload_cert(
     let p = authorize(&state, headers, Role::Admin)?;
     let Json(body) = body.map_err(|e| bad_request(format!("body: {e}")))?;
     let name: Name = body.name.parse().map_err(bad_request)?;
-    let (hosts, not_before, not_after, issuer) = cert_facts(&body.chain_pem).map_err(bad_request)?;
+    let (hosts, not_before, not_after, issuer) =
+        cert_facts(&body.chain_pem).map_err(bad_request)?;
     {
         use rustls_pki_types::pem::PemObject;
         rustls_pki_types::PrivateKeyDer::from_pem_slice(body.key_pem.as_bytes())
@@ -408,20 +571,42 @@ async fn upload_cert(
         name: name.clone(),
         hosts,
         chain_pem: body.chain_pem,
-        key: state.cluster.master_key().seal(body.key_pem.as_bytes(), &context),
+        key: state
+            .cluster
+            .master_key()
+            .seal(body.key_pem.as_bytes(), &context),
         not_before,
         not_after,
         issuer,
         source: CertSource::Manual,
     };
     let entry = audit(&p, remote, "certificate.upload", &format!("cert/{name}"));
-    apply(&state, headers, Command::Put { record: Record::Cert(cert) }, entry, true).await
+    apply(
+        &state,
+        headers,
+        Command::Put {
+            record: Record::Cert(cert),
+        },
+        entry,
+        true,
+    )
+    .await
 }
 
 #[handler]
-async fn list_certs(state: Data<&Arc<AdminState>>, headers: &HeaderMap, Query(opts): Query<ListOpts>) -> ApiResult {
+async fn list_certs(
+    state: Data<&Arc<AdminState>>,
+    headers: &HeaderMap,
+    Query(opts): Query<ListOpts>,
+) -> ApiResult {
     authorize(&state, headers, Role::Viewer)?;
-    read_barrier(&state, &ReadOpts { consistency: opts.consistency.clone() }).await?;
+    read_barrier(
+        &state,
+        &ReadOpts {
+            consistency: opts.consistency.clone(),
+        },
+    )
+    .await?;
     let items: Vec<_> = page(&state, prefix::CERT, &opts, |_| true)?
         .into_iter()
         .filter_map(|r| match r {
@@ -456,9 +641,20 @@ async fn put_settings(
     let Json(settings) = body.map_err(|e| bad_request(format!("body: {e}")))?;
     if let Some(v) = settings.values.get("min_tls") {
         if v != "1.2" && v != "1.3" {
-            return Err(bad_request(format!("min_tls = {v:?} must be \"1.2\" or \"1.3\"")));
+            return Err(bad_request(format!(
+                "min_tls = {v:?} must be \"1.2\" or \"1.3\""
+            )));
         }
     }
     let entry = audit(&p, remote, "settings.put", "settings");
-    apply(&state, headers, Command::Put { record: Record::Settings(settings) }, entry, false).await
+    apply(
+        &state,
+        headers,
+        Command::Put {
+            record: Record::Settings(settings),
+        },
+        entry,
+        false,
+    )
+    .await
 }

@@ -20,7 +20,10 @@ pub fn new_key(role: Role, description: &str, now: Millis) -> NewKey {
     let id = hex::encode(id);
     let mut secret = [0u8; 32];
     fill_random(&mut secret);
-    let key = format!("{KEY_PREFIX}{id}_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
+    let key = format!(
+        "{KEY_PREFIX}{id}_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+    );
     let record = ApiKey {
         id: id.parse().expect("hex id is a valid name"),
         prefix: key[..KEY_PREFIX.len() + id.len()].to_string(),
@@ -32,7 +35,10 @@ pub fn new_key(role: Role, description: &str, now: Millis) -> NewKey {
         revoked: false,
         description: description.to_string(),
     };
-    NewKey { record, secret: key }
+    NewKey {
+        record,
+        secret: key,
+    }
 }
 
 /// Who is calling, once their key checked out.
@@ -57,7 +63,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Check `key` against the stored records and the role it needs.
-pub fn authenticate(reader: &StateReader, key: &str, needs: Role, now: Millis) -> Result<Principal, AuthError> {
+pub fn authenticate(
+    reader: &StateReader,
+    key: &str,
+    needs: Role,
+    now: Millis,
+) -> Result<Principal, AuthError> {
     let rest = key.strip_prefix(KEY_PREFIX).ok_or(AuthError::Missing)?;
     let (id, _) = rest.split_once('_').ok_or(AuthError::Missing)?;
     let id = id.parse().map_err(|_| AuthError::Missing)?;
@@ -75,7 +86,10 @@ pub fn authenticate(reader: &StateReader, key: &str, needs: Role, now: Millis) -
     if record.role < needs {
         return Err(AuthError::Forbidden);
     }
-    Ok(Principal { key_id: record.id.to_string(), role: record.role })
+    Ok(Principal {
+        key_id: record.id.to_string(),
+        role: record.role,
+    })
 }
 
 #[cfg(test)]
@@ -86,10 +100,23 @@ mod tests {
     fn keys_have_256_bits_and_store_only_a_hash() {
         let k = new_key(Role::Owner, "first", 0);
         assert!(k.secret.starts_with("pal_"));
-        let secret_part = k.secret.rsplit('_').next().unwrap();
-        assert_eq!(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(secret_part).unwrap().len(), 32);
+        let (_id, secret_part) = k
+            .secret
+            .strip_prefix(KEY_PREFIX)
+            .unwrap()
+            .split_once('_')
+            .unwrap();
+        assert_eq!(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(secret_part)
+                .unwrap()
+                .len(),
+            32
+        );
         assert_ne!(k.record.hash, k.secret);
-        assert!(!serde_json::to_string(&k.record).unwrap().contains(secret_part));
+        assert!(!serde_json::to_string(&k.record)
+            .unwrap()
+            .contains(secret_part));
         assert!(constant_time_eq(b"abc", b"abc") && !constant_time_eq(b"abc", b"abd"));
     }
 }

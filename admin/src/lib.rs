@@ -11,8 +11,8 @@
 
 #![forbid(unsafe_code)]
 
-pub mod auth;
 pub mod api;
+pub mod auth;
 
 pub use api::{routes, AdminState};
 
@@ -28,5 +28,7 @@ pub async fn serve(
     drain: Duration,
 ) -> std::io::Result<()> {
     let acceptor = poem::listener::TcpAcceptor::from_tokio(listener)?;
-    poem::Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(routes(state), stop, Some(drain)).await
+    poem::Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(routes(state), stop, Some(drain))
+        .await
 }

@@ -52,11 +52,17 @@ pub struct TestCluster {
 }
 
 fn free_tcp() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free tcp port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free tcp port")
 }
 
 fn free_udp() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free udp port")
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free udp port")
 }
 
 pub fn agent() -> ureq::Agent {
@@ -77,24 +83,42 @@ pub struct Reply {
 impl TestCluster {
     /// `palisade init` on node 1, run it, then join `n - 1` more nodes.
     pub fn start(bin: &Path, n: usize, env: &[(&str, &str)]) -> Result<TestCluster> {
-        let dir = tempfile::Builder::new().prefix("palisade-test-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("palisade-test-")
+            .tempdir()?;
         let mut c = TestCluster {
             bin: bin.to_path_buf(),
             dir,
             nodes: Vec::new(),
             key: String::new(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         let first = c.new_node_slot(1);
         let out = c
             .command()
             .args(["init", "--data-dir"])
             .arg(&first.dir)
-            .args(["--cluster-addr", &first.cluster_addr, "--admin-addr", &first.admin_addr])
-            .args(["--public-addr", &first.https_addr, "--http-addr", &first.http_addr])
+            .args([
+                "--cluster-addr",
+                &first.cluster_addr,
+                "--admin-addr",
+                &first.admin_addr,
+            ])
+            .args([
+                "--public-addr",
+                &first.https_addr,
+                "--http-addr",
+                &first.http_addr,
+            ])
             .output()?;
         if !out.status.success() {
-            bail!("palisade init failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "palisade init failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let stdout = String::from_utf8_lossy(&out.stdout);
         c.key = stdout
@@ -124,7 +148,10 @@ impl TestCluster {
         let dir = self.dir.path().join(format!("n{}", self.nodes.len() + 1));
         Node {
             id,
-            log: self.dir.path().join(format!("n{}.log", self.nodes.len() + 1)),
+            log: self
+                .dir
+                .path()
+                .join(format!("n{}.log", self.nodes.len() + 1)),
             dir,
             cluster_addr: format!("127.0.0.1:{}", free_udp()),
             admin_addr: format!("127.0.0.1:{}", free_tcp()),
@@ -149,8 +176,18 @@ impl TestCluster {
             .command()
             .args(["join", "--token", token, "--data-dir"])
             .arg(&node.dir)
-            .args(["--cluster-addr", &node.cluster_addr, "--admin-addr", &node.admin_addr])
-            .args(["--public-addr", &node.https_addr, "--http-addr", &node.http_addr])
+            .args([
+                "--cluster-addr",
+                &node.cluster_addr,
+                "--admin-addr",
+                &node.admin_addr,
+            ])
+            .args([
+                "--public-addr",
+                &node.https_addr,
+                "--http-addr",
+                &node.http_addr,
+            ])
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -158,24 +195,46 @@ impl TestCluster {
         node.child = Some(child);
         self.nodes.push(node);
         let idx = self.nodes.len() - 1;
-        let id = self.wait_for(Duration::from_secs(60), "the joining node to report its id", || {
-            let text = self.nodes[idx].log_text();
-            Ok(text.lines().find_map(|l| l.split(" as node ").nth(1)).and_then(|s| s.trim().parse::<u64>().ok()))
-        })?;
+        let id = self.wait_for(
+            Duration::from_secs(60),
+            "the joining node to report its id",
+            || {
+                let text = self.nodes[idx].log_text();
+                Ok(text
+                    .lines()
+                    .find_map(|l| l.split(" as node ").nth(1))
+                    .and_then(|s| s.trim().parse::<u64>().ok()))
+            },
+        )?;
         self.nodes[idx].id = id;
-        self.wait_for(Duration::from_secs(60), "the new node to become a voter", || {
-            let s = self.status(0).ok();
-            Ok(s.filter(|s| {
-                s["members"].as_array().is_some_and(|m| m.iter().any(|m| m["id"] == id && m["voter"] == true))
-            }))
-        })?;
+        self.wait_for(
+            Duration::from_secs(60),
+            "the new node to become a voter",
+            || {
+                let s = self.status(0).ok();
+                Ok(s.filter(|s| {
+                    s["members"]
+                        .as_array()
+                        .is_some_and(|m| m.iter().any(|m| m["id"] == id && m["voter"] == true))
+                }))
+            },
+        )?;
         self.wait_ready(idx, Duration::from_secs(30))?;
         Ok(idx)
     }
 
     pub fn create_token(&self) -> Result<String> {
-        let live = self.live().first().copied().ok_or_else(|| anyhow!("no running node"))?;
-        let r = self.post(live, "/v1/cluster/join-tokens", serde_json::json!({ "ttl_seconds": 600 }), None)?;
+        let live = self
+            .live()
+            .first()
+            .copied()
+            .ok_or_else(|| anyhow!("no running node"))?;
+        let r = self.post(
+            live,
+            "/v1/cluster/join-tokens",
+            serde_json::json!({ "ttl_seconds": 600 }),
+            None,
+        )?;
         if r.status != 201 {
             bail!("token create answered {}: {}", r.status, r.body);
         }
@@ -188,7 +247,10 @@ impl TestCluster {
         if node.child.is_some() {
             bail!("node {} is already running", node.id);
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
         let child = self
             .command()
             .args(["run", "--config"])
@@ -211,7 +273,10 @@ impl TestCluster {
 
     /// SIGTERM node `idx` and wait for it to exit; returns its exit status.
     pub fn terminate(&mut self, idx: usize, within: Duration) -> Result<std::process::ExitStatus> {
-        let mut child = self.nodes[idx].child.take().ok_or_else(|| anyhow!("node not running"))?;
+        let mut child = self.nodes[idx]
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("node not running"))?;
         let rc = send_signal(child.id(), "TERM");
         if rc != 0 {
             bail!("kill(SIGTERM) failed");
@@ -231,7 +296,9 @@ impl TestCluster {
     }
 
     pub fn live(&self) -> Vec<usize> {
-        (0..self.nodes.len()).filter(|&i| self.nodes[i].is_running()).collect()
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_running())
+            .collect()
     }
 
     pub fn index_of(&self, id: u64) -> Option<usize> {
@@ -239,7 +306,12 @@ impl TestCluster {
     }
 
     /// Poll `f` until it yields a value or `timeout` passes.
-    pub fn wait_for<T>(&self, timeout: Duration, what: &str, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    pub fn wait_for<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut f: impl FnMut() -> Result<Option<T>>,
+    ) -> Result<T> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(v) = f()? {
@@ -249,7 +321,13 @@ impl TestCluster {
                 let logs: String = self
                     .nodes
                     .iter()
-                    .map(|n| format!("--- node {} log (tail):\n{}\n", n.id, tail(&n.log_text(), 15)))
+                    .map(|n| {
+                        format!(
+                            "--- node {} log (tail):\n{}\n",
+                            n.id,
+                            tail(&n.log_text(), 15)
+                        )
+                    })
                     .collect();
                 bail!("timed out after {timeout:?} waiting for {what}\n{logs}");
             }
@@ -259,20 +337,34 @@ impl TestCluster {
 
     /// Wait until node `idx` answers its health check with a known leader.
     pub fn wait_ready(&self, idx: usize, timeout: Duration) -> Result<Value> {
-        self.wait_for(timeout, &format!("node {} to be ready", self.nodes[idx].id), || {
-            Ok(self.get(idx, "/v1/health").ok().filter(|r| r.status == 200).map(|r| r.body))
-        })
+        self.wait_for(
+            timeout,
+            &format!("node {} to be ready", self.nodes[idx].id),
+            || {
+                Ok(self
+                    .get(idx, "/v1/health")
+                    .ok()
+                    .filter(|r| r.status == 200)
+                    .map(|r| r.body))
+            },
+        )
     }
 
     /// The leader as reported by node `idx`'s health endpoint.
     pub fn leader_seen_by(&self, idx: usize) -> Option<u64> {
-        self.get(idx, "/v1/health").ok().and_then(|r| r.body["leader"].as_u64())
+        self.get(idx, "/v1/health")
+            .ok()
+            .and_then(|r| r.body["leader"].as_u64())
     }
 
     /// Wait until every running node reports the same leader, other than `not`.
     pub fn wait_leader(&self, not: Option<u64>, timeout: Duration) -> Result<u64> {
         self.wait_for(timeout, "one leader seen by every running node", || {
-            let seen: Vec<Option<u64>> = self.live().iter().map(|&i| self.leader_seen_by(i)).collect();
+            let seen: Vec<Option<u64>> = self
+                .live()
+                .iter()
+                .map(|&i| self.leader_seen_by(i))
+                .collect();
             Ok(match seen.first() {
                 Some(Some(l)) if seen.iter().all(|s| *s == Some(*l)) && Some(*l) != not => Some(*l),
                 _ => None,
@@ -293,14 +385,25 @@ impl TestCluster {
     }
 
     pub fn get(&self, idx: usize, path: &str) -> Result<Reply> {
-        let mut resp = agent().get(&self.url(idx, path)).header("Authorization", &format!("Bearer {}", self.key)).call()?;
+        let mut resp = agent()
+            .get(&self.url(idx, path))
+            .header("Authorization", &format!("Bearer {}", self.key))
+            .call()?;
         let status = resp.status().as_u16();
         let body = resp.body_mut().read_json().unwrap_or(Value::Null);
         Ok(Reply { status, body })
     }
 
-    pub fn post(&self, idx: usize, path: &str, body: Value, idempotency_key: Option<&str>) -> Result<Reply> {
-        let mut req = agent().post(&self.url(idx, path)).header("Authorization", &format!("Bearer {}", self.key));
+    pub fn post(
+        &self,
+        idx: usize,
+        path: &str,
+        body: Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<Reply> {
+        let mut req = agent()
+            .post(&self.url(idx, path))
+            .header("Authorization", &format!("Bearer {}", self.key));
         if let Some(k) = idempotency_key {
             req = req.header("Idempotency-Key", k);
         }
@@ -311,14 +414,20 @@ impl TestCluster {
     }
 
     pub fn put(&self, idx: usize, path: &str, body: Value) -> Result<Reply> {
-        let mut resp = agent().put(&self.url(idx, path)).header("Authorization", &format!("Bearer {}", self.key)).send_json(body)?;
+        let mut resp = agent()
+            .put(&self.url(idx, path))
+            .header("Authorization", &format!("Bearer {}", self.key))
+            .send_json(body)?;
         let status = resp.status().as_u16();
         let body = resp.body_mut().read_json().unwrap_or(Value::Null);
         Ok(Reply { status, body })
     }
 
     pub fn delete(&self, idx: usize, path: &str) -> Result<Reply> {
-        let mut resp = agent().delete(&self.url(idx, path)).header("Authorization", &format!("Bearer {}", self.key)).call()?;
+        let mut resp = agent()
+            .delete(&self.url(idx, path))
+            .header("Authorization", &format!("Bearer {}", self.key))
+            .call()?;
         let status = resp.status().as_u16();
         let body = resp.body_mut().read_json().unwrap_or(Value::Null);
         Ok(Reply { status, body })
@@ -345,7 +454,10 @@ fn tail(s: &str, n: usize) -> String {
 
 fn send_signal(pid: u32, sig: &str) -> i32 {
     // `kill(1)` keeps this crate free of `unsafe`.
-    let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
     match status {
         Ok(s) if s.success() => 0,
         _ => -1,

@@ -21,16 +21,28 @@ fn main() -> Result<()> {
         args.remove(0);
     }
     if !bin.exists() {
-        bail!("palisade binary not found at {} (build it, or pass --palisade PATH)", bin.display());
+        bail!(
+            "palisade binary not found at {} (build it, or pass --palisade PATH)",
+            bin.display()
+        );
     }
-    let num = |i: usize, default: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
+    let num =
+        |i: usize, default: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
     match args.first().map(String::as_str) {
         Some("election") => {
             let runs = num(1, 10);
             let (elections, writable) = scenarios::election(&bin, runs)?;
             println!("leader killed {runs} times (3 nodes, loopback, fsync on)");
-            println!("new leader agreed:  median {}  worst {}", ms(percentile(&elections, 50.0)), ms(*elections.last().unwrap()));
-            println!("first write again:  median {}  worst {}", ms(percentile(&writable, 50.0)), ms(*writable.last().unwrap()));
+            println!(
+                "new leader agreed:  median {}  worst {}",
+                ms(percentile(&elections, 50.0)),
+                ms(*elections.last().unwrap())
+            );
+            println!(
+                "first write again:  median {}  worst {}",
+                ms(percentile(&writable, 50.0)),
+                ms(*writable.last().unwrap())
+            );
         }
         Some("write-latency") => {
             let n = num(1, 500);

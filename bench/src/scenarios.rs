@@ -36,7 +36,12 @@ pub fn election(bin: &Path, runs: usize) -> Result<(Vec<Duration>, Vec<Duration>
         elections.push(t0.elapsed());
         let via = c.index_of(new).expect("leader is a member");
         loop {
-            let r = c.post(via, "/v1/projects", json!({ "id": format!("e{run}"), "name": "e" }), Some(&format!("e{run}")))?;
+            let r = c.post(
+                via,
+                "/v1/projects",
+                json!({ "id": format!("e{run}"), "name": "e" }),
+                Some(&format!("e{run}")),
+            )?;
             if r.status == 201 {
                 break;
             }
@@ -61,7 +66,12 @@ pub fn write_latency(bin: &Path, n: usize) -> Result<Vec<Duration>> {
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
         let t0 = Instant::now();
-        let r = c.post(idx, "/v1/projects", json!({ "id": format!("w{i}"), "name": "w" }), None)?;
+        let r = c.post(
+            idx,
+            "/v1/projects",
+            json!({ "id": format!("w{i}"), "name": "w" }),
+            None,
+        )?;
         if r.status != 201 {
             bail!("write {i} answered {}: {}", r.status, r.body);
         }

@@ -73,11 +73,23 @@ mod tests {
     fn forwarded_for_is_believed_only_from_trusted_peers() {
         let r = ClientIpResolver::new(vec!["10.0.0.0/8".parse().unwrap()]);
         let spoof = headers("1.2.3.4");
-        assert_eq!(r.resolve("203.0.113.9".parse().unwrap(), &spoof), "203.0.113.9".parse::<IpAddr>().unwrap());
-        assert_eq!(r.resolve("10.0.0.1".parse().unwrap(), &spoof), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            r.resolve("203.0.113.9".parse().unwrap(), &spoof),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            r.resolve("10.0.0.1".parse().unwrap(), &spoof),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
         // The client may prepend anything; the rightmost untrusted hop is the one the proxy saw.
         let chain = headers("6.6.6.6, 198.51.100.7, 10.0.0.2");
-        assert_eq!(r.resolve("10.0.0.1".parse().unwrap(), &chain), "198.51.100.7".parse::<IpAddr>().unwrap());
-        assert_eq!(r.resolve("::ffff:10.0.0.1".parse().unwrap(), &spoof), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            r.resolve("10.0.0.1".parse().unwrap(), &chain),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            r.resolve("::ffff:10.0.0.1".parse().unwrap(), &spoof),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
     }
 }

@@ -15,18 +15,17 @@
 
 #![forbid(unsafe_code)]
 
-pub mod view;
-pub mod tls;
-pub mod server;
 pub mod client_ip;
-pub mod proxy_protocol;
 pub mod pipeline;
 pub mod proxy;
-pub mod upstream;
+pub mod proxy_protocol;
 pub mod response;
+pub mod server;
+pub mod tls;
+pub mod upstream;
+pub mod view;
 
 use std::sync::Arc;
-
 
 use palisade_raft::crypto::MasterKey;
 use palisade_raft::ids::Cidr;
@@ -70,8 +69,20 @@ impl Edge {
             proxy: proxy::Proxy::new(settings.timeouts.clone()),
             gates: Vec::new(),
         });
-        tokio::spawn(server::serve(http, None, pipeline.clone(), settings.limits.clone(), shutdown.clone()));
-        tokio::spawn(server::serve(https, Some(tls), pipeline.clone(), settings.limits.clone(), shutdown.clone()));
+        tokio::spawn(server::serve(
+            http,
+            None,
+            pipeline.clone(),
+            settings.limits.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(server::serve(
+            https,
+            Some(tls),
+            pipeline.clone(),
+            settings.limits.clone(),
+            shutdown.clone(),
+        ));
         tokio::spawn(health_checks(view.clone(), shutdown));
         Ok(Edge { view, pipeline })
     }
@@ -88,4 +99,3 @@ async fn health_checks(view: Arc<view::LiveView>, mut shutdown: watch::Receiver<
         }
     }
 }
-

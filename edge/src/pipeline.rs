@@ -64,13 +64,20 @@ fn new_request_id() -> String {
 /// The host a request is for, lower case, without port.
 fn host_of(req: &Request<Incoming>) -> Option<String> {
     let raw = req.uri().host().map(str::to_string).or_else(|| {
-        req.headers().get("host").and_then(|h| h.to_str().ok()).map(|h| {
-            if h.starts_with('[') {
-                h.split(']').next().unwrap_or(h).trim_start_matches('[').to_string()
-            } else {
-                h.rsplit_once(':').map(|(h, _)| h).unwrap_or(h).to_string()
-            }
-        })
+        req.headers()
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .map(|h| {
+                if h.starts_with('[') {
+                    h.split(']')
+                        .next()
+                        .unwrap_or(h)
+                        .trim_start_matches('[')
+                        .to_string()
+                } else {
+                    h.rsplit_once(':').map(|(h, _)| h).unwrap_or(h).to_string()
+                }
+            })
     })?;
     Some(raw.trim_end_matches('.').to_ascii_lowercase())
 }
@@ -84,15 +91,34 @@ impl Pipeline {
         let view = self.view.get();
         let host = host_of(&req).unwrap_or_default();
         let route = view.route(&host).cloned();
-        let project = route.as_ref().and_then(|r| view.project(&r.domain.project).cloned());
-        let policy = project.as_ref().map(|p| p.headers.clone()).unwrap_or_default();
-        let project_label = route.as_ref().map(|r| r.domain.project.to_string()).unwrap_or_else(|| "-".into());
+        let project = route
+            .as_ref()
+            .and_then(|r| view.project(&r.domain.project).cloned());
+        let policy = project
+            .as_ref()
+            .map(|p| p.headers.clone())
+            .unwrap_or_default();
+        let project_label = route
+            .as_ref()
+            .map(|r| r.domain.project.to_string())
+            .unwrap_or_else(|| "-".into());
 
         let mut resp = match route {
-            None if !conn.https && req.uri().path().starts_with(ACME_PREFIX) => self.acme_http01(&req, &request_id, json),
+            None if !conn.https && req.uri().path().starts_with(ACME_PREFIX) => {
+                self.acme_http01(&req, &request_id, json)
+            }
             None => {
-                let status = if conn.https { StatusCode::MISDIRECTED_REQUEST } else { StatusCode::NOT_FOUND };
-                error_page(status, "This server does not serve that host name.", &request_id, json)
+                let status = if conn.https {
+                    StatusCode::MISDIRECTED_REQUEST
+                } else {
+                    StatusCode::NOT_FOUND
+                };
+                error_page(
+                    status,
+                    "This server does not serve that host name.",
+                    &request_id,
+                    json,
+                )
             }
             Some(route) => {
                 if !conn.https && req.uri().path().starts_with(ACME_PREFIX) {
@@ -111,7 +137,10 @@ impl Pipeline {
                     match self.gates.iter().find_map(|g| g.check(&ctx, &req)) {
                         Some(denied) => denied,
                         None => {
-                            let max_body = project.as_ref().map(|p| p.limits.max_body_bytes).unwrap_or(10 << 20);
+                            let max_body = project
+                                .as_ref()
+                                .map(|p| p.limits.max_body_bytes)
+                                .unwrap_or(10 << 20);
                             let fwd = Forwarded {
                                 client_ip,
                                 https: conn.https,
@@ -129,7 +158,8 @@ impl Pipeline {
         finish(&mut resp, &policy, conn.https, &request_id);
         let status = resp.status().as_u16().to_string();
         metrics::counter!("palisade_requests_total", "project" => project_label, "status" => status).increment(1);
-        metrics::histogram!("palisade_request_duration_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("palisade_request_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         resp
     }
 
@@ -142,7 +172,10 @@ impl Pipeline {
             .and_then(|token| self.reader.get(&RecordKey::Http01 { token }).ok().flatten())
             .and_then(|r| match r {
                 Record::Http01(h) => {
-                    let ctx = RecordKey::Http01 { token: h.token.clone() }.encode();
+                    let ctx = RecordKey::Http01 {
+                        token: h.token.clone(),
+                    }
+                    .encode();
                     self.master.open(&h.key_authorization, &ctx).ok()
                 }
                 _ => None,
@@ -150,16 +183,28 @@ impl Pipeline {
         match found {
             Some(body) => {
                 let mut r = Response::new(full(body));
-                r.headers_mut().insert("content-type", HeaderValue::from_static("application/octet-stream"));
+                r.headers_mut().insert(
+                    "content-type",
+                    HeaderValue::from_static("application/octet-stream"),
+                );
                 r
             }
-            None => error_page(StatusCode::NOT_FOUND, "Unknown challenge token.", request_id, json),
+            None => error_page(
+                StatusCode::NOT_FOUND,
+                "Unknown challenge token.",
+                request_id,
+                json,
+            ),
         }
     }
 }
 
 fn redirect(host: &str, req: &Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let mut r = Response::new(full(""));
     *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
     if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{path}")) {

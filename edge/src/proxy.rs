@@ -27,7 +27,10 @@ pub struct ProxyTimeouts {
 
 impl Default for ProxyTimeouts {
     fn default() -> Self {
-        ProxyTimeouts { connect: Duration::from_secs(3), response: Duration::from_secs(60) }
+        ProxyTimeouts {
+            connect: Duration::from_secs(3),
+            response: Duration::from_secs(60),
+        }
     }
 }
 
@@ -37,8 +40,16 @@ pub struct Proxy {
 }
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"];
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -62,16 +73,25 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             .get_all(CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 fn has_body(headers: &HeaderMap) -> bool {
     headers.contains_key("transfer-encoding")
-        || headers.get("content-length").and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() != "0")
+        || headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
 }
 
 fn is_idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 /// Who is asking, as the pipeline resolved it.
@@ -96,11 +116,24 @@ impl Proxy {
         Proxy { client, timeouts }
     }
 
-    pub async fn forward(&self, mut req: Request<Incoming>, route: &Route, fwd: Forwarded<'_>) -> Response<Body> {
-        let page = |status, detail: &str| error_page(status, detail, fwd.request_id, fwd.wants_json);
-        let declared = req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        route: &Route,
+        fwd: Forwarded<'_>,
+    ) -> Response<Body> {
+        let page =
+            |status, detail: &str| error_page(status, detail, fwd.request_id, fwd.wants_json);
+        let declared = req
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > fwd.max_body) {
-            return page(StatusCode::PAYLOAD_TOO_LARGE, "The request body is larger than this site accepts.");
+            return page(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "The request body is larger than this site accepts.",
+            );
         }
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -109,7 +142,9 @@ impl Proxy {
         let retryable = is_idempotent(&parts.method) && !has_body(&parts.headers) && !upgrade;
         strip_hop_by_hop(&mut parts.headers);
         if let Some(v) = upgrade_value {
-            parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(UPGRADE, v);
         }
         parts.headers.remove(HOST);
@@ -118,25 +153,48 @@ impl Proxy {
                 h.insert(name, v);
             }
         };
-        set(&mut parts.headers, "x-forwarded-for", &fwd.client_ip.to_string());
-        set(&mut parts.headers, "x-forwarded-proto", if fwd.https { "https" } else { "http" });
+        set(
+            &mut parts.headers,
+            "x-forwarded-for",
+            &fwd.client_ip.to_string(),
+        );
+        set(
+            &mut parts.headers,
+            "x-forwarded-proto",
+            if fwd.https { "https" } else { "http" },
+        );
         set(&mut parts.headers, "x-forwarded-host", fwd.host);
         set(&mut parts.headers, "x-request-id", fwd.request_id);
         if let Ok(host) = HeaderValue::from_str(fwd.host) {
             parts.headers.insert(HOST, host);
         }
-        let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
 
-        let mut body = Some(Limited::new(body, fwd.max_body as usize).map_err(BoxError::from).boxed());
+        let mut body = Some(
+            Limited::new(body, fwd.max_body as usize)
+                .map_err(BoxError::from)
+                .boxed(),
+        );
         let mut tried: Vec<Arc<Target>> = Vec::new();
         loop {
             let Some(inflight) = route.upstreams.pick(&tried) else {
                 let (status, detail) = if tried.is_empty() {
-                    (StatusCode::SERVICE_UNAVAILABLE, "No healthy upstream is available for this site.")
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "No healthy upstream is available for this site.",
+                    )
                 } else {
-                    (StatusCode::BAD_GATEWAY, "The upstream could not be reached.")
+                    (
+                        StatusCode::BAD_GATEWAY,
+                        "The upstream could not be reached.",
+                    )
                 };
-                metrics::counter!("palisade_upstream_errors_total", "kind" => "unavailable").increment(1);
+                metrics::counter!("palisade_upstream_errors_total", "kind" => "unavailable")
+                    .increment(1);
                 return page(status, detail);
             };
             let target = inflight.target().clone();
@@ -149,29 +207,42 @@ impl Proxy {
             *out.method_mut() = parts.method.clone();
             *out.uri_mut() = uri;
             *out.headers_mut() = parts.headers.clone();
-            let result = tokio::time::timeout(self.timeouts.response, self.client.request(out)).await;
+            let result =
+                tokio::time::timeout(self.timeouts.response, self.client.request(out)).await;
             match result {
                 Err(_) => {
-                    metrics::counter!("palisade_upstream_errors_total", "kind" => "timeout").increment(1);
-                    return page(StatusCode::GATEWAY_TIMEOUT, "The upstream did not answer in time.");
+                    metrics::counter!("palisade_upstream_errors_total", "kind" => "timeout")
+                        .increment(1);
+                    return page(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "The upstream did not answer in time.",
+                    );
                 }
                 Ok(Err(e)) if e.is_connect() => {
                     target.eject();
-                    metrics::counter!("palisade_upstream_errors_total", "kind" => "connect").increment(1);
+                    metrics::counter!("palisade_upstream_errors_total", "kind" => "connect")
+                        .increment(1);
                     tried.push(target);
                     if retryable {
                         continue;
                     }
-                    return page(StatusCode::BAD_GATEWAY, "The upstream could not be reached.");
+                    return page(
+                        StatusCode::BAD_GATEWAY,
+                        "The upstream could not be reached.",
+                    );
                 }
                 Ok(Err(e)) => {
                     let too_large = std::error::Error::source(&e)
                         .and_then(|s| s.downcast_ref::<http_body_util::LengthLimitError>())
                         .is_some();
                     if too_large {
-                        return page(StatusCode::PAYLOAD_TOO_LARGE, "The request body is larger than this site accepts.");
+                        return page(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "The request body is larger than this site accepts.",
+                        );
                     }
-                    metrics::counter!("palisade_upstream_errors_total", "kind" => "protocol").increment(1);
+                    metrics::counter!("palisade_upstream_errors_total", "kind" => "protocol")
+                        .increment(1);
                     tracing::debug!(target = %target.addr, error = %e, "upstream request failed");
                     return page(StatusCode::BAD_GATEWAY, "The upstream failed to answer.");
                 }
@@ -181,7 +252,11 @@ impl Proxy {
                             let upstream_side = hyper::upgrade::on(&mut resp);
                             tokio::spawn(async move {
                                 if let (Ok(c), Ok(u)) = (client_side.await, upstream_side.await) {
-                                    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+                                    let _ = tokio::io::copy_bidirectional(
+                                        &mut TokioIo::new(c),
+                                        &mut TokioIo::new(u),
+                                    )
+                                    .await;
                                 }
                             });
                         }
@@ -201,4 +276,3 @@ impl Proxy {
         }
     }
 }
-

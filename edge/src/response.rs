@@ -10,7 +10,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 pub fn empty() -> Body {
@@ -19,7 +21,12 @@ pub fn empty() -> Body {
 
 /// A small page for an error the edge itself answers, carrying the request id so an operator can
 /// find the request in the logs. JSON when the client asks for JSON.
-pub fn error_page(status: StatusCode, detail: &str, request_id: &str, wants_json: bool) -> Response<Body> {
+pub fn error_page(
+    status: StatusCode,
+    detail: &str,
+    request_id: &str,
+    wants_json: bool,
+) -> Response<Body> {
     let reason = status.canonical_reason().unwrap_or("Error");
     let (ctype, body) = if wants_json {
         (
@@ -39,13 +46,18 @@ pub fn error_page(status: StatusCode, detail: &str, request_id: &str, wants_json
     };
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut().insert("content-type", HeaderValue::from_static(ctype));
-    r.headers_mut().insert("cache-control", HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-store"));
     r
 }
 
 pub fn wants_json(headers: &HeaderMap) -> bool {
-    headers.get("accept").and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"))
+    headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"))
 }
 
 /// Set the policy's security headers. HSTS only over HTTPS: RFC 6797 section 7.2 forbids it on
@@ -82,9 +94,18 @@ pub fn apply_security_headers(headers: &mut HeaderMap, policy: &HeaderPolicy, ht
     if https {
         set("strict-transport-security", hsts);
     }
-    set("x-content-type-options", policy.nosniff.then(|| "nosniff".to_string()));
-    set("x-frame-options", policy.frame_deny.then(|| "DENY".to_string()));
-    set("x-xss-protection", policy.xss_protection.then(|| "1; mode=block".to_string()));
+    set(
+        "x-content-type-options",
+        policy.nosniff.then(|| "nosniff".to_string()),
+    );
+    set(
+        "x-frame-options",
+        policy.frame_deny.then(|| "DENY".to_string()),
+    );
+    set(
+        "x-xss-protection",
+        policy.xss_protection.then(|| "1; mode=block".to_string()),
+    );
 }
 
 #[cfg(test)]
@@ -96,7 +117,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-frame-options", HeaderValue::from_static("ALLOWALL"));
         apply_security_headers(&mut h, &HeaderPolicy::default(), true);
-        assert_eq!(h["strict-transport-security"], "max-age=31536000; includeSubDomains");
+        assert_eq!(
+            h["strict-transport-security"],
+            "max-age=31536000; includeSubDomains"
+        );
         assert_eq!(h["x-content-type-options"], "nosniff");
         assert_eq!(h["x-frame-options"], "DENY");
         assert_eq!(h["x-xss-protection"], "1; mode=block");
@@ -108,13 +132,21 @@ mod tests {
 
     #[test]
     fn a_project_can_keep_upstream_values_or_turn_a_header_off() {
-        let policy = HeaderPolicy { keep_upstream: true, frame_deny: true, xss_protection: false, ..Default::default() };
+        let policy = HeaderPolicy {
+            keep_upstream: true,
+            frame_deny: true,
+            xss_protection: false,
+            ..Default::default()
+        };
         let mut h = HeaderMap::new();
         h.insert("x-frame-options", HeaderValue::from_static("SAMEORIGIN"));
         apply_security_headers(&mut h, &policy, true);
         assert_eq!(h["x-frame-options"], "SAMEORIGIN");
         assert!(!h.contains_key("x-xss-protection"));
-        let off = HeaderPolicy { hsts_max_age: 0, ..Default::default() };
+        let off = HeaderPolicy {
+            hsts_max_age: 0,
+            ..Default::default()
+        };
         let mut h = HeaderMap::new();
         apply_security_headers(&mut h, &off, true);
         assert!(!h.contains_key("strict-transport-security"));

@@ -69,7 +69,12 @@ pub async fn serve(
             let mut stream = stream;
             let mut peer = peer;
             if limits.proxy_protocol {
-                match tokio::time::timeout(limits.handshake_timeout, crate::proxy_protocol::read_header(&mut stream)).await {
+                match tokio::time::timeout(
+                    limits.handshake_timeout,
+                    crate::proxy_protocol::read_header(&mut stream),
+                )
+                .await
+                {
                     Ok(Ok(Some(src))) => peer = src,
                     Ok(Ok(None)) => {}
                     Ok(Err(e)) => {

@@ -24,19 +24,26 @@ pub enum CertError {
 /// The sealing context of a certificate's key: its record key, so a sealed key moved to another
 /// record does not open.
 pub fn key_context(c: &Cert) -> String {
-    RecordKey::Cert { name: c.name.clone() }.encode()
+    RecordKey::Cert {
+        name: c.name.clone(),
+    }
+    .encode()
 }
 
 pub fn certified_key(c: &Cert, master: &MasterKey) -> Result<CertifiedKey, CertError> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(c.chain_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| CertError::Chain(e.to_string()))?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(c.chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| CertError::Chain(e.to_string()))?;
     if chain.is_empty() {
         return Err(CertError::Chain("no certificate in PEM".into()));
     }
-    let key_pem = master.open(&c.key, &key_context(c)).map_err(|e| CertError::Key(e.to_string()))?;
+    let key_pem = master
+        .open(&c.key, &key_context(c))
+        .map_err(|e| CertError::Key(e.to_string()))?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| CertError::Key(e.to_string()))?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| CertError::Key(e.to_string()))?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| CertError::Key(e.to_string()))?;
     Ok(CertifiedKey::new(chain, signer))
 }
 
@@ -56,7 +63,8 @@ impl ResolvesServerCert for SniResolver {
         let name = hello.server_name()?.to_ascii_lowercase();
         let found = self.view.get().cert(&name);
         if found.is_none() {
-            metrics::counter!("palisade_tls_handshake_failures_total", "reason" => "unknown_sni").increment(1);
+            metrics::counter!("palisade_tls_handshake_failures_total", "reason" => "unknown_sni")
+                .increment(1);
         }
         found
     }
@@ -86,6 +94,10 @@ impl TlsConfigs {
     }
 
     pub fn pick(&self, tls13_only: bool) -> Arc<rustls::ServerConfig> {
-        if tls13_only { self.tls13.clone() } else { self.any.clone() }
+        if tls13_only {
+            self.tls13.clone()
+        } else {
+            self.any.clone()
+        }
     }
 }

@@ -80,10 +80,19 @@ impl UpstreamGroup {
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let usable = |t: &Arc<Target>| t.is_healthy() && !exclude.iter().any(|e| Arc::ptr_eq(e, t));
-        let first = (0..n).map(|i| &self.targets[(start + i) % n]).find(|t| usable(t))?;
-        let second = (1..n).map(|i| &self.targets[(start + i) % n]).find(|t| usable(t) && !Arc::ptr_eq(t, first));
+        let first = (0..n)
+            .map(|i| &self.targets[(start + i) % n])
+            .find(|t| usable(t))?;
+        let second = (1..n)
+            .map(|i| &self.targets[(start + i) % n])
+            .find(|t| usable(t) && !Arc::ptr_eq(t, first));
         let chosen = match second {
-            Some(s) if s.outstanding.load(Ordering::Relaxed) < first.outstanding.load(Ordering::Relaxed) => s,
+            Some(s)
+                if s.outstanding.load(Ordering::Relaxed)
+                    < first.outstanding.load(Ordering::Relaxed) =>
+            {
+                s
+            }
             _ => first,
         };
         chosen.outstanding.fetch_add(1, Ordering::Relaxed);
@@ -93,7 +102,11 @@ impl UpstreamGroup {
     /// One round of active checks: a TCP connect to each target.
     pub async fn check(&self) {
         for t in &self.targets {
-            let ok = match tokio::net::lookup_host(&t.addr).await.ok().and_then(|mut a| a.next()) {
+            let ok = match tokio::net::lookup_host(&t.addr)
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+            {
                 Some(addr) => probe(addr).await,
                 None => false,
             };
@@ -103,13 +116,20 @@ impl UpstreamGroup {
             } else if !ok && was {
                 tracing::warn!(target = %t.addr, "upstream failed its health check");
             }
-            metrics::gauge!("palisade_upstream_healthy", "target" => t.addr.clone()).set(if ok { 1.0 } else { 0.0 });
+            metrics::gauge!("palisade_upstream_healthy", "target" => t.addr.clone()).set(if ok {
+                1.0
+            } else {
+                0.0
+            });
         }
     }
 }
 
 async fn probe(addr: SocketAddr) -> bool {
-    matches!(tokio::time::timeout(HEALTH_TIMEOUT, tokio::net::TcpStream::connect(addr)).await, Ok(Ok(_)))
+    matches!(
+        tokio::time::timeout(HEALTH_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
 }
 
 #[cfg(test)]

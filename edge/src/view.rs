@@ -38,8 +38,15 @@ pub struct View {
 
 /// Exact match first, then the wildcard one label up (`*.example.com` covers `a.example.com`
 /// but not `a.b.example.com` nor `example.com`).
-fn lookup<'a, T>(exact: &'a HashMap<String, T>, wildcard: &'a HashMap<String, T>, host: &str) -> Option<&'a T> {
-    exact.get(host).or_else(|| host.split_once('.').and_then(|(_, parent)| wildcard.get(parent)))
+fn lookup<'a, T>(
+    exact: &'a HashMap<String, T>,
+    wildcard: &'a HashMap<String, T>,
+    host: &str,
+) -> Option<&'a T> {
+    exact.get(host).or_else(|| {
+        host.split_once('.')
+            .and_then(|(_, parent)| wildcard.get(parent))
+    })
 }
 
 impl View {
@@ -60,7 +67,10 @@ impl View {
             Some(r) if r.domain.upstreams == d.upstreams => r.upstreams.clone(),
             _ => UpstreamGroup::new(&d.upstreams),
         };
-        let route = Route { domain: Arc::new(d.clone()), upstreams };
+        let route = Route {
+            domain: Arc::new(d.clone()),
+            upstreams,
+        };
         match d.host.as_str().strip_prefix("*.") {
             Some(suffix) => self.wildcard.insert(suffix.to_string(), route),
             None => self.exact.insert(d.host.to_string(), route),
@@ -106,7 +116,10 @@ impl View {
     fn apply(&mut self, change: &Change, master: &MasterKey) {
         match change {
             Change::Put(Record::Domain(d)) => {
-                let previous = self.route(d.host.as_str()).filter(|r| r.domain.host == d.host).cloned();
+                let previous = self
+                    .route(d.host.as_str())
+                    .filter(|r| r.domain.host == d.host)
+                    .cloned();
                 self.put_domain(d.clone(), previous.as_ref());
             }
             Change::Delete(RecordKey::Domain { host }) => self.delete_domain(host.as_str()),
@@ -127,15 +140,25 @@ impl View {
     }
 
     /// Build the whole view from the applied state (start-up, snapshot install, lagging).
-    pub fn load(reader: &StateReader, master: &MasterKey, old: Option<&View>) -> std::io::Result<View> {
+    pub fn load(
+        reader: &StateReader,
+        master: &MasterKey,
+        old: Option<&View>,
+    ) -> std::io::Result<View> {
         let index = reader.applied_index();
-        let mut v = View { index, ..View::default() };
+        let mut v = View {
+            index,
+            ..View::default()
+        };
         for r in reader.scan(prefix::PROJECT, None, usize::MAX)? {
             v.apply(&Change::Put(r), master);
         }
         for r in reader.scan(prefix::DOMAIN, None, usize::MAX)? {
             if let Record::Domain(d) = r {
-                let previous = old.and_then(|o| o.route(d.host.as_str())).filter(|r| r.domain.host == d.host).cloned();
+                let previous = old
+                    .and_then(|o| o.route(d.host.as_str()))
+                    .filter(|r| r.domain.host == d.host)
+                    .cloned();
                 v.put_domain(d, previous.as_ref());
             }
         }
@@ -150,7 +173,11 @@ impl View {
 
     /// Every upstream group in the view (for health checking).
     pub fn upstream_groups(&self) -> Vec<Arc<UpstreamGroup>> {
-        self.exact.values().chain(self.wildcard.values()).map(|r| r.upstreams.clone()).collect()
+        self.exact
+            .values()
+            .chain(self.wildcard.values())
+            .map(|r| r.upstreams.clone())
+            .collect()
     }
 }
 
@@ -167,7 +194,9 @@ impl LiveView {
     /// Load the view and follow the store's change events until the store stops.
     pub fn start(reader: StateReader, master: MasterKey) -> std::io::Result<Arc<LiveView>> {
         let mut events = reader.subscribe();
-        let live = Arc::new(LiveView { current: ArcSwap::from_pointee(View::load(&reader, &master, None)?) });
+        let live = Arc::new(LiveView {
+            current: ArcSwap::from_pointee(View::load(&reader, &master, None)?),
+        });
         let this = live.clone();
         tokio::spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
@@ -189,7 +218,9 @@ impl LiveView {
         let old = self.current.load_full();
         match View::load(reader, master, Some(&old)) {
             Ok(v) => self.current.store(Arc::new(v)),
-            Err(e) => tracing::error!(error = %e, "reloading the edge view failed; keeping the previous one"),
+            Err(e) => {
+                tracing::error!(error = %e, "reloading the edge view failed; keeping the previous one")
+            }
         }
     }
 
@@ -200,10 +231,14 @@ impl LiveView {
         let relevant = |c: &Change| {
             matches!(
                 c,
-                Change::Put(Record::Domain(_) | Record::Project(_) | Record::Cert(_) | Record::Settings(_))
-                    | Change::Delete(
-                        RecordKey::Domain { .. } | RecordKey::Project { .. } | RecordKey::Cert { .. } | RecordKey::Settings
-                    )
+                Change::Put(
+                    Record::Domain(_) | Record::Project(_) | Record::Cert(_) | Record::Settings(_)
+                ) | Change::Delete(
+                    RecordKey::Domain { .. }
+                        | RecordKey::Project { .. }
+                        | RecordKey::Cert { .. }
+                        | RecordKey::Settings
+                )
             )
         };
         if !set.changes.iter().any(relevant) {

@@ -92,25 +92,36 @@ impl Default for Config {
 
 impl Default for ClusterSection {
     fn default() -> Self {
-        ClusterSection { listen: "127.0.0.1:7000".into(), advertise: None }
+        ClusterSection {
+            listen: "127.0.0.1:7000".into(),
+            advertise: None,
+        }
     }
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
-        AdminSection { listen: "127.0.0.1:7001".into(), allow_public: false }
+        AdminSection {
+            listen: "127.0.0.1:7001".into(),
+            allow_public: false,
+        }
     }
 }
 
 impl Default for PublicSection {
     fn default() -> Self {
-        PublicSection { http: "0.0.0.0:80".into(), https: "0.0.0.0:443".into() }
+        PublicSection {
+            http: "0.0.0.0:80".into(),
+            https: "0.0.0.0:443".into(),
+        }
     }
 }
 
 impl Default for LogSection {
     fn default() -> Self {
-        LogSection { level: "info".into() }
+        LogSection {
+            level: "info".into(),
+        }
     }
 }
 
@@ -122,11 +133,19 @@ pub enum ConfigError {
     #[error("config {path}: {detail}")]
     Parse { path: PathBuf, detail: String },
     #[error("config field {field} = {value:?}: {why}")]
-    Field { field: &'static str, value: String, why: String },
+    Field {
+        field: &'static str,
+        value: String,
+        why: String,
+    },
 }
 
 fn field(field: &'static str, value: &str, why: impl Into<String>) -> ConfigError {
-    ConfigError::Field { field, value: value.to_string(), why: why.into() }
+    ConfigError::Field {
+        field,
+        value: value.to_string(),
+        why: why.into(),
+    }
 }
 
 /// The checked configuration the node runs with.
@@ -142,7 +161,9 @@ pub struct Validated {
 }
 
 fn socket(name: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value.parse().map_err(|_| field(name, value, "must be IP:PORT, for example 10.0.0.5:7000"))
+    value
+        .parse()
+        .map_err(|_| field(name, value, "must be IP:PORT, for example 10.0.0.5:7000"))
 }
 
 /// Private, loopback or link-local: reachable only from inside the operator's network.
@@ -150,7 +171,10 @@ pub fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
-            v4.is_loopback() || v4.is_private() || v4.is_link_local() || (o[0] == 100 && (o[1] & 0xc0) == 64)
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
         }
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
@@ -164,10 +188,18 @@ pub fn is_private(ip: IpAddr) -> bool {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.into(), detail: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.into(),
+            detail: e.to_string(),
+        })?;
         toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.into(),
-            detail: e.to_string().lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" "),
+            detail: e
+                .to_string()
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .collect::<Vec<_>>()
+                .join(" "),
         })
     }
 
@@ -177,17 +209,34 @@ impl Config {
     pub fn apply_env(mut self) -> Result<Config, ConfigError> {
         let num = |var: &'static str, slot: &mut u64| -> Result<(), ConfigError> {
             if let Ok(v) = std::env::var(var) {
-                *slot = v.parse().map_err(|_| field(var, &v, "must be a whole number"))?;
+                *slot = v
+                    .parse()
+                    .map_err(|_| field(var, &v, "must be a whole number"))?;
             }
             Ok(())
         };
         num("PALISADE_RAFT_HEARTBEAT_MS", &mut self.raft.heartbeat_ms)?;
-        num("PALISADE_RAFT_ELECTION_TIMEOUT_MIN_MS", &mut self.raft.election_timeout_min_ms)?;
-        num("PALISADE_RAFT_ELECTION_TIMEOUT_MAX_MS", &mut self.raft.election_timeout_max_ms)?;
-        num("PALISADE_RAFT_SNAPSHOT_EVERY", &mut self.raft.snapshot_every)?;
+        num(
+            "PALISADE_RAFT_ELECTION_TIMEOUT_MIN_MS",
+            &mut self.raft.election_timeout_min_ms,
+        )?;
+        num(
+            "PALISADE_RAFT_ELECTION_TIMEOUT_MAX_MS",
+            &mut self.raft.election_timeout_max_ms,
+        )?;
+        num(
+            "PALISADE_RAFT_SNAPSHOT_EVERY",
+            &mut self.raft.snapshot_every,
+        )?;
         num("PALISADE_RAFT_KEEP_LOGS", &mut self.raft.keep_logs)?;
-        num("PALISADE_EDGE_HEADER_READ_TIMEOUT_MS", &mut self.edge.header_read_timeout_ms)?;
-        num("PALISADE_EDGE_UPSTREAM_RESPONSE_TIMEOUT_MS", &mut self.edge.upstream_response_timeout_ms)?;
+        num(
+            "PALISADE_EDGE_HEADER_READ_TIMEOUT_MS",
+            &mut self.edge.header_read_timeout_ms,
+        )?;
+        num(
+            "PALISADE_EDGE_UPSTREAM_RESPONSE_TIMEOUT_MS",
+            &mut self.edge.upstream_response_timeout_ms,
+        )?;
         if let Ok(v) = std::env::var("PALISADE_LOG") {
             self.log.level = v;
         }
@@ -199,10 +248,18 @@ impl Config {
             return Err(field("data_dir", "", "must name a directory"));
         }
         let cluster_listen = socket("cluster.listen", &self.cluster.listen)?;
-        let cluster_advertise = self.cluster.advertise.clone().unwrap_or_else(|| self.cluster.listen.clone());
+        let cluster_advertise = self
+            .cluster
+            .advertise
+            .clone()
+            .unwrap_or_else(|| self.cluster.listen.clone());
         let adv = socket("cluster.advertise", &cluster_advertise)?;
         if adv.ip().is_unspecified() {
-            return Err(field("cluster.advertise", &cluster_advertise, "must be an address peers can reach, not a wildcard"));
+            return Err(field(
+                "cluster.advertise",
+                &cluster_advertise,
+                "must be an address peers can reach, not a wildcard",
+            ));
         }
         let admin_listen = socket("admin.listen", &self.admin.listen)?;
         let ip = admin_listen.ip();
@@ -218,16 +275,33 @@ impl Config {
         let mut trusted = Vec::new();
         for (i, c) in self.edge.trusted_proxies.iter().enumerate() {
             trusted.push(c.parse().map_err(|e: palisade_raft::ids::InvalidId| {
-                ConfigError::Field { field: "edge.trusted_proxies", value: format!("[{i}] {c}"), why: e.why.to_string() }
+                ConfigError::Field {
+                    field: "edge.trusted_proxies",
+                    value: format!("[{i}] {c}"),
+                    why: e.why.to_string(),
+                }
             })?);
         }
         if self.edge.max_header_bytes < 8192 || self.edge.max_header_bytes > 1 << 20 {
-            return Err(field("edge.max_header_bytes", &self.edge.max_header_bytes.to_string(), "must be 8192 to 1048576"));
+            return Err(field(
+                "edge.max_header_bytes",
+                &self.edge.max_header_bytes.to_string(),
+                "must be 8192 to 1048576",
+            ));
         }
         for (name, v) in [
-            ("edge.header_read_timeout_ms", self.edge.header_read_timeout_ms),
-            ("edge.upstream_connect_timeout_ms", self.edge.upstream_connect_timeout_ms),
-            ("edge.upstream_response_timeout_ms", self.edge.upstream_response_timeout_ms),
+            (
+                "edge.header_read_timeout_ms",
+                self.edge.header_read_timeout_ms,
+            ),
+            (
+                "edge.upstream_connect_timeout_ms",
+                self.edge.upstream_connect_timeout_ms,
+            ),
+            (
+                "edge.upstream_response_timeout_ms",
+                self.edge.upstream_response_timeout_ms,
+            ),
         ] {
             if v == 0 {
                 return Err(field(name, "0", "must be above 0"));
@@ -248,10 +322,27 @@ impl Config {
             },
         };
         self.raft.validate().map_err(|why| field("raft", "", why))?;
-        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
-            return Err(field("log.level", &self.log.level, "is not a valid log filter"));
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return Err(field(
+                "log.level",
+                &self.log.level,
+                "is not a valid log filter",
+            ));
         }
-        Ok(Validated { cluster_listen, cluster_advertise, admin_listen, http_listen, https_listen, edge, raw: self })
+        Ok(Validated {
+            cluster_listen,
+            cluster_advertise,
+            admin_listen,
+            http_listen,
+            https_listen,
+            edge,
+            raw: self,
+        })
     }
 }
 
@@ -260,23 +351,47 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> Result<Validated, ConfigError> {
-        toml::from_str::<Config>(s).map_err(|e| ConfigError::Parse { path: "t".into(), detail: e.to_string() })?.validate()
+        toml::from_str::<Config>(s)
+            .map_err(|e| ConfigError::Parse {
+                path: "t".into(),
+                detail: e.to_string(),
+            })?
+            .validate()
     }
 
     #[test]
     fn errors_name_the_field_and_value() {
-        let e = parse("[cluster]\nlisten = \"nonsense\"").unwrap_err().to_string();
-        assert!(e.contains("cluster.listen") && e.contains("nonsense"), "{e}");
-        let e = parse("[admin]\nlisten = \"0.0.0.0:7001\"").unwrap_err().to_string();
-        assert!(e.contains("admin.listen") && e.contains("allow_public"), "{e}");
-        let e = parse("[admin]\nlisten = \"8.8.8.8:7001\"").unwrap_err().to_string();
+        let e = parse("[cluster]\nlisten = \"nonsense\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cluster.listen") && e.contains("nonsense"),
+            "{e}"
+        );
+        let e = parse("[admin]\nlisten = \"0.0.0.0:7001\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("admin.listen") && e.contains("allow_public"),
+            "{e}"
+        );
+        let e = parse("[admin]\nlisten = \"8.8.8.8:7001\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("admin.listen"), "{e}");
         let e = parse("[raft]\nheartbeat_ms = 900").unwrap_err().to_string();
         assert!(e.contains("heartbeat_ms"), "{e}");
-        let e = parse("[clutser]\nlisten = \"127.0.0.1:1\"").unwrap_err().to_string();
+        let e = parse("[clutser]\nlisten = \"127.0.0.1:1\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("clutser"), "{e}");
-        let e = parse("[edge]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/40\"]").unwrap_err().to_string();
-        assert!(e.contains("edge.trusted_proxies") && e.contains("[1] 10.0.0.0/40"), "{e}");
+        let e = parse("[edge]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/40\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("edge.trusted_proxies") && e.contains("[1] 10.0.0.0/40"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub struct DataDir {
 
 impl DataDir {
     pub fn new(root: &Path) -> Self {
-        DataDir { root: root.to_path_buf() }
+        DataDir {
+            root: root.to_path_buf(),
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -44,9 +46,13 @@ impl DataDir {
     /// Refuse to overwrite an existing node.
     pub fn ensure_fresh(&self) -> Result<()> {
         if self.is_initialised() {
-            bail!("data dir {} already holds a node (node.json exists); refusing to overwrite it", self.root.display());
+            bail!(
+                "data dir {} already holds a node (node.json exists); refusing to overwrite it",
+                self.root.display()
+            );
         }
-        std::fs::create_dir_all(self.path("tls")).with_context(|| format!("cannot create data dir {}", self.root.display()))?;
+        std::fs::create_dir_all(self.path("tls"))
+            .with_context(|| format!("cannot create data dir {}", self.root.display()))?;
         Ok(())
     }
 
@@ -61,7 +67,11 @@ impl DataDir {
     fn read(&self, name: &str) -> Result<String> {
         let p = self.path(name);
         std::fs::read_to_string(&p).with_context(|| {
-            format!("data dir {} is incomplete or damaged: cannot read {}", self.root.display(), p.display())
+            format!(
+                "data dir {} is incomplete or damaged: cannot read {}",
+                self.root.display(),
+                p.display()
+            )
         })
     }
 
@@ -73,10 +83,18 @@ impl DataDir {
             );
         }
         let text = self.read("node.json")?;
-        let nf: NodeFile = serde_json::from_str(&text)
-            .with_context(|| format!("data dir {} is damaged: node.json is not valid", self.root.display()))?;
+        let nf: NodeFile = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "data dir {} is damaged: node.json is not valid",
+                self.root.display()
+            )
+        })?;
         if nf.format != 1 {
-            bail!("data dir {} was written by an unknown release (node.json format {})", self.root.display(), nf.format);
+            bail!(
+                "data dir {} was written by an unknown release (node.json format {})",
+                self.root.display(),
+                nf.format
+            );
         }
         Ok(nf)
     }
@@ -87,15 +105,24 @@ impl DataDir {
 
     pub fn master_key(&self) -> Result<MasterKey> {
         let text = self.read("master.key")?;
-        let mode = std::fs::metadata(self.path("master.key"))?.permissions().mode();
+        let mode = std::fs::metadata(self.path("master.key"))?
+            .permissions()
+            .mode();
         if mode & 0o077 != 0 {
-            tracing::warn!("master.key is readable by other users (mode {:o}); it should be 0600", mode & 0o777);
+            tracing::warn!(
+                "master.key is readable by other users (mode {:o}); it should be 0600",
+                mode & 0o777
+            );
         }
-        MasterKey::from_hex(&text).with_context(|| format!("data dir {} is damaged: master.key", self.root.display()))
+        MasterKey::from_hex(&text)
+            .with_context(|| format!("data dir {} is damaged: master.key", self.root.display()))
     }
 
     pub fn ca(&self) -> Result<CaMaterial> {
-        Ok(CaMaterial { cert_pem: self.read("tls/ca.pem")?, key_pem: self.read("tls/ca.key")? })
+        Ok(CaMaterial {
+            cert_pem: self.read("tls/ca.pem")?,
+            key_pem: self.read("tls/ca.key")?,
+        })
     }
 
     pub fn identity(&self) -> Result<Identity> {

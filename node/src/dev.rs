@@ -19,6 +19,7 @@ use crate::{config_path, create_cluster, serve, NodeArgs};
 
 const DEMO_HOST: &str = "demo.localhost";
 
+/// The addresses apply when the data dir is created; later runs use its `palisade.toml`.
 #[derive(clap::Args)]
 pub struct DevArgs {
     /// Data dir, reused across runs.
@@ -47,7 +48,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let dd = DataDir::new(&dir);
     let fresh = !dd.is_initialised();
     if fresh {
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         let node_args = NodeArgs {
             data_dir: dir.clone(),
             cluster_addr: args.cluster_addr.clone(),
@@ -68,7 +70,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     };
-    tokio::time::timeout(std::time::Duration::from_secs(30), leader_wait).await.context("the dev node elected no leader")?;
+    tokio::time::timeout(std::time::Duration::from_secs(30), leader_wait)
+        .await
+        .context("the dev node elected no leader")?;
 
     let now = palisade_raft::now_ms();
     let mut records = vec![Record::Domain(Domain {
@@ -79,7 +83,13 @@ pub async fn run(args: DevArgs) -> Result<()> {
         redirect_https: true,
         bot_override: None,
     })];
-    if cluster.reader.get(&RecordKey::Project { id: "demo".parse()? })?.is_none() {
+    if cluster
+        .reader
+        .get(&RecordKey::Project {
+            id: "demo".parse()?,
+        })?
+        .is_none()
+    {
         records.insert(
             0,
             Record::Project(Project {
@@ -98,13 +108,21 @@ pub async fn run(args: DevArgs) -> Result<()> {
         dd.write_public("dev-ca.pem", &ca_pem)?;
         records.push(Record::Cert(cert));
     }
-    cluster.write(Write::new(Command::PutMany { records })).await?;
+    cluster
+        .write(Write::new(Command::PutMany { records }))
+        .await?;
 
     let key = std::fs::read_to_string(dir.join("dev-admin.key")).unwrap_or_default();
     let https_port = cfg.https_listen.port();
     println!("Palisade dev is running (data dir {}).", dir.display());
-    println!("  site:   https://{DEMO_HOST}:{https_port}/  (certificate from the local CA {})", ca_path.display());
-    println!("  http:   http://{DEMO_HOST}:{}/  (redirects to HTTPS)", cfg.http_listen.port());
+    println!(
+        "  site:   https://{DEMO_HOST}:{https_port}/  (certificate from the local CA {})",
+        ca_path.display()
+    );
+    println!(
+        "  http:   http://{DEMO_HOST}:{}/  (redirects to HTTPS)",
+        cfg.http_listen.port()
+    );
     println!("  admin:  http://{}  key {}", cfg.admin_listen, key.trim());
     println!("  upstream (demo): http://{upstream}");
     println!("Try:");
@@ -120,7 +138,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
 fn local_certificate(cluster: &palisade_raft::cluster::Cluster) -> Result<(String, Cert)> {
     let ca_key = rcgen::KeyPair::generate()?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Palisade dev local CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Palisade dev local CA");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
     let ca_cert = ca_params.self_signed(&ca_key)?;
@@ -136,7 +156,9 @@ fn local_certificate(cluster: &palisade_raft::cluster::Cluster) -> Result<(Strin
         name,
         hosts: vec![DEMO_HOST.parse()?],
         chain_pem: format!("{}{}", leaf.pem(), ca_cert.pem()),
-        key: cluster.master_key().seal(leaf_key.serialize_pem().as_bytes(), &context),
+        key: cluster
+            .master_key()
+            .seal(leaf_key.serialize_pem().as_bytes(), &context),
         not_before: 1_735_689_600_000,
         not_after: 2_051_222_400_000,
         issuer: "Palisade dev local CA".into(),
@@ -151,10 +173,17 @@ async fn demo_upstream() -> Result<std::net::SocketAddr> {
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    let xff = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+                    let xff = req
+                        .headers()
+                        .get("x-forwarded-for")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-")
+                        .to_string();
                     let body = format!(
                         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Palisade demo</title></head>\
                          <body><h1>Hello from the demo upstream</h1><p>{} {} from {}</p></body></html>\n",
@@ -163,10 +192,15 @@ async fn demo_upstream() -> Result<std::net::SocketAddr> {
                         xff
                     );
                     let mut r = Response::new(Full::new(Bytes::from(body)));
-                    r.headers_mut().insert("content-type", "text/html; charset=utf-8".parse().expect("static"));
+                    r.headers_mut().insert(
+                        "content-type",
+                        "text/html; charset=utf-8".parse().expect("static"),
+                    );
                     Ok::<_, Infallible>(r)
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });

@@ -24,7 +24,11 @@ use config::Config;
 use datadir::{DataDir, NodeFile};
 
 #[derive(Parser)]
-#[command(name = "palisade", version, about = "A clustered, self-hosted security edge")]
+#[command(
+    name = "palisade",
+    version,
+    about = "A clustered, self-hosted security edge"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -136,7 +140,9 @@ fn main() {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 pub(crate) fn init_logging(level: &str) {
@@ -160,21 +166,48 @@ fn real_main(cli: Cli) -> Result<()> {
             init_logging("warn,palisade=info");
             runtime()?.block_on(dev::run(args))
         }
-        Cmd::Token { cmd: TokenCmd::Create { client, ttl } } => {
-            let v = admin_call("POST", &client, "/v1/cluster/join-tokens", Some(serde_json::json!({ "ttl_seconds": ttl })))?;
+        Cmd::Token {
+            cmd: TokenCmd::Create { client, ttl },
+        } => {
+            let v = admin_call(
+                "POST",
+                &client,
+                "/v1/cluster/join-tokens",
+                Some(serde_json::json!({ "ttl_seconds": ttl })),
+            )?;
             println!("{}", v["token"].as_str().unwrap_or_default());
             Ok(())
         }
-        Cmd::Member { cmd: MemberCmd::Remove { id, client } } => {
-            admin_call("DELETE", &client, &format!("/v1/cluster/members/{id}"), None)?;
+        Cmd::Member {
+            cmd: MemberCmd::Remove { id, client },
+        } => {
+            admin_call(
+                "DELETE",
+                &client,
+                &format!("/v1/cluster/members/{id}"),
+                None,
+            )?;
             println!("node {id} removed");
             Ok(())
         }
-        Cmd::Ping { data_dir, peer, peer_id, as_node } => {
+        Cmd::Ping {
+            data_dir,
+            peer,
+            peer_id,
+            as_node,
+        } => {
             let dd = DataDir::new(&data_dir);
             let nf = dd.node_file()?;
-            let pong = runtime()?.block_on(cluster::ping(&dd.identity()?, &peer, peer_id, as_node.unwrap_or(nf.node_id)))?;
-            println!("node {} of cluster {} accepted this node as {:?}", pong.node_id, pong.cluster_id, pong.you_are);
+            let pong = runtime()?.block_on(cluster::ping(
+                &dd.identity()?,
+                &peer,
+                peer_id,
+                as_node.unwrap_or(nf.node_id),
+            ))?;
+            println!(
+                "node {} of cluster {} accepted this node as {:?}",
+                pong.node_id, pong.cluster_id, pong.you_are
+            );
             Ok(())
         }
     }
@@ -185,13 +218,18 @@ pub(crate) fn write_config(dd: &DataDir, args: &NodeArgs) -> Result<config::Vali
     let admin = match &args.admin_addr {
         Some(a) => a.clone(),
         None => {
-            let sock: std::net::SocketAddr =
-                args.cluster_addr.parse().map_err(|_| anyhow!("--cluster-addr {:?} must be IP:PORT", args.cluster_addr))?;
+            let sock: std::net::SocketAddr = args
+                .cluster_addr
+                .parse()
+                .map_err(|_| anyhow!("--cluster-addr {:?} must be IP:PORT", args.cluster_addr))?;
             std::net::SocketAddr::new(sock.ip(), sock.port() + 1).to_string()
         }
     };
     let root = std::fs::canonicalize(&dd.root)?;
-    let mut cfg = Config { data_dir: root, ..Config::default() };
+    let mut cfg = Config {
+        data_dir: root,
+        ..Config::default()
+    };
     cfg.cluster.listen = args.cluster_addr.clone();
     cfg.admin.listen = admin;
     cfg.public.https = args.public_addr.clone();
@@ -210,7 +248,10 @@ async fn init(args: NodeArgs) -> Result<()> {
     let (cluster_id, key) = create_cluster(&dd, &args).await?;
     println!("initialised cluster {cluster_id}; this is node 1");
     println!("owner API key (shown once, store it now): {key}");
-    println!("start the node: palisade run --config {}", config_path(&dd).display());
+    println!(
+        "start the node: palisade run --config {}",
+        config_path(&dd).display()
+    );
     Ok(())
 }
 
@@ -226,19 +267,47 @@ pub(crate) async fn create_cluster(dd: &DataDir, args: &NodeArgs) -> Result<(Str
     let node_cert = ca.sign_node_csr(1, &csr)?;
     dd.save_tls(&ca, &node_cert, &node_key)?;
     dd.write_secret("master.key", &MasterKey::generate().to_hex())?;
-    dd.save_node_file(&NodeFile { format: 1, cluster_id: cluster_id.clone(), node_id: 1, joined: true, seed: None })?;
+    dd.save_node_file(&NodeFile {
+        format: 1,
+        cluster_id: cluster_id.clone(),
+        node_id: 1,
+        joined: true,
+        seed: None,
+    })?;
 
-    // Bring the one-node cluster up once to commit its membership and the first key.
-    let p = serve::prepare(&cfg)?;
-    let cluster = Cluster::start(p.setup, p.store, &dd.root).await?;
-    cluster.bootstrap().await?;
-    let key = palisade_admin::auth::new_key(Role::Owner, "created by palisade init", palisade_raft::now_ms());
-    let resp = cluster.write(Request::new(Command::Put { record: Record::ApiKey(key.record) })).await;
-    cluster.shutdown().await;
-    match resp? {
-        Response::Applied { .. } => Ok((cluster_id, key.secret)),
-        other => bail!("storing the first API key failed: {other:?}"),
-    }
+    // Bring the one-node cluster up once to commit its membership and the first key, in a
+    // runtime of its own: dropping it ends every task, so the store is closed on return.
+    let root = dd.root.clone();
+    let key = tokio::task::spawn_blocking(move || -> Result<palisade_admin::auth::NewKey> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let result = rt.block_on(async {
+            let p = serve::prepare(&cfg)?;
+            let cluster = Cluster::start(p.setup, p.store, &root).await?;
+            cluster.bootstrap().await?;
+            let key = palisade_admin::auth::new_key(
+                Role::Owner,
+                "created by palisade init",
+                palisade_raft::now_ms(),
+            );
+            let resp = cluster
+                .write(Request::new(Command::Put {
+                    record: Record::ApiKey(key.record.clone()),
+                }))
+                .await;
+            cluster.shutdown().await;
+            match resp? {
+                Response::Applied { .. } => Ok(key),
+                other => bail!("storing the first API key failed: {other:?}"),
+            }
+        });
+        rt.shutdown_timeout(Duration::from_secs(5));
+        result
+    })
+    .await??;
+    Ok((cluster_id, key.secret))
 }
 
 async fn join(token: &str, args: NodeArgs) -> Result<()> {
@@ -252,10 +321,20 @@ async fn join(token: &str, args: NodeArgs) -> Result<()> {
         admin_addr: cfg.raw.admin.listen.clone(),
         public_addr: cfg.raw.public.https.clone(),
     };
-    let grant = cluster::request_join(&token, JoinRequest { secret: token.secret.clone(), csr_pem: csr, node })
-        .await
-        .with_context(|| format!("joining through {}", token.addr))?;
-    let ca = CaMaterial { cert_pem: grant.ca_cert_pem.clone(), key_pem: grant.ca_key_pem.clone() };
+    let grant = cluster::request_join(
+        &token,
+        JoinRequest {
+            secret: token.secret.clone(),
+            csr_pem: csr,
+            node,
+        },
+    )
+    .await
+    .with_context(|| format!("joining through {}", token.addr))?;
+    let ca = CaMaterial {
+        cert_pem: grant.ca_cert_pem.clone(),
+        key_pem: grant.ca_key_pem.clone(),
+    };
     dd.save_tls(&ca, &grant.node_cert_pem, &node_key)?;
     dd.write_secret("master.key", &grant.master_key_hex)?;
     dd.save_node_file(&NodeFile {
@@ -265,8 +344,14 @@ async fn join(token: &str, args: NodeArgs) -> Result<()> {
         joined: false,
         seed: Some((token.node_id, token.addr.clone())),
     })?;
-    println!("joined cluster {} as node {}", grant.cluster_id, grant.node_id);
-    println!("restart later with: palisade run --config {}", config_path(&dd).display());
+    println!(
+        "joined cluster {} as node {}",
+        grant.cluster_id, grant.node_id
+    );
+    println!(
+        "restart later with: palisade run --config {}",
+        config_path(&dd).display()
+    );
     init_logging(&cfg.raw.log.level);
     serve::run(cfg).await
 }
@@ -286,13 +371,19 @@ fn admin_call(method: &str, c: &ClientArgs, path: &str, body: Option<Value>) -> 
     let resp = match method {
         "GET" => a.get(&url).header("Authorization", &auth).call(),
         "DELETE" => a.delete(&url).header("Authorization", &auth).call(),
-        _ => a.post(&url).header("Authorization", &auth).send_json(body.unwrap_or(Value::Null)),
+        _ => a
+            .post(&url)
+            .header("Authorization", &auth)
+            .send_json(body.unwrap_or(Value::Null)),
     };
     let mut resp = resp.with_context(|| format!("cannot reach the admin API at {}", c.admin))?;
     let status = resp.status();
     let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
     if !status.is_success() {
-        bail!("{method} {path} answered {status}: {}", v["error"].as_str().unwrap_or("no detail"));
+        bail!(
+            "{method} {path} answered {status}: {}",
+            v["error"].as_str().unwrap_or("no detail")
+        );
     }
     Ok(v)
 }
@@ -301,9 +392,20 @@ fn status(c: &ClientArgs) -> Result<()> {
     let s = admin_call("GET", c, "/v1/cluster/status", None)?;
     let leader = s["leader"].as_u64();
     println!("cluster {}", s["cluster_id"].as_str().unwrap_or("?"));
-    println!("leader  {}", leader.map(|l| format!("node {l}")).unwrap_or_else(|| "none".into()));
-    println!("term {}  committed {}  applied (node {}) {}", s["term"], s["committed"], s["node_id"], s["applied"]);
-    println!("{:<6} {:<8} {:<22} {:<22} {:>10} {:>6}", "NODE", "ROLE", "CLUSTER ADDR", "ADMIN ADDR", "MATCHED", "LAG");
+    println!(
+        "leader  {}",
+        leader
+            .map(|l| format!("node {l}"))
+            .unwrap_or_else(|| "none".into())
+    );
+    println!(
+        "term {}  committed {}  applied (node {}) {}",
+        s["term"], s["committed"], s["node_id"], s["applied"]
+    );
+    println!(
+        "{:<6} {:<8} {:<22} {:<22} {:>10} {:>6}",
+        "NODE", "ROLE", "CLUSTER ADDR", "ADMIN ADDR", "MATCHED", "LAG"
+    );
     for m in s["members"].as_array().into_iter().flatten() {
         let id = m["id"].as_u64().unwrap_or(0);
         let role = if Some(id) == leader {
@@ -313,7 +415,11 @@ fn status(c: &ClientArgs) -> Result<()> {
         } else {
             "learner"
         };
-        let opt = |v: &Value| v.as_u64().map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+        let opt = |v: &Value| {
+            v.as_u64()
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "-".into())
+        };
         println!(
             "{:<6} {:<8} {:<22} {:<22} {:>10} {:>6}",
             id,
@@ -326,4 +432,3 @@ fn status(c: &ClientArgs) -> Result<()> {
     }
     Ok(())
 }
-

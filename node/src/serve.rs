@@ -31,7 +31,9 @@ pub fn prepare(cfg: &Validated) -> Result<Prepared> {
     let dd = DataDir::new(&cfg.raw.data_dir);
     let nf = dd.node_file()?;
     let identity = dd.identity()?;
-    identity.check().with_context(|| format!("data dir {} has a bad node certificate", dd.root.display()))?;
+    identity
+        .check()
+        .with_context(|| format!("data dir {} has a bad node certificate", dd.root.display()))?;
     let cert = parse_cert(&identity.cert_pem, "node certificate")?;
     match node_id_of_cert(&cert) {
         Some(id) if id == nf.node_id => {}
@@ -59,7 +61,12 @@ pub fn prepare(cfg: &Validated) -> Result<Prepared> {
         master_key,
         tuning: cfg.raw.raft.clone(),
     };
-    Ok(Prepared { setup, store, node_file: nf, data_dir: dd })
+    Ok(Prepared {
+        setup,
+        store,
+        node_file: nf,
+        data_dir: dd,
+    })
 }
 
 /// A started node: cluster member, edge and admin API.
@@ -70,7 +77,9 @@ pub struct Running {
 }
 
 async fn bind(name: &str, addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind {name} {addr}"))
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind {name} {addr}"))
 }
 
 pub async fn start(cfg: &Validated) -> Result<Running> {
@@ -82,7 +91,14 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
     let master = p.setup.master_key.clone();
     let cluster = Cluster::start(p.setup, p.store, &p.data_dir.root).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    palisade_edge::Edge::start(cluster.reader.clone(), master, cfg.edge.clone(), http, https, stop_rx.clone())?;
+    palisade_edge::Edge::start(
+        cluster.reader.clone(),
+        master,
+        cfg.edge.clone(),
+        http,
+        https,
+        stop_rx.clone(),
+    )?;
     tracing::info!(
         node = node_id,
         cluster = %cluster.cluster_id,
@@ -94,9 +110,17 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
     );
     let admin = tokio::spawn(serve_admin(cluster.clone(), admin_listener, stop_rx));
     if !p.node_file.joined {
-        tokio::spawn(finish_join(cluster.clone(), p.data_dir, p.node_file.clone()));
+        tokio::spawn(finish_join(
+            cluster.clone(),
+            p.data_dir,
+            p.node_file.clone(),
+        ));
     }
-    Ok(Running { cluster, stop_tx, admin })
+    Ok(Running {
+        cluster,
+        stop_tx,
+        admin,
+    })
 }
 
 /// Keep asking until the cluster has made this node a voter, then record it.
@@ -128,7 +152,12 @@ impl Running {
     /// Serve until SIGTERM or Ctrl-C, then stop: listeners first, in-flight requests get a
     /// moment, then Raft.
     pub async fn until_signal(self) -> Result<()> {
-        let Running { cluster, stop_tx, admin, .. } = self;
+        let Running {
+            cluster,
+            stop_tx,
+            admin,
+            ..
+        } = self;
         let mut admin = admin;
         let result = tokio::select! {
             _ = shutdown_signal() => {

@@ -14,7 +14,14 @@ fn bin() -> &'static Path {
 const LONG: Duration = Duration::from_secs(60);
 
 fn create_project(c: &TestCluster, idx: usize, id: &str) -> u16 {
-    c.post(idx, "/v1/projects", json!({ "id": id, "name": id }), Some(id)).map(|r| r.status).unwrap_or(0)
+    c.post(
+        idx,
+        "/v1/projects",
+        json!({ "id": id, "name": id }),
+        Some(id),
+    )
+    .map(|r| r.status)
+    .unwrap_or(0)
 }
 
 /// Write through whichever node answers, retrying with the same idempotency key.
@@ -24,38 +31,65 @@ fn write_until_acknowledged(c: &TestCluster, id: &str, start: usize) -> usize {
     loop {
         let live = c.live();
         let idx = live[i % live.len()];
-        match c.post(idx, "/v1/projects", json!({ "id": id, "name": id }), Some(id)) {
+        match c.post(
+            idx,
+            "/v1/projects",
+            json!({ "id": id, "name": id }),
+            Some(id),
+        ) {
             Ok(r) if r.status == 201 => return i,
             _ => i += 1,
         }
-        assert!(Instant::now() < deadline, "write {id} not acknowledged within {LONG:?}");
+        assert!(
+            Instant::now() < deadline,
+            "write {id} not acknowledged within {LONG:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 fn projects_local(c: &TestCluster, idx: usize) -> Vec<String> {
-    let r = c.get(idx, "/v1/projects?consistency=local&limit=10000").expect("list projects");
+    let r = c
+        .get(idx, "/v1/projects?consistency=local&limit=10000")
+        .expect("list projects");
     assert_eq!(r.status, 200, "{}", r.body);
-    r.body["items"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect()
+    r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn wait_projects(c: &TestCluster, idx: usize, n: usize) {
-    c.wait_for(LONG, &format!("node index {idx} to hold {n} projects"), || {
-        Ok((projects_local(c, idx).len() >= n).then_some(()))
-    })
+    c.wait_for(
+        LONG,
+        &format!("node index {idx} to hold {n} projects"),
+        || Ok((projects_local(c, idx).len() >= n).then_some(())),
+    )
     .unwrap();
 }
 
 fn follower(c: &TestCluster) -> usize {
     let leader = c.wait_leader(None, LONG).unwrap();
-    c.live().into_iter().find(|&i| c.nodes[i].id != leader).expect("a follower")
+    c.live()
+        .into_iter()
+        .find(|&i| c.nodes[i].id != leader)
+        .expect("a follower")
 }
 
 #[test]
 fn a_write_on_a_follower_is_readable_on_all_three() {
     let c = TestCluster::start(bin(), 3, &[]).unwrap();
     let f = follower(&c);
-    let r = c.post(f, "/v1/projects", json!({ "id": "shop", "name": "Shop" }), None).unwrap();
+    let r = c
+        .post(
+            f,
+            "/v1/projects",
+            json!({ "id": "shop", "name": "Shop" }),
+            None,
+        )
+        .unwrap();
     assert_eq!(r.status, 201, "{}", r.body);
     for i in 0..3 {
         // Linearizable read (the default) on every node, followers included: no waiting needed.
@@ -63,16 +97,30 @@ fn a_write_on_a_follower_is_readable_on_all_three() {
         assert_eq!(r.status, 200, "node index {i}: {}", r.body);
         assert_eq!(r.body["name"], "Shop");
     }
-    let r = c.post(f, "/v1/projects", json!({ "id": "Bad Id", "name": "x" }), None).unwrap();
+    let r = c
+        .post(
+            f,
+            "/v1/projects",
+            json!({ "id": "Bad Id", "name": "x" }),
+            None,
+        )
+        .unwrap();
     assert_eq!(r.status, 400, "{}", r.body);
-    assert!(r.body["error"].as_str().unwrap().contains("Bad Id"), "{}", r.body);
+    assert!(
+        r.body["error"].as_str().unwrap().contains("Bad Id"),
+        "{}",
+        r.body
+    );
 }
 
 #[test]
 fn leader_kill_then_restart_catches_up_through_log_then_snapshot() {
     // Snapshot every 60 entries and keep no log behind it, so a node that misses more than that
     // can only catch up from a snapshot.
-    let env = [("PALISADE_RAFT_SNAPSHOT_EVERY", "60"), ("PALISADE_RAFT_KEEP_LOGS", "0")];
+    let env = [
+        ("PALISADE_RAFT_SNAPSHOT_EVERY", "60"),
+        ("PALISADE_RAFT_KEEP_LOGS", "0"),
+    ];
     let mut c = TestCluster::start(bin(), 3, &env).unwrap();
     for i in 0..5 {
         assert_eq!(create_project(&c, 0, &format!("a{i}")), 201);
@@ -91,7 +139,10 @@ fn leader_kill_then_restart_catches_up_through_log_then_snapshot() {
     c.restart(old_idx).unwrap();
     c.wait_ready(old_idx, LONG).unwrap();
     wait_projects(&c, old_idx, 10);
-    assert!(!c.nodes[old_idx].log_text().contains("snapshot installed"), "caught up through the log, not a snapshot");
+    assert!(
+        !c.nodes[old_idx].log_text().contains("snapshot installed"),
+        "caught up through the log, not a snapshot"
+    );
 
     // 2. Kill a node, write well past the snapshot interval, restart it: it needs a snapshot.
     let victim = follower(&c);
@@ -102,9 +153,16 @@ fn leader_kill_then_restart_catches_up_through_log_then_snapshot() {
     c.restart(victim).unwrap();
     c.wait_ready(victim, LONG).unwrap();
     wait_projects(&c, victim, 160);
-    c.wait_for(LONG, "the restarted node to report a snapshot install", || {
-        Ok(c.nodes[victim].log_text().contains("snapshot installed").then_some(()))
-    })
+    c.wait_for(
+        LONG,
+        "the restarted node to report a snapshot install",
+        || {
+            Ok(c.nodes[victim]
+                .log_text()
+                .contains("snapshot installed")
+                .then_some(()))
+        },
+    )
     .unwrap();
     // And it stays in step afterwards through the log.
     write_until_acknowledged(&c, "after", 0);
@@ -114,7 +172,11 @@ fn leader_kill_then_restart_catches_up_through_log_then_snapshot() {
 #[test]
 fn acknowledged_writes_survive_kill_restart_cycles_exactly_once() {
     let mut c = TestCluster::start(bin(), 3, &[]).unwrap();
-    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
     eprintln!("random seed {seed}");
     let mut rand = move || {
         seed ^= seed << 13;
@@ -125,9 +187,14 @@ fn acknowledged_writes_survive_kill_restart_cycles_exactly_once() {
     let mut cursor = 0;
     let mut down: Option<usize> = None;
     for i in 0..500 {
-        // Three kill -9 cycles of random nodes; each victim comes back 60 writes later.
+        // Three kill -9 cycles, the leader first, then random nodes; each victim comes back 60
+        // writes later.
         if [100, 220, 340].contains(&i) {
-            let victim = (rand() % 3) as usize;
+            let victim = if i == 100 {
+                c.index_of(c.wait_leader(None, LONG).unwrap()).unwrap()
+            } else {
+                (rand() % 3) as usize
+            };
             eprintln!("write {i}: kill -9 node {}", c.nodes[victim].id);
             c.kill(victim);
             down = Some(victim);
@@ -145,14 +212,28 @@ fn acknowledged_writes_survive_kill_restart_cycles_exactly_once() {
         let ids = projects_local(&c, i);
         assert_eq!(ids.len(), 500, "node index {i}");
         // Exactly once: one audit entry per acknowledged write, whatever the retries.
-        let r = c.get(i, "/v1/audit?consistency=local&action=project.create&limit=10000").unwrap();
+        let r = c
+            .get(
+                i,
+                "/v1/audit?consistency=local&action=project.create&limit=10000",
+            )
+            .unwrap();
         let mut per_target: HashMap<String, usize> = HashMap::new();
         for a in r.body["items"].as_array().unwrap() {
-            *per_target.entry(a["target"].as_str().unwrap().to_string()).or_default() += 1;
+            *per_target
+                .entry(a["target"].as_str().unwrap().to_string())
+                .or_default() += 1;
         }
-        assert_eq!(per_target.len(), 500, "node index {i}: audit entries for every write");
+        assert_eq!(
+            per_target.len(),
+            500,
+            "node index {i}: audit entries for every write"
+        );
         let twice: Vec<_> = per_target.iter().filter(|(_, n)| **n != 1).collect();
-        assert!(twice.is_empty(), "node index {i}: applied more than once: {twice:?}");
+        assert!(
+            twice.is_empty(),
+            "node index {i}: applied more than once: {twice:?}"
+        );
     }
 }
 
@@ -162,14 +243,27 @@ fn a_fourth_node_joins_a_member_is_removed_and_impostors_are_refused() {
     let token = c.create_token().unwrap();
     let fourth = c.join_node_with(&token).unwrap();
     let s = c.status(0).unwrap();
-    let voters = s["members"].as_array().unwrap().iter().filter(|m| m["voter"] == true).count();
+    let voters = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .count();
     assert_eq!(voters, 4, "{s}");
     assert_eq!(create_project(&c, fourth, "via-four"), 201);
 
     // A token is spent by one join.
     let spare = c.dir.path().join("spare");
     let r = c
-        .run_cli(&["join", "--token", &token, "--data-dir", spare.to_str().unwrap(), "--cluster-addr", "127.0.0.1:1"])
+        .run_cli(&[
+            "join",
+            "--token",
+            &token,
+            "--data-dir",
+            spare.to_str().unwrap(),
+            "--cluster-addr",
+            "127.0.0.1:1",
+        ])
         .unwrap();
     let line = one_error_line(&r);
     assert!(line.contains("unknown or already used"), "{line}");
@@ -180,7 +274,12 @@ fn a_fourth_node_joins_a_member_is_removed_and_impostors_are_refused() {
     assert_eq!(r.status, 200, "{}", r.body);
     c.kill(two);
     let s = c.status(0).unwrap();
-    let ids: Vec<u64> = s["members"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    let ids: Vec<u64> = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
     assert!(!ids.contains(&2), "{s}");
     assert_eq!(create_project(&c, 0, "after-removal"), 201);
 
@@ -188,26 +287,91 @@ fn a_fourth_node_joins_a_member_is_removed_and_impostors_are_refused() {
     let three = c.index_of(3).unwrap();
     let dir3 = c.nodes[three].dir.display().to_string();
     let addr1 = c.nodes[0].cluster_addr.clone();
-    let ok = c.run_cli(&["ping", "--data-dir", &dir3, "--peer", &addr1, "--peer-id", "1"]).unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = c
+        .run_cli(&[
+            "ping",
+            "--data-dir",
+            &dir3,
+            "--peer",
+            &addr1,
+            "--peer-id",
+            "1",
+        ])
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("as Some(3)"));
     // Claiming to be another node with node 3's certificate.
-    let lie = c.run_cli(&["ping", "--data-dir", &dir3, "--peer", &addr1, "--peer-id", "1", "--as-node", "4"]).unwrap();
+    let lie = c
+        .run_cli(&[
+            "ping",
+            "--data-dir",
+            &dir3,
+            "--peer",
+            &addr1,
+            "--peer-id",
+            "1",
+            "--as-node",
+            "4",
+        ])
+        .unwrap();
     assert!(!lie.status.success());
-    assert!(String::from_utf8_lossy(&lie.stderr).contains("certificate is for node 3"), "{}", String::from_utf8_lossy(&lie.stderr));
+    assert!(
+        String::from_utf8_lossy(&lie.stderr).contains("certificate is for node 3"),
+        "{}",
+        String::from_utf8_lossy(&lie.stderr)
+    );
     // A server that is not the node we meant to reach.
-    let wrong = c.run_cli(&["ping", "--data-dir", &dir3, "--peer", &addr1, "--peer-id", "4"]).unwrap();
+    let wrong = c
+        .run_cli(&[
+            "ping",
+            "--data-dir",
+            &dir3,
+            "--peer",
+            &addr1,
+            "--peer-id",
+            "4",
+        ])
+        .unwrap();
     assert!(!wrong.status.success());
     // A certificate from another cluster's CA.
     let other = c.dir.path().join("other-cluster");
     let out = c
-        .run_cli(&["init", "--data-dir", other.to_str().unwrap(), "--cluster-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .run_cli(&[
+            "init",
+            "--data-dir",
+            other.to_str().unwrap(),
+            "--cluster-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let foreign = c.run_cli(&["ping", "--data-dir", other.to_str().unwrap(), "--peer", &addr1, "--peer-id", "1"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let foreign = c
+        .run_cli(&[
+            "ping",
+            "--data-dir",
+            other.to_str().unwrap(),
+            "--peer",
+            &addr1,
+            "--peer-id",
+            "1",
+        ])
+        .unwrap();
     assert!(!foreign.status.success());
     let err = String::from_utf8_lossy(&foreign.stderr);
-    assert!(err.contains("cannot reach") || err.contains("refused") || err.contains("certificate"), "{err}");
+    assert!(
+        err.contains("cannot reach") || err.contains("refused") || err.contains("certificate"),
+        "{err}"
+    );
 }
 
 /// `text` with `key` in `[section]` set to `value` (a TOML literal).
@@ -228,7 +392,11 @@ fn set_in_section(text: &str, section: &str, key: &str, value: &str) -> String {
 }
 
 fn one_error_line(out: &std::process::Output) -> String {
-    assert!(!out.status.success(), "expected failure; stdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "expected failure; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "exactly one error line, got: {err}");
@@ -245,15 +413,32 @@ fn bad_config_and_damaged_data_dirs_fail_with_one_clear_line() {
 
     let cfg_path = dir.join("palisade.toml");
     let good = std::fs::read_to_string(&cfg_path).unwrap();
-    let run = |c: &TestCluster| c.run_cli(&["run", "--config", cfg_path.to_str().unwrap()]).unwrap();
+    let run = |c: &TestCluster| {
+        c.run_cli(&["run", "--config", cfg_path.to_str().unwrap()])
+            .unwrap()
+    };
 
-    std::fs::write(&cfg_path, set_in_section(&good, "admin", "listen", "\"0.0.0.0:7001\"")).unwrap();
+    std::fs::write(
+        &cfg_path,
+        set_in_section(&good, "admin", "listen", "\"0.0.0.0:7001\""),
+    )
+    .unwrap();
     let line = one_error_line(&run(&c));
-    assert!(line.contains("admin.listen") && line.contains("0.0.0.0"), "{line}");
+    assert!(
+        line.contains("admin.listen") && line.contains("0.0.0.0"),
+        "{line}"
+    );
 
-    std::fs::write(&cfg_path, set_in_section(&good, "cluster", "listen", "\"not-an-address\"")).unwrap();
+    std::fs::write(
+        &cfg_path,
+        set_in_section(&good, "cluster", "listen", "\"not-an-address\""),
+    )
+    .unwrap();
     let line = one_error_line(&run(&c));
-    assert!(line.contains("cluster.listen") && line.contains("not-an-address"), "{line}");
+    assert!(
+        line.contains("cluster.listen") && line.contains("not-an-address"),
+        "{line}"
+    );
 
     std::fs::write(&cfg_path, format!("{good}\n[bogus]\nx = 1\n")).unwrap();
     let line = one_error_line(&run(&c));
@@ -265,7 +450,10 @@ fn bad_config_and_damaged_data_dirs_fail_with_one_clear_line() {
     let saved = std::fs::read(&current).unwrap();
     std::fs::write(&current, "MANIFEST-999999\n").unwrap();
     let line = one_error_line(&run(&c));
-    assert!(line.contains("cannot be opened") && line.contains("untouched"), "{line}");
+    assert!(
+        line.contains("cannot be opened") && line.contains("untouched"),
+        "{line}"
+    );
     std::fs::write(&current, &saved).unwrap();
 
     // node.json damaged.

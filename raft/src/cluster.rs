@@ -16,7 +16,9 @@ use crate::crypto::{sha256_hex, CaMaterial, MasterKey};
 use crate::ids::NodeId;
 use crate::model::{AuditEntry, Millis};
 use crate::store::{SnapshotFile, StateReader, Store};
-use crate::transport::proto::{ClusterStatus, JoinGrant, JoinRequest, MemberStatus, Pong, RemoteError, Rpc};
+use crate::transport::proto::{
+    ClusterStatus, JoinGrant, JoinRequest, MemberStatus, Pong, RemoteError, Rpc,
+};
 use crate::transport::{self, read_frame, tls, write_frame, Network, Transport, TransportError};
 use crate::types::{NodeInfo, Raft, TypeConfig};
 
@@ -42,7 +44,10 @@ pub enum ClusterError {
 impl ClusterError {
     /// A retry with the same request id may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ClusterError::Unavailable(_) | ClusterError::Transport(_))
+        matches!(
+            self,
+            ClusterError::Unavailable(_) | ClusterError::Transport(_)
+        )
     }
 }
 
@@ -135,11 +140,17 @@ const TOKEN_PREFIX: &str = "PJT1.";
 impl JoinToken {
     pub fn encode(&self) -> String {
         let json = serde_json::to_vec(self).expect("token encodes");
-        format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json))
+        format!(
+            "{TOKEN_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        )
     }
 
     pub fn decode(s: &str) -> Result<JoinToken, String> {
-        let body = s.trim().strip_prefix(TOKEN_PREFIX).ok_or("join token must start with PJT1.")?;
+        let body = s
+            .trim()
+            .strip_prefix(TOKEN_PREFIX)
+            .ok_or("join token must start with PJT1.")?;
         let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|_| "join token is not valid base64url".to_string())?;
@@ -149,20 +160,37 @@ impl JoinToken {
 
 impl Cluster {
     /// Bind the QUIC endpoint, start Raft on `store`, and serve peers.
-    pub async fn start(setup: MemberSetup, store: Store, data_dir: &std::path::Path) -> Result<Arc<Cluster>, ClusterError> {
+    pub async fn start(
+        setup: MemberSetup,
+        store: Store,
+        data_dir: &std::path::Path,
+    ) -> Result<Arc<Cluster>, ClusterError> {
         let setup_err = |e: String| ClusterError::Setup(e);
         let config = Arc::new(setup.tuning.validate().map_err(setup_err)?);
-        let server_cfg = transport::server_config(&setup.identity).map_err(|e| setup_err(e.to_string()))?;
-        let client_cfg = transport::client_config(setup.identity.client_config().map_err(|e| setup_err(e.to_string()))?)
-            .map_err(|e| setup_err(e.to_string()))?;
+        let server_cfg =
+            transport::server_config(&setup.identity).map_err(|e| setup_err(e.to_string()))?;
+        let client_cfg = transport::client_config(
+            setup
+                .identity
+                .client_config()
+                .map_err(|e| setup_err(e.to_string()))?,
+        )
+        .map_err(|e| setup_err(e.to_string()))?;
         let endpoint = quinn::Endpoint::server(server_cfg, setup.listen)
             .map_err(|e| setup_err(format!("cannot bind cluster address {}: {e}", setup.listen)))?;
         let transport = Arc::new(Transport::new(endpoint, client_cfg));
         let network = Network::new(transport.clone());
-        let raft = Raft::new(setup.node_id, config, network, store.log, store.state_machine)
-            .await
-            .map_err(|e| ClusterError::Fatal(e.to_string()))?;
-        let ca_der = tls::parse_cert(&setup.ca.cert_pem, "cluster CA").map_err(|e| setup_err(e.to_string()))?;
+        let raft = Raft::new(
+            setup.node_id,
+            config,
+            network,
+            store.log,
+            store.state_machine,
+        )
+        .await
+        .map_err(|e| ClusterError::Fatal(e.to_string()))?;
+        let ca_der = tls::parse_cert(&setup.ca.cert_pem, "cluster CA")
+            .map_err(|e| setup_err(e.to_string()))?;
         let cluster = Arc::new(Cluster {
             node_id: setup.node_id,
             cluster_id: setup.cluster_id,
@@ -181,11 +209,19 @@ impl Cluster {
 
     /// Make this node the single voter of a new cluster (first start after `init` only).
     pub async fn bootstrap(&self) -> Result<(), ClusterError> {
-        if self.raft.is_initialized().await.map_err(|e| ClusterError::Fatal(e.to_string()))? {
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| ClusterError::Fatal(e.to_string()))?
+        {
             return Ok(());
         }
         let members = BTreeMap::from([(self.node_id, self.node.clone())]);
-        self.raft.initialize(members).await.map_err(|e| ClusterError::Fatal(e.to_string()))
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| ClusterError::Fatal(e.to_string()))
     }
 
     pub fn master_key(&self) -> &MasterKey {
@@ -218,12 +254,18 @@ impl Cluster {
                         if id != self.node_id {
                             let left = deadline.saturating_duration_since(Instant::now());
                             let rpc = Rpc::Forward { req: req.clone() };
-                            match self.transport.call::<Response>(id, &node.cluster_addr, &rpc, left).await {
+                            match self
+                                .transport
+                                .call::<Response>(id, &node.cluster_addr, &rpc, left)
+                                .await
+                            {
                                 Ok(r) => return Ok(r),
                                 Err(TransportError::Remote(RemoteError::Refused { reason })) => {
                                     return Err(ClusterError::Refused(reason))
                                 }
-                                Err(e) => tracing::debug!(leader = id, error = %e, "forwarding failed; retrying"),
+                                Err(e) => {
+                                    tracing::debug!(leader = id, error = %e, "forwarding failed; retrying")
+                                }
                             }
                         }
                     }
@@ -241,8 +283,12 @@ impl Cluster {
         match self.raft.client_write(req).await {
             Ok(r) => Ok(r.data),
             Err(e) => match e.forward_to_leader() {
-                Some(f) => Err(RemoteError::NotLeader { leader: f.leader_id.zip(f.leader_node.clone()) }),
-                None => Err(RemoteError::Failed { message: e.to_string() }),
+                Some(f) => Err(RemoteError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node.clone()),
+                }),
+                None => Err(RemoteError::Failed {
+                    message: e.to_string(),
+                }),
             },
         }
     }
@@ -257,7 +303,10 @@ impl Cluster {
                 Err(e) => match (e.forward_to_leader(), self.leader()) {
                     (Some(_), Some((id, node))) if id != self.node_id => {
                         let left = deadline.saturating_duration_since(Instant::now());
-                        self.transport.call::<u64>(id, &node.cluster_addr, &Rpc::ReadIndex, left).await.ok()
+                        self.transport
+                            .call::<u64>(id, &node.cluster_addr, &Rpc::ReadIndex, left)
+                            .await
+                            .ok()
                     }
                     (Some(_), _) => None,
                     (None, _) => return Err(ClusterError::Fatal(e.to_string())),
@@ -278,7 +327,12 @@ impl Cluster {
     }
 
     /// Run `op` on the leader: here when this node leads, otherwise sent there as `rpc`.
-    async fn on_leader<T, F, Fut>(&self, rpc: Rpc, timeout: Duration, op: F) -> Result<T, ClusterError>
+    async fn on_leader<T, F, Fut>(
+        &self,
+        rpc: Rpc,
+        timeout: Duration,
+        op: F,
+    ) -> Result<T, ClusterError>
     where
         T: serde::de::DeserializeOwned,
         F: Fn() -> Fut,
@@ -290,15 +344,23 @@ impl Cluster {
                 Some((id, _)) if id == self.node_id => op().await.map_err(TransportError::Remote),
                 Some((id, node)) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    self.transport.call::<T>(id, &node.cluster_addr, &rpc, left).await
+                    self.transport
+                        .call::<T>(id, &node.cluster_addr, &rpc, left)
+                        .await
                 }
-                None => Err(TransportError::Remote(RemoteError::NotLeader { leader: None })),
+                None => Err(TransportError::Remote(RemoteError::NotLeader {
+                    leader: None,
+                })),
             };
             match attempt {
                 Ok(v) => return Ok(v),
-                Err(TransportError::Remote(RemoteError::Refused { reason })) => return Err(ClusterError::Refused(reason)),
+                Err(TransportError::Remote(RemoteError::Refused { reason })) => {
+                    return Err(ClusterError::Refused(reason))
+                }
                 Err(e) if Instant::now() + RETRY_PAUSE > deadline => return Err(e.into()),
-                Err(e) => tracing::debug!(rpc = rpc.name(), error = %e, "leader call failed; retrying"),
+                Err(e) => {
+                    tracing::debug!(rpc = rpc.name(), error = %e, "leader call failed; retrying")
+                }
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
@@ -306,41 +368,73 @@ impl Cluster {
 
     /// Add `id` as a learner, let it catch up, then promote it to voter.
     pub async fn add_member(&self, id: NodeId, node: NodeInfo) -> Result<(), ClusterError> {
-        let rpc = Rpc::AddMember { id, node: node.clone() };
-        self.on_leader(rpc, MEMBERSHIP_TIMEOUT, || self.add_member_local(id, node.clone())).await
+        let rpc = Rpc::AddMember {
+            id,
+            node: node.clone(),
+        };
+        self.on_leader(rpc, MEMBERSHIP_TIMEOUT, || {
+            self.add_member_local(id, node.clone())
+        })
+        .await
     }
 
     /// Ask member `via` (id, cluster address) to add this node; for a node that is not yet a
     /// member and so does not know the leader.
     pub async fn join_via(&self, via: (NodeId, String)) -> Result<(), ClusterError> {
-        let rpc = Rpc::AddMember { id: self.node_id, node: self.node.clone() };
-        match self.transport.call::<()>(via.0, &via.1, &rpc, MEMBERSHIP_TIMEOUT).await {
+        let rpc = Rpc::AddMember {
+            id: self.node_id,
+            node: self.node.clone(),
+        };
+        match self
+            .transport
+            .call::<()>(via.0, &via.1, &rpc, MEMBERSHIP_TIMEOUT)
+            .await
+        {
             Ok(()) => Ok(()),
-            Err(TransportError::Remote(RemoteError::Refused { reason })) => Err(ClusterError::Refused(reason)),
+            Err(TransportError::Remote(RemoteError::Refused { reason })) => {
+                Err(ClusterError::Refused(reason))
+            }
             Err(e) => Err(e.into()),
         }
     }
 
     async fn add_member_local(&self, id: NodeId, node: NodeInfo) -> Result<(), RemoteError> {
         let failed = |e: String| RemoteError::Failed { message: e };
-        let membership = self.raft.metrics().borrow_watched().membership_config.membership().clone();
+        let membership = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .clone();
         if membership.voter_ids().any(|v| v == id) {
             return Ok(());
         }
         if membership.get_node(&id).is_none() {
-            self.raft.add_learner(id, node, true).await.map_err(|e| self.leader_error(e.to_string(), e.forward_to_leader().is_some()))?;
+            self.raft
+                .add_learner(id, node, true)
+                .await
+                .map_err(|e| self.leader_error(e.to_string(), e.forward_to_leader().is_some()))?;
         }
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
-            .map_err(|e| if e.forward_to_leader().is_some() { self.leader_error(e.to_string(), true) } else { failed(e.to_string()) })?;
+            .map_err(|e| {
+                if e.forward_to_leader().is_some() {
+                    self.leader_error(e.to_string(), true)
+                } else {
+                    failed(e.to_string())
+                }
+            })?;
         tracing::info!(node = id, "node is now a voter");
         Ok(())
     }
 
     fn leader_error(&self, message: String, not_leader: bool) -> RemoteError {
         if not_leader {
-            RemoteError::NotLeader { leader: self.leader() }
+            RemoteError::NotLeader {
+                leader: self.leader(),
+            }
         } else {
             RemoteError::Failed { message }
         }
@@ -348,20 +442,33 @@ impl Cluster {
 
     /// Remove `id` from the cluster (voter or learner).
     pub async fn remove_member(&self, id: NodeId) -> Result<(), ClusterError> {
-        self.on_leader(Rpc::RemoveMember { id }, MEMBERSHIP_TIMEOUT, || self.remove_member_local(id)).await
+        self.on_leader(Rpc::RemoveMember { id }, MEMBERSHIP_TIMEOUT, || {
+            self.remove_member_local(id)
+        })
+        .await
     }
 
     async fn remove_member_local(&self, id: NodeId) -> Result<(), RemoteError> {
-        let membership = self.raft.metrics().borrow_watched().membership_config.membership().clone();
+        let membership = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .clone();
         let change = if membership.voter_ids().any(|v| v == id) {
             if membership.voter_ids().count() == 1 {
-                return Err(RemoteError::Refused { reason: "cannot remove the last voter".into() });
+                return Err(RemoteError::Refused {
+                    reason: "cannot remove the last voter".into(),
+                });
             }
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
         } else if membership.get_node(&id).is_some() {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         } else {
-            return Err(RemoteError::Refused { reason: format!("node {id} is not a member") });
+            return Err(RemoteError::Refused {
+                reason: format!("node {id} is not a member"),
+            });
         };
         self.raft
             .change_membership(change, false)
@@ -374,7 +481,12 @@ impl Cluster {
     /// The cluster as the leader sees it (members, replication lag); this node's own view when no
     /// leader answers.
     pub async fn status(&self) -> ClusterStatus {
-        match self.on_leader(Rpc::Status, Duration::from_secs(2), || async { Ok(self.local_status()) }).await {
+        match self
+            .on_leader(Rpc::Status, Duration::from_secs(2), || async {
+                Ok(self.local_status())
+            })
+            .await
+        {
             Ok(mut s) => {
                 s.node_id = self.node_id;
                 s.applied = self.reader.applied_index();
@@ -392,7 +504,11 @@ impl Cluster {
         let members = membership
             .nodes()
             .map(|(id, node)| {
-                let matched = m.replication.as_ref().and_then(|r| r.get(id)).map(|l| l.as_ref().map(|l| l.index).unwrap_or(0));
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id))
+                    .map(|l| l.as_ref().map(|l| l.index).unwrap_or(0));
                 MemberStatus {
                     id: *id,
                     node: node.clone(),
@@ -420,7 +536,12 @@ impl Cluster {
     }
 
     /// Create a one-use join token valid for `ttl`.
-    pub async fn create_join_token(&self, ttl: Duration, created_by: &str, now: Millis) -> Result<String, ClusterError> {
+    pub async fn create_join_token(
+        &self,
+        ttl: Duration,
+        created_by: &str,
+        now: Millis,
+    ) -> Result<String, ClusterError> {
         let mut secret = [0u8; 32];
         crate::crypto::fill_random(&mut secret);
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
@@ -451,17 +572,30 @@ impl Cluster {
             target: join.node.cluster_addr.clone(),
             outcome: "ok".into(),
         };
-        let req = Request::new(Command::ConsumeJoinToken { hash: sha256_hex(join.secret.as_bytes()) }).with_audit(audit);
+        let req = Request::new(Command::ConsumeJoinToken {
+            hash: sha256_hex(join.secret.as_bytes()),
+        })
+        .with_audit(audit);
         let node_id = match self.write(req).await {
             Ok(Response::NodeIdAllocated { node_id, .. }) => node_id,
             Ok(Response::Refused { reason }) => return Err(RemoteError::Refused { reason }),
-            Ok(other) => return Err(RemoteError::Failed { message: format!("unexpected answer {other:?}") }),
-            Err(e) => return Err(RemoteError::Failed { message: e.to_string() }),
+            Ok(other) => {
+                return Err(RemoteError::Failed {
+                    message: format!("unexpected answer {other:?}"),
+                })
+            }
+            Err(e) => {
+                return Err(RemoteError::Failed {
+                    message: e.to_string(),
+                })
+            }
         };
-        let node_cert_pem = self
-            .ca
-            .sign_node_csr(node_id, &join.csr_pem)
-            .map_err(|e| RemoteError::Refused { reason: format!("bad certificate request: {e}") })?;
+        let node_cert_pem =
+            self.ca
+                .sign_node_csr(node_id, &join.csr_pem)
+                .map_err(|e| RemoteError::Refused {
+                    reason: format!("bad certificate request: {e}"),
+                })?;
         tracing::info!(node = node_id, addr = %join.node.cluster_addr, "join token accepted; node id allocated");
         Ok(JoinGrant {
             node_id,
@@ -487,8 +621,15 @@ impl Cluster {
                 };
                 let peer = conn
                     .peer_identity()
-                    .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
-                    .and_then(|chain| chain.first().and_then(|c| crate::crypto::node_id_of_cert(c)));
+                    .and_then(|any| {
+                        any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                            .ok()
+                    })
+                    .and_then(|chain| {
+                        chain
+                            .first()
+                            .and_then(|c| crate::crypto::node_id_of_cert(c))
+                    });
                 while let Ok((send, recv)) = conn.accept_bi().await {
                     let this = this.clone();
                     tokio::spawn(async move {
@@ -510,7 +651,9 @@ impl Cluster {
         let rpc: Rpc = match read_frame(&mut recv).await {
             Ok(r) => r,
             Err(e) => {
-                let reply: Result<(), RemoteError> = Err(RemoteError::Refused { reason: e.to_string() });
+                let reply: Result<(), RemoteError> = Err(RemoteError::Refused {
+                    reason: e.to_string(),
+                });
                 let _ = write_frame(&mut send, &reply).await;
                 let _ = send.finish();
                 return Err(e);
@@ -528,17 +671,24 @@ impl Cluster {
             match rpc {
                 Rpc::Join(j) => reply!(self.handle_join(j).await),
                 Rpc::Ping { .. } => reply!(Ok::<_, RemoteError>(self.pong(None))),
-                other => reply!(Err::<(), _>(unauth(format!("{} needs a node certificate", other.name())))),
+                other => reply!(Err::<(), _>(unauth(format!(
+                    "{} needs a node certificate",
+                    other.name()
+                )))),
             }
         };
         let claim_ok = |claimed: NodeId| {
             if claimed == peer_id {
                 Ok(())
             } else {
-                Err(unauth(format!("certificate is for node {peer_id}, message claims node {claimed}")))
+                Err(unauth(format!(
+                    "certificate is for node {peer_id}, message claims node {claimed}"
+                )))
             }
         };
-        let fatal = |e: openraft::error::RaftError<TypeConfig>| RemoteError::Failed { message: e.to_string() };
+        let fatal = |e: openraft::error::RaftError<TypeConfig>| RemoteError::Failed {
+            message: e.to_string(),
+        };
         match rpc {
             Rpc::Append { req } => match claim_ok(req.vote.leader_id.node_id) {
                 Ok(()) => reply!(self.raft.append_entries(req).await.map_err(fatal)),
@@ -553,7 +703,11 @@ impl Cluster {
                 Err(e) => reply!(Err::<(), _>(e)),
             },
             Rpc::TransferLeader { req } => {
-                reply!(self.raft.handle_transfer_leader(req).await.map_err(|e| RemoteError::Failed { message: e.to_string() }))
+                reply!(self.raft.handle_transfer_leader(req).await.map_err(|e| {
+                    RemoteError::Failed {
+                        message: e.to_string(),
+                    }
+                }))
             }
             Rpc::Snapshot { vote, meta, size } => {
                 if let Err(e) = claim_ok(vote.leader_id.node_id) {
@@ -564,10 +718,20 @@ impl Cluster {
                 let result = match received {
                     Ok(()) => self
                         .raft
-                        .install_full_snapshot(vote, openraft::storage::Snapshot { meta, snapshot: file.clone() })
+                        .install_full_snapshot(
+                            vote,
+                            openraft::storage::Snapshot {
+                                meta,
+                                snapshot: file.clone(),
+                            },
+                        )
                         .await
-                        .map_err(|e| RemoteError::Failed { message: e.to_string() }),
-                    Err(e) => Err(RemoteError::Failed { message: format!("receiving snapshot: {e}") }),
+                        .map_err(|e| RemoteError::Failed {
+                            message: e.to_string(),
+                        }),
+                    Err(e) => Err(RemoteError::Failed {
+                        message: format!("receiving snapshot: {e}"),
+                    }),
                 };
                 let _ = tokio::fs::remove_file(&file.path).await;
                 reply!(result)
@@ -575,11 +739,15 @@ impl Cluster {
             Rpc::Forward { req } => reply!(self.write_local(req).await),
             Rpc::ReadIndex => {
                 let r = self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await;
-                reply!(r.map(|r| r.index()).map_err(|e| self.leader_error(e.to_string(), e.forward_to_leader().is_some())))
+                reply!(r
+                    .map(|r| r.index())
+                    .map_err(|e| self.leader_error(e.to_string(), e.forward_to_leader().is_some())))
             }
             // Routed on to the leader when this node is not it: a joining node knows only the
             // member that issued its token.
-            Rpc::AddMember { id, node } => reply!(self.add_member(id, node).await.map_err(remote_error)),
+            Rpc::AddMember { id, node } => {
+                reply!(self.add_member(id, node).await.map_err(remote_error))
+            }
             Rpc::RemoveMember { id } => reply!(self.remove_member(id).await.map_err(remote_error)),
             Rpc::Status => reply!(Ok::<_, RemoteError>(self.local_status())),
             Rpc::Join(j) => reply!(self.handle_join(j).await),
@@ -591,7 +759,11 @@ impl Cluster {
     }
 
     fn pong(&self, you_are: Option<NodeId>) -> Pong {
-        Pong { node_id: self.node_id, cluster_id: self.cluster_id.clone(), you_are }
+        Pong {
+            node_id: self.node_id,
+            cluster_id: self.cluster_id.clone(),
+            you_are,
+        }
     }
 
     /// Stop Raft and close the transport.
@@ -607,24 +779,37 @@ fn remote_error(e: ClusterError) -> RemoteError {
     match e {
         ClusterError::Refused(reason) => RemoteError::Refused { reason },
         ClusterError::Transport(TransportError::Remote(r)) => r,
-        other => RemoteError::Failed { message: other.to_string() },
+        other => RemoteError::Failed {
+            message: other.to_string(),
+        },
     }
 }
 
-async fn receive_file(recv: &mut quinn::RecvStream, path: &std::path::Path, size: u64) -> std::io::Result<()> {
+async fn receive_file(
+    recv: &mut quinn::RecvStream,
+    path: &std::path::Path,
+    size: u64,
+) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
     let mut f = tokio::fs::File::create(path).await?;
     let mut left = size;
     let mut buf = vec![0u8; 1 << 20];
     while left > 0 {
         let want = buf.len().min(left as usize);
-        let n = recv.read(&mut buf[..want]).await.map_err(std::io::Error::other)?;
+        let n = recv
+            .read(&mut buf[..want])
+            .await
+            .map_err(std::io::Error::other)?;
         match n {
             Some(n) if n > 0 => {
                 f.write_all(&buf[..n]).await?;
                 left -= n as u64;
             }
-            _ => return Err(std::io::Error::other(format!("stream ended with {left} bytes missing"))),
+            _ => {
+                return Err(std::io::Error::other(format!(
+                    "stream ended with {left} bytes missing"
+                )))
+            }
         }
     }
     f.sync_all().await
@@ -633,19 +818,30 @@ async fn receive_file(recv: &mut quinn::RecvStream, path: &std::path::Path, size
 /// Ask a member to join; used by `palisade join` before the new node has a certificate.
 pub async fn request_join(token: &JoinToken, req: JoinRequest) -> Result<JoinGrant, ClusterError> {
     let mut pin = [0u8; 32];
-    hex::decode_to_slice(&token.ca_sha256, &mut pin).map_err(|_| ClusterError::Setup("join token has a bad CA hash".into()))?;
+    hex::decode_to_slice(&token.ca_sha256, &mut pin)
+        .map_err(|_| ClusterError::Setup("join token has a bad CA hash".into()))?;
     let tls = tls::join_client_config(pin).map_err(|e| ClusterError::Setup(e.to_string()))?;
     let client = transport::client_config(tls).map_err(|e| ClusterError::Setup(e.to_string()))?;
     let bind: SocketAddr = "0.0.0.0:0".parse().expect("valid");
     let endpoint = quinn::Endpoint::client(bind).map_err(|e| ClusterError::Setup(e.to_string()))?;
     let addr = transport::resolve(&token.addr)?;
-    let conn = transport::connect(&endpoint, &client, addr, &crate::crypto::node_server_name(token.node_id)).await?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| TransportError::Io { addr: token.addr.clone(), detail: e.to_string() })?;
+    let conn = transport::connect(
+        &endpoint,
+        &client,
+        addr,
+        &crate::crypto::node_server_name(token.node_id),
+    )
+    .await?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| TransportError::Io {
+        addr: token.addr.clone(),
+        detail: e.to_string(),
+    })?;
     write_frame(&mut send, &Rpc::Join(req)).await?;
     let _ = send.finish();
-    let reply: Result<JoinGrant, RemoteError> = tokio::time::timeout(WRITE_TIMEOUT * 2, read_frame(&mut recv))
-        .await
-        .map_err(|_| TransportError::Timeout(WRITE_TIMEOUT * 2))??;
+    let reply: Result<JoinGrant, RemoteError> =
+        tokio::time::timeout(WRITE_TIMEOUT * 2, read_frame(&mut recv))
+            .await
+            .map_err(|_| TransportError::Timeout(WRITE_TIMEOUT * 2))??;
     endpoint.close(0u32.into(), b"done");
     reply.map_err(|e| match e {
         RemoteError::Refused { reason } => ClusterError::Refused(reason),
@@ -654,12 +850,24 @@ pub async fn request_join(token: &JoinToken, req: JoinRequest) -> Result<JoinGra
 }
 
 /// Connect to `addr` with `identity`, expecting node `peer_id`, and ping it as `from`.
-pub async fn ping(identity: &tls::Identity, addr: &str, peer_id: NodeId, from: NodeId) -> Result<Pong, ClusterError> {
-    let client = transport::client_config(identity.client_config().map_err(|e| ClusterError::Setup(e.to_string()))?)
+pub async fn ping(
+    identity: &tls::Identity,
+    addr: &str,
+    peer_id: NodeId,
+    from: NodeId,
+) -> Result<Pong, ClusterError> {
+    let client = transport::client_config(
+        identity
+            .client_config()
+            .map_err(|e| ClusterError::Setup(e.to_string()))?,
+    )
+    .map_err(|e| ClusterError::Setup(e.to_string()))?;
+    let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid"))
         .map_err(|e| ClusterError::Setup(e.to_string()))?;
-    let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid")).map_err(|e| ClusterError::Setup(e.to_string()))?;
     let t = Transport::new(endpoint.clone(), client);
-    let r = t.call::<Pong>(peer_id, addr, &Rpc::Ping { from }, Duration::from_secs(5)).await;
+    let r = t
+        .call::<Pong>(peer_id, addr, &Rpc::Ping { from }, Duration::from_secs(5))
+        .await;
     endpoint.close(0u32.into(), b"done");
     Ok(r?)
 }

@@ -12,24 +12,51 @@ use crate::model::{AuditEntry, Lease, Millis, Record, RecordKey};
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
     /// Create or replace one record.
-    Put { record: Record },
+    Put {
+        record: Record,
+    },
     /// Delete one record (absent is not an error).
-    Delete { key: RecordKey },
+    Delete {
+        key: RecordKey,
+    },
     /// Bulk import: all records land in one atomic batch.
-    PutMany { records: Vec<Record> },
-    DeleteMany { keys: Vec<RecordKey> },
+    PutMany {
+        records: Vec<Record>,
+    },
+    DeleteMany {
+        keys: Vec<RecordKey>,
+    },
     /// Take, renew or steal an expired lease. Granted leases carry the log index as fencing token.
-    AcquireLease { name: Name, holder: NodeId, ttl_ms: u64 },
+    AcquireLease {
+        name: Name,
+        holder: NodeId,
+        ttl_ms: u64,
+    },
     /// Give a lease back; ignored unless `token` is the current one.
-    ReleaseLease { name: Name, token: u64 },
+    ReleaseLease {
+        name: Name,
+        token: u64,
+    },
     /// Apply `command` only while `lease` is still held with `token`.
-    Fenced { lease: Name, token: u64, command: Box<Command> },
+    Fenced {
+        lease: Name,
+        token: u64,
+        command: Box<Command>,
+    },
     /// Store a join token's hash.
-    CreateJoinToken { hash: String, expires_ms: Millis, created_by: String },
+    CreateJoinToken {
+        hash: String,
+        expires_ms: Millis,
+        created_by: String,
+    },
     /// Spend a join token and allocate the joining node's id.
-    ConsumeJoinToken { hash: String },
+    ConsumeJoinToken {
+        hash: String,
+    },
     /// Drop audit entries older than `before`.
-    PruneAudit { before: Millis },
+    PruneAudit {
+        before: Millis,
+    },
     /// Change nothing: the request's audit entry alone is the point (membership changes, which
     /// are Raft entries of their own).
     AuditOnly,
@@ -48,7 +75,12 @@ pub struct Request {
 
 impl Request {
     pub fn new(command: Command) -> Self {
-        Request { id: RequestId::random(), at: crate::now_ms(), command, audit: None }
+        Request {
+            id: RequestId::random(),
+            at: crate::now_ms(),
+            command,
+            audit: None,
+        }
     }
     pub fn with_audit(mut self, audit: AuditEntry) -> Self {
         self.audit = Some(audit);
@@ -70,12 +102,26 @@ impl std::fmt::Display for Request {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     /// Applied. `index` is the log index that applied it (the original one for a retry).
-    Applied { index: u64, duplicate: bool },
-    LeaseGranted { lease: Lease, duplicate: bool },
-    LeaseHeld { holder: NodeId, expires_at: Millis },
-    NodeIdAllocated { node_id: NodeId, duplicate: bool },
+    Applied {
+        index: u64,
+        duplicate: bool,
+    },
+    LeaseGranted {
+        lease: Lease,
+        duplicate: bool,
+    },
+    LeaseHeld {
+        holder: NodeId,
+        expires_at: Millis,
+    },
+    NodeIdAllocated {
+        node_id: NodeId,
+        duplicate: bool,
+    },
     /// Not applied: the command was refused by the state machine, with the reason.
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
     /// A membership entry or a blank entry; no application command.
     Internal,
 }
@@ -83,9 +129,18 @@ pub enum Response {
 impl Response {
     pub fn as_duplicate(self) -> Response {
         match self {
-            Response::Applied { index, .. } => Response::Applied { index, duplicate: true },
-            Response::LeaseGranted { lease, .. } => Response::LeaseGranted { lease, duplicate: true },
-            Response::NodeIdAllocated { node_id, .. } => Response::NodeIdAllocated { node_id, duplicate: true },
+            Response::Applied { index, .. } => Response::Applied {
+                index,
+                duplicate: true,
+            },
+            Response::LeaseGranted { lease, .. } => Response::LeaseGranted {
+                lease,
+                duplicate: true,
+            },
+            Response::NodeIdAllocated { node_id, .. } => Response::NodeIdAllocated {
+                node_id,
+                duplicate: true,
+            },
             other => other,
         }
     }

@@ -23,7 +23,9 @@ pub enum CryptoError {
 }
 
 pub fn fill_random(buf: &mut [u8]) {
-    SystemRandom::new().fill(buf).expect("the operating system's random source failed");
+    SystemRandom::new()
+        .fill(buf)
+        .expect("the operating system's random source failed");
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -69,7 +71,11 @@ impl MasterKey {
         fill_random(&mut nonce);
         let mut buf = plaintext.to_vec();
         self.key()
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context.as_bytes()), &mut buf)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(context.as_bytes()),
+                &mut buf,
+            )
             .expect("AES-GCM sealing cannot fail for in-memory buffers");
         let mut out = nonce.to_vec();
         out.extend_from_slice(&buf);
@@ -83,7 +89,10 @@ impl MasterKey {
         let (nonce, body) = sealed.0.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::Open)?;
         let mut buf = body.to_vec();
-        let plain = self.key().open_in_place(nonce, Aad::from(context.as_bytes()), &mut buf).map_err(|_| CryptoError::Open)?;
+        let plain = self
+            .key()
+            .open_in_place(nonce, Aad::from(context.as_bytes()), &mut buf)
+            .map_err(|_| CryptoError::Open)?;
         Ok(plain.to_vec())
     }
 }
@@ -98,9 +107,11 @@ pub fn node_id_of_cert(der: &[u8]) -> Option<NodeId> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let san = cert.subject_alternative_name().ok()??;
     san.value.general_names.iter().find_map(|n| match n {
-        x509_parser::extensions::GeneralName::DNSName(name) => {
-            name.strip_prefix("node-")?.strip_suffix(".palisade")?.parse().ok()
-        }
+        x509_parser::extensions::GeneralName::DNSName(name) => name
+            .strip_prefix("node-")?
+            .strip_suffix(".palisade")?
+            .parse()
+            .ok(),
         _ => None,
     })
 }
@@ -114,7 +125,9 @@ pub struct CaMaterial {
 
 impl fmt::Debug for CaMaterial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CaMaterial").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
+        f.debug_struct("CaMaterial")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
     }
 }
 
@@ -127,17 +140,27 @@ impl CaMaterial {
     pub fn generate(cluster_id: &str) -> Result<Self, CryptoError> {
         let key = rcgen::KeyPair::generate().map_err(cert_err)?;
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
-        params.distinguished_name.push(rcgen::DnType::CommonName, format!("palisade cluster {cluster_id}"));
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("palisade cluster {cluster_id}"),
+        );
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
         let cert = params.self_signed(&key).map_err(cert_err)?;
-        Ok(CaMaterial { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(CaMaterial {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 
     /// Sign a node certificate for `id` over the public key in `csr_pem`. Whatever names the CSR
     /// asks for are ignored: the CA decides the node's identity.
     pub fn sign_node_csr(&self, id: NodeId, csr_pem: &str) -> Result<String, CryptoError> {
-        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(cert_err)?;
+        let mut csr =
+            rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(cert_err)?;
         csr.params = node_cert_params(id)?;
         let issuer = self.issuer()?;
         Ok(csr.signed_by(&issuer).map_err(cert_err)?.pem())
@@ -151,16 +174,21 @@ impl CaMaterial {
 
 fn node_cert_params(id: NodeId) -> Result<rcgen::CertificateParams, CryptoError> {
     let mut params = rcgen::CertificateParams::new(vec![node_server_name(id)]).map_err(cert_err)?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, node_server_name(id));
-    params.extended_key_usages =
-        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, node_server_name(id));
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     Ok(params)
 }
 
 /// A node's new key and a signing request for it; the key never leaves the node.
 pub fn node_key_and_csr() -> Result<(String, String), CryptoError> {
     let key = rcgen::KeyPair::generate().map_err(cert_err)?;
-    let params = rcgen::CertificateParams::new(vec!["pending.palisade".to_string()]).map_err(cert_err)?;
+    let params =
+        rcgen::CertificateParams::new(vec!["pending.palisade".to_string()]).map_err(cert_err)?;
     let csr = params.serialize_request(&key).map_err(cert_err)?;
     Ok((key.serialize_pem(), csr.pem().map_err(cert_err)?))
 }

@@ -19,7 +19,11 @@ pub struct InvalidId {
 }
 
 fn invalid(what: &'static str, value: &str, why: &'static str) -> InvalidId {
-    InvalidId { what, value: value.to_string(), why }
+    InvalidId {
+        what,
+        value: value.to_string(),
+        why,
+    }
 }
 
 macro_rules! string_id {
@@ -64,7 +68,10 @@ fn parse_slug(s: &str) -> Result<String, InvalidId> {
     if s.is_empty() || s.len() > 63 {
         return Err(invalid(WHAT, s, "must be 1 to 63 characters"));
     }
-    if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
         return Err(invalid(WHAT, s, "may hold only a-z, 0-9, '-' and '_'"));
     }
     Ok(s.to_string())
@@ -86,10 +93,21 @@ fn parse_hostname(s: &str) -> Result<String, InvalidId> {
     }
     for label in rest.split('.') {
         if label.is_empty() || label.len() > 63 {
-            return Err(invalid(WHAT, s, "has an empty label or one over 63 characters"));
+            return Err(invalid(
+                WHAT,
+                s,
+                "has an empty label or one over 63 characters",
+            ));
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err(invalid(WHAT, s, "may hold only letters, digits, '-' and one leading '*.'"));
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(invalid(
+                WHAT,
+                s,
+                "may hold only letters, digits, '-' and one leading '*.'",
+            ));
         }
         if label.starts_with('-') || label.ends_with('-') {
             return Err(invalid(WHAT, s, "has a label that starts or ends with '-'"));
@@ -151,7 +169,11 @@ impl FromStr for Cidr {
         }
         match t.parse::<IpAddr>() {
             Ok(addr) => Ok(Cidr(ipnet::IpNet::from(addr))),
-            Err(_) => Err(invalid("CIDR", s, "is neither an IP address nor ADDRESS/PREFIX within range")),
+            Err(_) => Err(invalid(
+                "CIDR",
+                s,
+                "is neither an IP address nor ADDRESS/PREFIX within range",
+            )),
         }
     }
 }
@@ -192,7 +214,11 @@ impl FromStr for RequestId {
     type Err = InvalidId;
     fn from_str(s: &str) -> Result<Self, InvalidId> {
         if s.is_empty() || s.len() > 128 || !s.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
-            return Err(invalid("request id", s, "must be 1 to 128 printable characters without '/'"));
+            return Err(invalid(
+                "request id",
+                s,
+                "must be 1 to 128 printable characters without '/'",
+            ));
         }
         Ok(RequestId(s.to_string()))
     }
@@ -220,17 +246,34 @@ mod tests {
 
     #[test]
     fn hostnames_are_lowercased_and_checked() {
-        assert_eq!("API.Example.com.".parse::<Hostname>().unwrap().as_str(), "api.example.com");
+        assert_eq!(
+            "API.Example.com.".parse::<Hostname>().unwrap().as_str(),
+            "api.example.com"
+        );
         assert!("*.example.com".parse::<Hostname>().unwrap().is_wildcard());
-        for bad in ["", "a..b", "-a.com", "a b.com", "*.*.a.com", "10.0.0.1", "a/b"] {
+        for bad in [
+            "",
+            "a..b",
+            "-a.com",
+            "a b.com",
+            "*.*.a.com",
+            "10.0.0.1",
+            "a/b",
+        ] {
             assert!(bad.parse::<Hostname>().is_err(), "{bad} accepted");
         }
     }
 
     #[test]
     fn cidrs_are_canonical() {
-        assert_eq!("10.1.2.3/8".parse::<Cidr>().unwrap().to_string(), "10.0.0.0/8");
-        assert_eq!("2001:db8::1".parse::<Cidr>().unwrap().to_string(), "2001:db8::1/128");
+        assert_eq!(
+            "10.1.2.3/8".parse::<Cidr>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            "2001:db8::1".parse::<Cidr>().unwrap().to_string(),
+            "2001:db8::1/128"
+        );
         let e = "10.0.0.0/33".parse::<Cidr>().unwrap_err();
         assert!(e.to_string().contains("10.0.0.0/33"), "{e}");
     }

@@ -15,16 +15,19 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
+pub mod command;
+pub mod crypto;
 pub mod ids;
 pub mod model;
-pub mod command;
-pub mod types;
 pub mod store;
 pub mod transport;
-pub mod cluster;
-pub mod crypto;
+pub mod types;
 
 /// The proposer's clock, in Unix milliseconds. Apply never calls this.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -30,7 +30,9 @@ mod b64 {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD.decode(s).map_err(serde::de::Error::custom)
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -105,7 +107,9 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body_bytes: 10 << 20 }
+        Limits {
+            max_body_bytes: 10 << 20,
+        }
     }
 }
 
@@ -348,19 +352,48 @@ pub enum Record {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RecordKey {
-    Project { id: ProjectId },
-    Domain { host: Hostname },
-    IpRule { project: ProjectId, list: RuleList, cidr: Cidr },
-    Cert { name: Name },
-    AcmeAccount { directory: String },
-    Http01 { token: Name },
-    Alpn01 { host: Hostname },
-    Lease { name: Name },
-    BotKey { kid: Name },
-    Decision { project: ProjectId, prefix: Cidr },
-    ApiKey { id: Name },
-    Audit { seq: u64 },
-    JoinToken { hash: String },
+    Project {
+        id: ProjectId,
+    },
+    Domain {
+        host: Hostname,
+    },
+    IpRule {
+        project: ProjectId,
+        list: RuleList,
+        cidr: Cidr,
+    },
+    Cert {
+        name: Name,
+    },
+    AcmeAccount {
+        directory: String,
+    },
+    Http01 {
+        token: Name,
+    },
+    Alpn01 {
+        host: Hostname,
+    },
+    Lease {
+        name: Name,
+    },
+    BotKey {
+        kid: Name,
+    },
+    Decision {
+        project: ProjectId,
+        prefix: Cidr,
+    },
+    ApiKey {
+        id: Name,
+    },
+    Audit {
+        seq: u64,
+    },
+    JoinToken {
+        hash: String,
+    },
     Settings,
 }
 
@@ -368,18 +401,39 @@ impl Record {
     pub fn key(&self) -> RecordKey {
         match self {
             Record::Project(p) => RecordKey::Project { id: p.id.clone() },
-            Record::Domain(d) => RecordKey::Domain { host: d.host.clone() },
-            Record::IpRule(r) => RecordKey::IpRule { project: r.project.clone(), list: r.list, cidr: r.cidr },
-            Record::Cert(c) => RecordKey::Cert { name: c.name.clone() },
-            Record::AcmeAccount(a) => RecordKey::AcmeAccount { directory: a.directory.clone() },
-            Record::Http01(h) => RecordKey::Http01 { token: h.token.clone() },
-            Record::Alpn01(a) => RecordKey::Alpn01 { host: a.host.clone() },
-            Record::Lease(l) => RecordKey::Lease { name: l.name.clone() },
+            Record::Domain(d) => RecordKey::Domain {
+                host: d.host.clone(),
+            },
+            Record::IpRule(r) => RecordKey::IpRule {
+                project: r.project.clone(),
+                list: r.list,
+                cidr: r.cidr,
+            },
+            Record::Cert(c) => RecordKey::Cert {
+                name: c.name.clone(),
+            },
+            Record::AcmeAccount(a) => RecordKey::AcmeAccount {
+                directory: a.directory.clone(),
+            },
+            Record::Http01(h) => RecordKey::Http01 {
+                token: h.token.clone(),
+            },
+            Record::Alpn01(a) => RecordKey::Alpn01 {
+                host: a.host.clone(),
+            },
+            Record::Lease(l) => RecordKey::Lease {
+                name: l.name.clone(),
+            },
             Record::BotKey(k) => RecordKey::BotKey { kid: k.kid.clone() },
-            Record::Decision(d) => RecordKey::Decision { project: d.project.clone(), prefix: d.prefix },
+            Record::Decision(d) => RecordKey::Decision {
+                project: d.project.clone(),
+                prefix: d.prefix,
+            },
             Record::ApiKey(k) => RecordKey::ApiKey { id: k.id.clone() },
             Record::Audit(a) => RecordKey::Audit { seq: a.seq },
-            Record::JoinToken(t) => RecordKey::JoinToken { hash: t.hash.clone() },
+            Record::JoinToken(t) => RecordKey::JoinToken {
+                hash: t.hash.clone(),
+            },
             Record::Settings(_) => RecordKey::Settings,
         }
     }
@@ -414,7 +468,11 @@ impl RecordKey {
         match self {
             RecordKey::Project { id } => format!("{PROJECT}{id}"),
             RecordKey::Domain { host } => format!("{DOMAIN}{host}"),
-            RecordKey::IpRule { project, list, cidr } => {
+            RecordKey::IpRule {
+                project,
+                list,
+                cidr,
+            } => {
                 format!("{IPRULE}{project}/{}/{cidr}", list.as_str())
             }
             RecordKey::Cert { name } => format!("{CERT}{name}"),
@@ -448,7 +506,10 @@ mod tests {
             expires_at: None,
         });
         assert_eq!(rule.key().encode(), "iprule/shop/block/2001:db8::/32");
-        assert_eq!(RecordKey::Audit { seq: 42 }.encode(), "audit/00000000000000000042");
+        assert_eq!(
+            RecordKey::Audit { seq: 42 }.encode(),
+            "audit/00000000000000000042"
+        );
     }
 
     #[test]

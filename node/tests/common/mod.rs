@@ -28,15 +28,21 @@ pub fn pki(hosts: &[&str]) -> Pki {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "edge test CA");
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "edge test CA");
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca, ca_key);
     let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    Pki { ca_pem: ca_cert.pem(), chain_pem: leaf.pem(), key_pem: key.serialize_pem() }
+    let leaf =
+        rcgen::CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+    Pki {
+        ca_pem: ca_cert.pem(),
+        chain_pem: leaf.pem(),
+        key_pem: key.serialize_pem(),
+    }
 }
 
 pub type TestBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
@@ -52,7 +58,9 @@ pub async fn upstream(name: &'static str) -> (SocketAddr, tokio::task::JoinHandl
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let svc = service_fn(move |req| handle(name, req));
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -65,8 +73,16 @@ pub async fn upstream(name: &'static str) -> (SocketAddr, tokio::task::JoinHandl
     (addr, task)
 }
 
-async fn handle(name: &'static str, mut req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
-    let xff = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+async fn handle(
+    name: &'static str,
+    mut req: Request<Incoming>,
+) -> Result<Response<TestBody>, Infallible> {
+    let xff = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     if req.headers().contains_key("upgrade") {
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -82,8 +98,10 @@ async fn handle(name: &'static str, mut req: Request<Incoming>) -> Result<Respon
         });
         let mut r = Response::new(full(""));
         *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        r.headers_mut().insert("connection", "upgrade".parse().unwrap());
-        r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
+        r.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        r.headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
         return Ok(r);
     }
     let path = req.uri().path().to_string();
@@ -95,7 +113,8 @@ async fn handle(name: &'static str, mut req: Request<Incoming>) -> Result<Respon
             Ok::<_, std::io::Error>(Frame::data(chunk.slice(..len)))
         }));
         let mut r = Response::new(BodyExt::boxed(StreamBody::new(frames)));
-        r.headers_mut().insert("content-length", n.to_string().parse().unwrap());
+        r.headers_mut()
+            .insert("content-length", n.to_string().parse().unwrap());
         r
     } else if path == "/upload" {
         let mut body = req.into_body();
@@ -110,34 +129,52 @@ async fn handle(name: &'static str, mut req: Request<Incoming>) -> Result<Respon
     } else {
         Response::new(full(vec![b'x'; 1024]))
     };
-    resp.headers_mut().insert("x-upstream", name.parse().unwrap());
-    resp.headers_mut().insert("x-seen-xff", xff.parse().unwrap_or_else(|_| "".parse().unwrap()));
-    resp.headers_mut().insert("x-frame-options", "ALLOWALL".parse().unwrap());
+    resp.headers_mut()
+        .insert("x-upstream", name.parse().unwrap());
+    resp.headers_mut().insert(
+        "x-seen-xff",
+        xff.parse().unwrap_or_else(|_| "".parse().unwrap()),
+    );
+    resp.headers_mut()
+        .insert("x-frame-options", "ALLOWALL".parse().unwrap());
     Ok(resp)
 }
 
 pub fn roots(ca_pem: &str) -> Arc<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
     Arc::new(roots)
 }
 
-pub fn client_config(ca_pem: &str, versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<rustls::ClientConfig> {
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots(ca_pem))
-        .with_no_client_auth();
+pub fn client_config(
+    ca_pem: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .with_root_certificates(roots(ca_pem))
+    .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(cfg)
 }
 
 pub type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 
-pub async fn tls_connect(addr: &str, sni: &str, cfg: Arc<rustls::ClientConfig>) -> std::io::Result<Tls> {
+pub async fn tls_connect(
+    addr: &str,
+    sni: &str,
+    cfg: Arc<rustls::ClientConfig>,
+) -> std::io::Result<Tls> {
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from(sni.to_string()).unwrap();
-    tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
 }
 
 /// The answer to one request: status, headers, whole body.
@@ -147,7 +184,10 @@ pub struct Answer {
     pub body: Bytes,
 }
 
-pub async fn send<S>(io: S, req: Request<TestBody>) -> Result<Answer, Box<dyn std::error::Error + Send + Sync>>
+pub async fn send<S>(
+    io: S,
+    req: Request<TestBody>,
+) -> Result<Answer, Box<dyn std::error::Error + Send + Sync>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -157,20 +197,41 @@ where
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await?.to_bytes();
-    Ok(Answer { status, headers, body })
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
 }
 
 pub fn get(host: &str, path: &str) -> Request<TestBody> {
-    Request::get(path).header("host", host).body(Empty::new().map_err(|never| match never {}).boxed()).unwrap()
+    Request::get(path)
+        .header("host", host)
+        .body(Empty::new().map_err(|never| match never {}).boxed())
+        .unwrap()
 }
 
 /// GET over HTTPS with SNI `host`.
-pub async fn https_get(addr: &str, host: &str, path: &str, ca_pem: &str) -> Result<Answer, Box<dyn std::error::Error + Send + Sync>> {
-    let tls = tls_connect(addr, host, client_config(ca_pem, &[&rustls::version::TLS13])).await?;
+pub async fn https_get(
+    addr: &str,
+    host: &str,
+    path: &str,
+    ca_pem: &str,
+) -> Result<Answer, Box<dyn std::error::Error + Send + Sync>> {
+    let tls = tls_connect(
+        addr,
+        host,
+        client_config(ca_pem, &[&rustls::version::TLS13]),
+    )
+    .await?;
     send(tls, get(host, path)).await
 }
 
-pub async fn http_get(addr: &str, host: &str, path: &str) -> Result<Answer, Box<dyn std::error::Error + Send + Sync>> {
+pub async fn http_get(
+    addr: &str,
+    host: &str,
+    path: &str,
+) -> Result<Answer, Box<dyn std::error::Error + Send + Sync>> {
     send(TcpStream::connect(addr).await?, get(host, path)).await
 }
 

@@ -42,7 +42,9 @@ impl LogStore {
     }
 
     fn cf_meta(&self) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(CF_RAFT_META).expect("column family exists")
+        self.db
+            .cf_handle(CF_RAFT_META)
+            .expect("column family exists")
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -53,7 +55,9 @@ impl LogStore {
     }
 
     fn put_meta_synced<T: serde::Serialize>(&self, key: &[u8], v: &T) -> io::Result<()> {
-        self.db.put_cf_opt(self.cf_meta(), key, encode(v), &synced()).map_err(io_err)
+        self.db
+            .put_cf_opt(self.cf_meta(), key, encode(v), &synced())
+            .map_err(io_err)
     }
 }
 
@@ -68,9 +72,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let mut out = Vec::new();
-        let it = self
-            .db
-            .iterator_cf(self.cf_log(), rocksdb::IteratorMode::From(&index_key(start), rocksdb::Direction::Forward));
+        let it = self.db.iterator_cf(
+            self.cf_log(),
+            rocksdb::IteratorMode::From(&index_key(start), rocksdb::Direction::Forward),
+        );
         for item in it {
             let (k, v) = item.map_err(io_err)?;
             let idx = u64::from_be_bytes(k.as_ref().try_into().map_err(io_err)?);
@@ -92,7 +97,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
         let last_purged: Option<LogId> = self.get_meta(KEY_PURGED)?;
-        let last = match self.db.iterator_cf(self.cf_log(), rocksdb::IteratorMode::End).next() {
+        let last = match self
+            .db
+            .iterator_cf(self.cf_log(), rocksdb::IteratorMode::End)
+            .next()
+        {
             Some(item) => {
                 let (_, v) = item.map_err(io_err)?;
                 let e: Entry = decode(&v)?;
@@ -100,7 +109,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             None => last_purged.clone(),
         };
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -113,7 +125,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
         // Not synced: losing it only means re-deriving the commit index from a quorum.
-        self.db.put_cf(self.cf_meta(), KEY_COMMITTED, encode(&committed)).map_err(io_err)
+        self.db
+            .put_cf(self.cf_meta(), KEY_COMMITTED, encode(&committed))
+            .map_err(io_err)
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {

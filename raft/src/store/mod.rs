@@ -38,7 +38,11 @@ pub enum StoreError {
     #[error("data dir {path} is in use by another process (is a node already running on it?)")]
     InUse { path: PathBuf },
     #[error("data dir {path} belongs to cluster {found}, but this node is configured for cluster {expected}")]
-    OtherCluster { path: PathBuf, found: String, expected: String },
+    OtherCluster {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
     #[error("storage error: {0}")]
     Db(#[from] rocksdb::Error),
     #[error("snapshot error: {0}")]
@@ -54,7 +58,9 @@ pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> std::io::Result<T> {
     match bytes.split_first() {
         Some((&FORMAT_V1, body)) => serde_json::from_slice(body).map_err(std::io::Error::other),
-        Some((v, _)) => Err(std::io::Error::other(format!("unknown value format version {v}"))),
+        Some((v, _)) => Err(std::io::Error::other(format!(
+            "unknown value format version {v}"
+        ))),
         None => Err(std::io::Error::other("empty value")),
     }
 }
@@ -74,7 +80,10 @@ impl Store {
     /// Open (or create) the store under `dir`, checking that it belongs to `cluster_id`.
     pub fn open(dir: &Path, cluster_id: &str) -> Result<Store, StoreError> {
         let db_path = dir.join("db");
-        let corrupt = |detail: String| StoreError::Corrupt { path: dir.to_path_buf(), detail };
+        let corrupt = |detail: String| StoreError::Corrupt {
+            path: dir.to_path_buf(),
+            detail,
+        };
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -89,7 +98,9 @@ impl Store {
         ];
         let db = DB::open_cf_descriptors(&opts, &db_path, cfs).map_err(|e| {
             if e.to_string().contains("LOCK") {
-                StoreError::InUse { path: dir.to_path_buf() }
+                StoreError::InUse {
+                    path: dir.to_path_buf(),
+                }
             } else {
                 corrupt(e.to_string())
             }
@@ -97,9 +108,13 @@ impl Store {
         let db = Arc::new(db);
 
         let meta = db.cf_handle(CF_RAFT_META).expect("column family exists");
-        match db.get_cf(meta, b"cluster_id").map_err(|e| corrupt(e.to_string()))? {
+        match db
+            .get_cf(meta, b"cluster_id")
+            .map_err(|e| corrupt(e.to_string()))?
+        {
             Some(found) => {
-                let found: String = decode(&found).map_err(|e| corrupt(format!("cluster id: {e}")))?;
+                let found: String =
+                    decode(&found).map_err(|e| corrupt(format!("cluster id: {e}")))?;
                 if found != cluster_id {
                     return Err(StoreError::OtherCluster {
                         path: dir.to_path_buf(),
@@ -110,7 +125,11 @@ impl Store {
             }
             None => {
                 let log = db.cf_handle(CF_LOG).expect("column family exists");
-                if db.iterator_cf(log, rocksdb::IteratorMode::Start).next().is_some() {
+                if db
+                    .iterator_cf(log, rocksdb::IteratorMode::Start)
+                    .next()
+                    .is_some()
+                {
                     return Err(corrupt("raft log present but cluster id missing".into()));
                 }
                 let mut w = rocksdb::WriteOptions::default();
@@ -120,10 +139,16 @@ impl Store {
         }
 
         let snapshot_dir = dir.join("snapshots");
-        std::fs::create_dir_all(&snapshot_dir).map_err(|e| corrupt(format!("snapshots dir: {e}")))?;
-        let state_machine = StateMachine::open(db.clone(), snapshot_dir).map_err(|e| corrupt(e.to_string()))?;
+        std::fs::create_dir_all(&snapshot_dir)
+            .map_err(|e| corrupt(format!("snapshots dir: {e}")))?;
+        let state_machine =
+            StateMachine::open(db.clone(), snapshot_dir).map_err(|e| corrupt(e.to_string()))?;
         let reader = state_machine.reader();
-        Ok(Store { log: LogStore::new(db), state_machine, reader })
+        Ok(Store {
+            log: LogStore::new(db),
+            state_machine,
+            reader,
+        })
     }
 }
 

@@ -26,7 +26,11 @@ impl StateReader {
     }
 
     pub fn get(&self, key: &RecordKey) -> io::Result<Option<Record>> {
-        match self.db.get_pinned_cf(self.cf(), key.encode()).map_err(io_err)? {
+        match self
+            .db
+            .get_pinned_cf(self.cf(), key.encode())
+            .map_err(io_err)?
+        {
             Some(v) => decode(&v).map(Some),
             None => Ok(None),
         }
@@ -35,11 +39,14 @@ impl StateReader {
     /// Records whose key starts with `prefix` (see [`crate::model::prefix`]), in key order,
     /// starting after `after` when given, at most `limit`.
     pub fn scan(&self, prefix: &str, after: Option<&str>, limit: usize) -> io::Result<Vec<Record>> {
-        let start = after.map(|a| format!("{a}\0")).unwrap_or_else(|| prefix.to_string());
+        let start = after
+            .map(|a| format!("{a}\0"))
+            .unwrap_or_else(|| prefix.to_string());
         let mut out = Vec::new();
-        let it = self
-            .db
-            .iterator_cf(self.cf(), rocksdb::IteratorMode::From(start.as_bytes(), rocksdb::Direction::Forward));
+        let it = self.db.iterator_cf(
+            self.cf(),
+            rocksdb::IteratorMode::From(start.as_bytes(), rocksdb::Direction::Forward),
+        );
         for item in it {
             let (k, v) = item.map_err(io_err)?;
             if !k.starts_with(prefix.as_bytes()) || out.len() >= limit {
@@ -53,9 +60,10 @@ impl StateReader {
     /// Number of records under `prefix`.
     pub fn count(&self, prefix: &str) -> io::Result<u64> {
         let mut n = 0;
-        let it = self
-            .db
-            .iterator_cf(self.cf(), rocksdb::IteratorMode::From(prefix.as_bytes(), rocksdb::Direction::Forward));
+        let it = self.db.iterator_cf(
+            self.cf(),
+            rocksdb::IteratorMode::From(prefix.as_bytes(), rocksdb::Direction::Forward),
+        );
         for item in it {
             let (k, _) = item.map_err(io_err)?;
             if !k.starts_with(prefix.as_bytes()) {

@@ -57,7 +57,12 @@ impl StateMachine {
     pub(crate) fn open(db: Arc<DB>, snapshot_dir: PathBuf) -> io::Result<Self> {
         let (events, _) = broadcast::channel(4096);
         let (applied_tx, _) = watch::channel(0);
-        let sm = StateMachine { db, snapshot_dir, applied_tx, events };
+        let sm = StateMachine {
+            db,
+            snapshot_dir,
+            applied_tx,
+            events,
+        };
         // A crash in the middle of a snapshot install left a marker: finish that install first.
         if let Some(v) = sm.db.get_cf(sm.cf_meta(), KEY_INSTALLING).map_err(io_err)? {
             let pending: snapshot::Pending = decode(&v)?;
@@ -65,12 +70,17 @@ impl StateMachine {
             snapshot::install(&sm.db, &pending)?;
         }
         let applied: Option<LogId> = sm.get_meta(KEY_APPLIED)?.flatten();
-        sm.applied_tx.send_replace(applied.map(|l| l.index).unwrap_or(0));
+        sm.applied_tx
+            .send_replace(applied.map(|l| l.index).unwrap_or(0));
         Ok(sm)
     }
 
     pub fn reader(&self) -> StateReader {
-        StateReader { db: self.db.clone(), applied: self.applied_tx.subscribe(), events: self.events.clone() }
+        StateReader {
+            db: self.db.clone(),
+            applied: self.applied_tx.subscribe(),
+            events: self.events.clone(),
+        }
     }
 
     fn cf_meta(&self) -> &rocksdb::ColumnFamily {
@@ -106,7 +116,9 @@ impl<'a> Txn<'a> {
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
-        self.get_raw(key.as_bytes())?.map(|v| decode(&v)).transpose()
+        self.get_raw(key.as_bytes())?
+            .map(|v| decode(&v))
+            .transpose()
     }
 
     fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
@@ -135,7 +147,9 @@ impl<'a> Txn<'a> {
 }
 
 fn refused(reason: impl Into<String>) -> Response {
-    Response::Refused { reason: reason.into() }
+    Response::Refused {
+        reason: reason.into(),
+    }
 }
 
 fn dedup_key(id: &str) -> Vec<u8> {
@@ -157,7 +171,11 @@ fn apply_request(txn: &mut Txn<'_>, index: u64, req: &Request) -> io::Result<Res
             Response::Refused { reason } => format!("refused: {reason}"),
             _ => audit.outcome.clone(),
         };
-        txn.put_record(Record::Audit(AuditEntry { seq: index, outcome, ..audit.clone() }));
+        txn.put_record(Record::Audit(AuditEntry {
+            seq: index,
+            outcome,
+            ..audit.clone()
+        }));
     }
     txn.put_raw(dedup_key(req.id.as_str()), encode(&(req.at, &resp)));
     txn.put_raw(dedup_time_key(req.at, req.id.as_str()), Vec::new());
@@ -169,7 +187,10 @@ fn prune_dedup(txn: &mut Txn<'_>, before: Millis) -> io::Result<()> {
     let start = format!("{}t/", prefix::DEDUP);
     let end = dedup_time_key(before, "");
     let mut doomed = Vec::new();
-    let it = txn.db.iterator_cf(txn.cf(), rocksdb::IteratorMode::From(start.as_bytes(), rocksdb::Direction::Forward));
+    let it = txn.db.iterator_cf(
+        txn.cf(),
+        rocksdb::IteratorMode::From(start.as_bytes(), rocksdb::Direction::Forward),
+    );
     for item in it.take(DEDUP_PRUNE_PER_APPLY) {
         let (k, _) = item.map_err(io_err)?;
         if k.as_ref() >= end.as_slice() || !k.starts_with(start.as_bytes()) {
@@ -186,7 +207,10 @@ fn prune_dedup(txn: &mut Txn<'_>, before: Millis) -> io::Result<()> {
 }
 
 fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io::Result<Response> {
-    let applied = Response::Applied { index, duplicate: false };
+    let applied = Response::Applied {
+        index,
+        duplicate: false,
+    };
     Ok(match cmd {
         Command::Put { record } => {
             if let Some(why) = not_puttable(record) {
@@ -214,7 +238,11 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
             }
             applied
         }
-        Command::AcquireLease { name, holder, ttl_ms } => {
+        Command::AcquireLease {
+            name,
+            holder,
+            ttl_ms,
+        } => {
             let key = RecordKey::Lease { name: name.clone() };
             let current = match txn.get_record(&key)? {
                 Some(Record::Lease(l)) => Some(l),
@@ -222,14 +250,28 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
             };
             let lease = match current {
                 Some(l) if l.expires_at > at && l.holder != *holder => {
-                    return Ok(Response::LeaseHeld { holder: l.holder, expires_at: l.expires_at });
+                    return Ok(Response::LeaseHeld {
+                        holder: l.holder,
+                        expires_at: l.expires_at,
+                    });
                 }
                 // The holder renews: same token, later expiry.
-                Some(l) if l.expires_at > at => Lease { expires_at: at + ttl_ms, ..l },
-                _ => Lease { name: name.clone(), holder: *holder, token: index, expires_at: at + ttl_ms },
+                Some(l) if l.expires_at > at => Lease {
+                    expires_at: at + ttl_ms,
+                    ..l
+                },
+                _ => Lease {
+                    name: name.clone(),
+                    holder: *holder,
+                    token: index,
+                    expires_at: at + ttl_ms,
+                },
             };
             txn.put_record(Record::Lease(lease.clone()));
-            Response::LeaseGranted { lease, duplicate: false }
+            Response::LeaseGranted {
+                lease,
+                duplicate: false,
+            }
         }
         Command::ReleaseLease { name, token } => {
             let key = RecordKey::Lease { name: name.clone() };
@@ -241,15 +283,25 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
                 _ => refused(format!("lease {name} is not held with token {token}")),
             }
         }
-        Command::Fenced { lease, token, command } => {
-            match txn.get_record(&RecordKey::Lease { name: lease.clone() })? {
+        Command::Fenced {
+            lease,
+            token,
+            command,
+        } => {
+            match txn.get_record(&RecordKey::Lease {
+                name: lease.clone(),
+            })? {
                 Some(Record::Lease(l)) if l.token == *token && l.expires_at > at => {
                     apply_command(txn, index, at, command)?
                 }
                 _ => refused(format!("stale fencing token {token} for lease {lease}")),
             }
         }
-        Command::CreateJoinToken { hash, expires_ms, created_by } => {
+        Command::CreateJoinToken {
+            hash,
+            expires_ms,
+            created_by,
+        } => {
             txn.put_record(Record::JoinToken(JoinToken {
                 hash: hash.clone(),
                 expires_at: *expires_ms,
@@ -265,7 +317,10 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
                     let counter = format!("{}next_node_id", prefix::COUNTER);
                     let node_id: u64 = txn.get(&counter)?.unwrap_or(FIRST_JOINED_NODE_ID);
                     txn.put_raw(counter.into_bytes(), encode(&(node_id + 1)));
-                    Response::NodeIdAllocated { node_id, duplicate: false }
+                    Response::NodeIdAllocated {
+                        node_id,
+                        duplicate: false,
+                    }
                 }
                 Some(_) => refused("join token expired"),
                 None => refused("join token unknown or already used"),
@@ -288,7 +343,10 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
 
 fn txn_scan(txn: &Txn<'_>, pfx: &str) -> io::Result<Vec<Record>> {
     let mut out = Vec::new();
-    let it = txn.db.iterator_cf(txn.cf(), rocksdb::IteratorMode::From(pfx.as_bytes(), rocksdb::Direction::Forward));
+    let it = txn.db.iterator_cf(
+        txn.cf(),
+        rocksdb::IteratorMode::From(pfx.as_bytes(), rocksdb::Direction::Forward),
+    );
     for item in it {
         let (k, v) = item.map_err(io_err)?;
         if !k.starts_with(pfx.as_bytes()) {
@@ -324,7 +382,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
         let db = self.db.clone();
-        let mut txn = Txn { db: &db, overlay: HashMap::new(), batch: WriteBatch::default(), changes: Vec::new() };
+        let mut txn = Txn {
+            db: &db,
+            overlay: HashMap::new(),
+            batch: WriteBatch::default(),
+            changes: Vec::new(),
+        };
         let mut replies = Vec::new();
         let mut last: Option<LogId> = None;
         let mut membership: Option<StoredMembership> = None;
@@ -344,7 +407,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         let Some(last) = last else { return Ok(()) };
-        let Txn { mut batch, changes, .. } = txn;
+        let Txn {
+            mut batch, changes, ..
+        } = txn;
         let meta = self.cf_meta();
         batch.put_cf(meta, KEY_APPLIED, encode(&Some(last.clone())));
         if let Some(m) = &membership {
@@ -358,7 +423,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         self.applied_tx.send_replace(last.index);
         if !changes.is_empty() {
-            let _ = self.events.send(Arc::new(ChangeSet { index: last.index, changes }));
+            let _ = self.events.send(Arc::new(ChangeSet {
+                index: last.index,
+                changes,
+            }));
         }
         Ok(())
     }
@@ -367,17 +435,33 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder::new(self.db.clone(), self.snapshot_dir.clone())
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> io::Result<()> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotFile,
+    ) -> io::Result<()> {
         let pending = snapshot::Pending::stage(&self.snapshot_dir, meta, &snapshot)?;
-        self.db.put_cf_opt(self.cf_meta(), KEY_INSTALLING, encode(&pending), &snapshot::synced()).map_err(io_err)?;
+        self.db
+            .put_cf_opt(
+                self.cf_meta(),
+                KEY_INSTALLING,
+                encode(&pending),
+                &snapshot::synced(),
+            )
+            .map_err(io_err)?;
         snapshot::install(&self.db, &pending)?;
         let index = meta.last_log_id.as_ref().map(|l| l.index).unwrap_or(0);
         self.applied_tx.send_replace(index);
-        let _ = self.events.send(Arc::new(ChangeSet { index, changes: vec![Change::Reset] }));
+        let _ = self.events.send(Arc::new(ChangeSet {
+            index,
+            changes: vec![Change::Reset],
+        }));
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> io::Result<Option<openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> io::Result<Option<openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>>> {
         snapshot::current(&self.db, &self.snapshot_dir)
     }
 }

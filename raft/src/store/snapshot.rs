@@ -42,7 +42,9 @@ impl SnapshotFile {
     pub fn incoming(dir: &Path) -> SnapshotFile {
         let mut b = [0u8; 8];
         crate::crypto::fill_random(&mut b);
-        SnapshotFile { path: dir.join(format!("incoming-{}.snap", hex::encode(b))) }
+        SnapshotFile {
+            path: dir.join(format!("incoming-{}.snap", hex::encode(b))),
+        }
     }
 }
 
@@ -62,7 +64,11 @@ pub(crate) struct Pending {
 
 impl Pending {
     /// Check the received file and move it to its final name in `dir`.
-    pub(crate) fn stage(dir: &Path, meta: &SnapshotMeta, snap: &SnapshotFile) -> io::Result<Pending> {
+    pub(crate) fn stage(
+        dir: &Path,
+        meta: &SnapshotMeta,
+        snap: &SnapshotFile,
+    ) -> io::Result<Pending> {
         let file_meta = verify(&snap.path)?;
         if file_meta.last_log_id != meta.last_log_id {
             return Err(io_err(format!(
@@ -74,13 +80,19 @@ impl Pending {
         if snap.path != file {
             std::fs::rename(&snap.path, &file)?;
         }
-        Ok(Pending { meta: meta.clone(), file })
+        Ok(Pending {
+            meta: meta.clone(),
+            file,
+        })
     }
 }
 
 fn file_name(meta: &SnapshotMeta) -> String {
     match &meta.last_log_id {
-        Some(l) => format!("snap-{}-{}-{}.snap", l.leader_id.term, l.leader_id.node_id, l.index),
+        Some(l) => format!(
+            "snap-{}-{}-{}.snap",
+            l.leader_id.term, l.leader_id.node_id, l.index
+        ),
         None => "snap-empty.snap".to_string(),
     }
 }
@@ -105,11 +117,17 @@ struct SnapReader {
 
 impl SnapReader {
     fn open(path: &Path) -> io::Result<(SnapReader, SnapshotMeta)> {
-        let mut r = SnapReader { r: BufReader::new(File::open(path)?), digest: ring::digest::Context::new(&ring::digest::SHA256) };
+        let mut r = SnapReader {
+            r: BufReader::new(File::open(path)?),
+            digest: ring::digest::Context::new(&ring::digest::SHA256),
+        };
         let mut head = [0u8; 9];
         r.read_exact(&mut head)?;
         if &head[..8] != MAGIC || head[8] != VERSION {
-            return Err(io_err(format!("{} is not a version-{VERSION} Palisade snapshot", path.display())));
+            return Err(io_err(format!(
+                "{} is not a version-{VERSION} Palisade snapshot",
+                path.display()
+            )));
         }
         let len = r.read_u32()?;
         let meta_bytes = r.read_vec(len)?;
@@ -142,7 +160,11 @@ impl SnapReader {
     fn next(&mut self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
         let klen = self.read_u32()?;
         if klen == END {
-            let expected = std::mem::replace(&mut self.digest, ring::digest::Context::new(&ring::digest::SHA256)).finish();
+            let expected = std::mem::replace(
+                &mut self.digest,
+                ring::digest::Context::new(&ring::digest::SHA256),
+            )
+            .finish();
             let mut found = [0u8; 32];
             self.r.read_exact(&mut found)?;
             if expected.as_ref() != found {
@@ -184,10 +206,16 @@ impl SnapshotBuilder {
         let meta_cf = self.db.cf_handle(CF_SM_META).expect("column family exists");
         let data_cf = self.db.cf_handle(CF_SM_DATA).expect("column family exists");
         let get = |k: &[u8]| snap.get_cf(meta_cf, k).map_err(io_err);
-        let last_log_id: Option<LogId> = get(KEY_APPLIED)?.map(|v| decode(&v)).transpose()?.flatten();
-        let last_membership: StoredMembership =
-            get(KEY_MEMBERSHIP)?.map(|v| decode(&v)).transpose()?.unwrap_or_default();
-        let meta = SnapshotMeta { last_log_id, last_membership };
+        let last_log_id: Option<LogId> =
+            get(KEY_APPLIED)?.map(|v| decode(&v)).transpose()?.flatten();
+        let last_membership: StoredMembership = get(KEY_MEMBERSHIP)?
+            .map(|v| decode(&v))
+            .transpose()?
+            .unwrap_or_default();
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+        };
 
         let path = self.dir.join(file_name(&meta));
         let tmp = path.with_extension("tmp");
@@ -197,7 +225,11 @@ impl SnapshotBuilder {
         w.write_all(&[VERSION])?;
         digest.update(MAGIC);
         digest.update(&[VERSION]);
-        write_bytes(&mut w, &serde_json::to_vec(&meta).map_err(io_err)?, &mut digest)?;
+        write_bytes(
+            &mut w,
+            &serde_json::to_vec(&meta).map_err(io_err)?,
+            &mut digest,
+        )?;
         for item in snap.iterator_cf(data_cf, rocksdb::IteratorMode::Start) {
             let (k, v) = item.map_err(io_err)?;
             write_bytes(&mut w, &k, &mut digest)?;
@@ -220,12 +252,22 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotFile;
 
-    async fn build_snapshot(&mut self) -> io::Result<openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>> {
+    async fn build_snapshot(
+        &mut self,
+    ) -> io::Result<openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>> {
         let (meta, path) = self.build()?;
         let meta_cf = self.db.cf_handle(CF_SM_META).expect("column family exists");
         let previous = current_record(&self.db)?;
         self.db
-            .put_cf_opt(meta_cf, KEY_SNAPSHOT, encode(&Current { meta: meta.clone(), file: path.clone() }), &synced())
+            .put_cf_opt(
+                meta_cf,
+                KEY_SNAPSHOT,
+                encode(&Current {
+                    meta: meta.clone(),
+                    file: path.clone(),
+                }),
+                &synced(),
+            )
             .map_err(io_err)?;
         if let Some(prev) = previous {
             if prev.file != path {
@@ -233,23 +275,31 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             }
         }
         tracing::info!(index = ?meta.last_log_id.as_ref().map(|l| l.index), "snapshot built");
-        Ok(openraft::storage::Snapshot { meta, snapshot: SnapshotFile { path } })
+        Ok(openraft::storage::Snapshot {
+            meta,
+            snapshot: SnapshotFile { path },
+        })
     }
 }
 
 fn current_record(db: &DB) -> io::Result<Option<Current>> {
     let meta_cf = db.cf_handle(CF_SM_META).expect("column family exists");
-    db.get_cf(meta_cf, KEY_SNAPSHOT).map_err(io_err)?.map(|v| decode(&v)).transpose()
+    db.get_cf(meta_cf, KEY_SNAPSHOT)
+        .map_err(io_err)?
+        .map(|v| decode(&v))
+        .transpose()
 }
 
 pub(crate) fn current(
     db: &DB,
     _dir: &Path,
 ) -> io::Result<Option<openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>>> {
-    Ok(current_record(db)?.filter(|c| c.file.exists()).map(|c| openraft::storage::Snapshot {
-        meta: c.meta,
-        snapshot: SnapshotFile { path: c.file },
-    }))
+    Ok(current_record(db)?
+        .filter(|c| c.file.exists())
+        .map(|c| openraft::storage::Snapshot {
+            meta: c.meta,
+            snapshot: SnapshotFile { path: c.file },
+        }))
 }
 
 /// Replace the whole state with the snapshot in `pending.file`. Idempotent: a crash at any point
@@ -272,7 +322,14 @@ pub(crate) fn install(db: &DB, pending: &Pending) -> io::Result<()> {
     let previous = current_record(db)?;
     batch.put_cf(meta_cf, KEY_APPLIED, encode(&meta.last_log_id));
     batch.put_cf(meta_cf, KEY_MEMBERSHIP, encode(&meta.last_membership));
-    batch.put_cf(meta_cf, KEY_SNAPSHOT, encode(&Current { meta: meta.clone(), file: pending.file.clone() }));
+    batch.put_cf(
+        meta_cf,
+        KEY_SNAPSHOT,
+        encode(&Current {
+            meta: meta.clone(),
+            file: pending.file.clone(),
+        }),
+    );
     batch.delete_cf(meta_cf, KEY_INSTALLING);
     db.write_opt(batch, &synced()).map_err(io_err)?;
     if let Some(prev) = previous {

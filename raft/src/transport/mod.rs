@@ -3,9 +3,9 @@
 //! Connections are cached per peer and re-dialled when they close. Heartbeats and appends travel
 //! on their own streams, so a snapshot transfer in progress never delays them.
 
+mod network;
 pub mod proto;
 pub mod tls;
-mod network;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -58,47 +58,74 @@ fn transport_config() -> quinn::TransportConfig {
 
 pub fn server_config(identity: &tls::Identity) -> Result<quinn::ServerConfig, tls::TlsError> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)
-        .map_err(|e| tls::TlsError::Bad { what: "QUIC server TLS", detail: e.to_string() })?;
+        .map_err(|e| tls::TlsError::Bad {
+            what: "QUIC server TLS",
+            detail: e.to_string(),
+        })?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(Arc::new(transport_config()));
     Ok(cfg)
 }
 
 pub fn client_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, tls::TlsError> {
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| tls::TlsError::Bad { what: "QUIC client TLS", detail: e.to_string() })?;
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| tls::TlsError::Bad {
+            what: "QUIC client TLS",
+            detail: e.to_string(),
+        })?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     cfg.transport_config(Arc::new(transport_config()));
     Ok(cfg)
 }
 
-pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, v: &T) -> Result<(), TransportError> {
+pub async fn write_frame<T: Serialize>(
+    send: &mut quinn::SendStream,
+    v: &T,
+) -> Result<(), TransportError> {
     let body = serde_json::to_vec(v).map_err(|e| TransportError::Frame(e.to_string()))?;
     if body.len() > MAX_FRAME {
-        return Err(TransportError::Frame(format!("frame of {} bytes exceeds {MAX_FRAME}", body.len())));
+        return Err(TransportError::Frame(format!(
+            "frame of {} bytes exceeds {MAX_FRAME}",
+            body.len()
+        )));
     }
     let mut head = [0u8; 5];
     head[0] = FRAME_VERSION;
     head[1..].copy_from_slice(&(body.len() as u32).to_be_bytes());
-    let io = |e: quinn::WriteError| TransportError::Io { addr: String::new(), detail: e.to_string() };
+    let io = |e: quinn::WriteError| TransportError::Io {
+        addr: String::new(),
+        detail: e.to_string(),
+    };
     send.write_all(&head).await.map_err(io)?;
     send.write_all(&body).await.map_err(io)?;
     Ok(())
 }
 
-pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result<T, TransportError> {
+pub async fn read_frame<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+) -> Result<T, TransportError> {
     let mut head = [0u8; 5];
-    recv.read_exact(&mut head).await.map_err(|e| TransportError::Frame(format!("reading frame header: {e}")))?;
+    recv.read_exact(&mut head)
+        .await
+        .map_err(|e| TransportError::Frame(format!("reading frame header: {e}")))?;
     if head[0] != FRAME_VERSION {
-        return Err(TransportError::Frame(format!("unknown frame version {}", head[0])));
+        return Err(TransportError::Frame(format!(
+            "unknown frame version {}",
+            head[0]
+        )));
     }
     let len = u32::from_be_bytes(head[1..].try_into().expect("4 bytes")) as usize;
     if len > MAX_FRAME {
-        return Err(TransportError::Frame(format!("frame of {len} bytes exceeds {MAX_FRAME}")));
+        return Err(TransportError::Frame(format!(
+            "frame of {len} bytes exceeds {MAX_FRAME}"
+        )));
     }
     let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(|e| TransportError::Frame(format!("reading frame body: {e}")))?;
-    serde_json::from_slice(&body).map_err(|e| TransportError::Frame(format!("malformed frame: {e}")))
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| TransportError::Frame(format!("reading frame body: {e}")))?;
+    serde_json::from_slice(&body)
+        .map_err(|e| TransportError::Frame(format!("malformed frame: {e}")))
 }
 
 /// Outgoing calls to peers over one QUIC endpoint.
@@ -110,14 +137,22 @@ pub struct Transport {
 
 impl Transport {
     pub fn new(endpoint: quinn::Endpoint, client: quinn::ClientConfig) -> Self {
-        Transport { endpoint, client, conns: Mutex::new(HashMap::new()) }
+        Transport {
+            endpoint,
+            client,
+            conns: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn endpoint(&self) -> &quinn::Endpoint {
         &self.endpoint
     }
 
-    async fn connection(&self, target: NodeId, addr: &str) -> Result<quinn::Connection, TransportError> {
+    async fn connection(
+        &self,
+        target: NodeId,
+        addr: &str,
+    ) -> Result<quinn::Connection, TransportError> {
         let sock = resolve(addr)?;
         {
             let conns = self.conns.lock().await;
@@ -127,7 +162,13 @@ impl Transport {
                 }
             }
         }
-        let conn = connect(&self.endpoint, &self.client, sock, &node_server_name(target)).await?;
+        let conn = connect(
+            &self.endpoint,
+            &self.client,
+            sock,
+            &node_server_name(target),
+        )
+        .await?;
         self.conns.lock().await.insert(target, (sock, conn.clone()));
         Ok(conn)
     }
@@ -143,7 +184,10 @@ impl Transport {
             Ok(s) => Ok(s),
             Err(e) => {
                 self.conns.lock().await.remove(&target);
-                Err(TransportError::Unreachable { addr: addr.to_string(), detail: e.to_string() })
+                Err(TransportError::Unreachable {
+                    addr: addr.to_string(),
+                    detail: e.to_string(),
+                })
             }
         }
     }
@@ -163,7 +207,9 @@ impl Transport {
             let reply: Result<T, RemoteError> = read_frame(&mut recv).await?;
             Ok(reply?)
         };
-        tokio::time::timeout(timeout, fut).await.map_err(|_| TransportError::Timeout(timeout))?
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| TransportError::Timeout(timeout))?
     }
 }
 
@@ -172,7 +218,10 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, TransportError> {
     addr.to_socket_addrs()
         .ok()
         .and_then(|mut a| a.next())
-        .ok_or_else(|| TransportError::Unreachable { addr: addr.to_string(), detail: "not a host:port address".into() })
+        .ok_or_else(|| TransportError::Unreachable {
+            addr: addr.to_string(),
+            detail: "not a host:port address".into(),
+        })
 }
 
 pub async fn connect(
@@ -181,8 +230,13 @@ pub async fn connect(
     addr: SocketAddr,
     server_name: &str,
 ) -> Result<quinn::Connection, TransportError> {
-    let unreachable = |detail: String| TransportError::Unreachable { addr: addr.to_string(), detail };
-    let connecting = endpoint.connect_with(client.clone(), addr, server_name).map_err(|e| unreachable(e.to_string()))?;
+    let unreachable = |detail: String| TransportError::Unreachable {
+        addr: addr.to_string(),
+        detail,
+    };
+    let connecting = endpoint
+        .connect_with(client.clone(), addr, server_name)
+        .map_err(|e| unreachable(e.to_string()))?;
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(unreachable(e.to_string())),

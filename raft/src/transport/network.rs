@@ -6,8 +6,8 @@ use std::sync::Arc;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use tokio::io::AsyncReadExt;
 
@@ -40,7 +40,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Peer {
-        Peer { transport: self.transport.clone(), target, addr: node.cluster_addr.clone() }
+        Peer {
+            transport: self.transport.clone(),
+            target,
+            addr: node.cluster_addr.clone(),
+        }
     }
 }
 
@@ -61,8 +65,15 @@ fn streaming_error(e: TransportError) -> StreamingError<TypeConfig> {
 }
 
 impl Peer {
-    async fn call<T: serde::de::DeserializeOwned>(&self, rpc: Rpc, option: &RPCOption) -> Result<T, RPCError<TypeConfig>> {
-        self.transport.call(self.target, &self.addr, &rpc, option.hard_ttl()).await.map_err(rpc_error)
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        rpc: Rpc,
+        option: &RPCOption,
+    ) -> Result<T, RPCError<TypeConfig>> {
+        self.transport
+            .call(self.target, &self.addr, &rpc, option.hard_ttl())
+            .await
+            .map_err(rpc_error)
     }
 
     async fn send_snapshot(
@@ -70,21 +81,40 @@ impl Peer {
         vote: Vote,
         snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>,
     ) -> Result<SnapshotResponse<TypeConfig>, TransportError> {
-        let io = |e: std::io::Error| TransportError::Io { addr: String::new(), detail: e.to_string() };
-        let mut file = tokio::fs::File::open(&snapshot.snapshot.path).await.map_err(io)?;
+        let io = |e: std::io::Error| TransportError::Io {
+            addr: String::new(),
+            detail: e.to_string(),
+        };
+        let mut file = tokio::fs::File::open(&snapshot.snapshot.path)
+            .await
+            .map_err(io)?;
         let size = file.metadata().await.map_err(io)?.len();
         let (mut send, mut recv) = self.transport.open(self.target, &self.addr).await?;
-        write_frame(&mut send, &Rpc::Snapshot { vote, meta: snapshot.meta, size }).await?;
+        write_frame(
+            &mut send,
+            &Rpc::Snapshot {
+                vote,
+                meta: snapshot.meta,
+                size,
+            },
+        )
+        .await?;
         let mut buf = vec![0u8; SNAPSHOT_CHUNK];
         loop {
             let n = file.read(&mut buf).await.map_err(io)?;
             if n == 0 {
                 break;
             }
-            send.write_all(&buf[..n]).await.map_err(|e| TransportError::Io { addr: self.addr.clone(), detail: e.to_string() })?;
+            send.write_all(&buf[..n])
+                .await
+                .map_err(|e| TransportError::Io {
+                    addr: self.addr.clone(),
+                    detail: e.to_string(),
+                })?;
         }
         let _ = send.finish();
-        let reply: Result<SnapshotResponse<TypeConfig>, RemoteError> = read_frame(&mut recv).await?;
+        let reply: Result<SnapshotResponse<TypeConfig>, RemoteError> =
+            read_frame(&mut recv).await?;
         Ok(reply?)
     }
 }
@@ -100,7 +130,11 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         self.call(Rpc::Append { req }, &option).await
     }
 
-    async fn vote(&mut self, req: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn vote(
+        &mut self,
+        req: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(Rpc::Vote { req }, &option).await
     }
 

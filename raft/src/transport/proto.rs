@@ -17,25 +17,46 @@ pub const MAX_FRAME: usize = 32 << 20;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rpc {
-    Append { req: openraft::raft::AppendEntriesRequest<TypeConfig> },
-    Vote { req: openraft::raft::VoteRequest<TypeConfig> },
-    PreVote { req: openraft::raft::VoteRequest<TypeConfig> },
-    TransferLeader { req: openraft::raft::TransferLeaderRequest<TypeConfig> },
+    Append {
+        req: openraft::raft::AppendEntriesRequest<TypeConfig>,
+    },
+    Vote {
+        req: openraft::raft::VoteRequest<TypeConfig>,
+    },
+    PreVote {
+        req: openraft::raft::VoteRequest<TypeConfig>,
+    },
+    TransferLeader {
+        req: openraft::raft::TransferLeaderRequest<TypeConfig>,
+    },
     /// Followed on the stream by exactly `size` bytes of snapshot file.
-    Snapshot { vote: Vote, meta: SnapshotMeta, size: u64 },
+    Snapshot {
+        vote: Vote,
+        meta: SnapshotMeta,
+        size: u64,
+    },
     /// A client write, forwarded to the leader.
-    Forward { req: Request },
+    Forward {
+        req: Request,
+    },
     /// Ask the leader for a read index (linearizable reads on a follower).
     ReadIndex,
     /// Add a node as learner, wait for it to catch up, then make it a voter.
-    AddMember { id: NodeId, node: NodeInfo },
-    RemoveMember { id: NodeId },
+    AddMember {
+        id: NodeId,
+        node: NodeInfo,
+    },
+    RemoveMember {
+        id: NodeId,
+    },
     /// The leader's view of the cluster.
     Status,
     /// A node without a certificate asks to join (the only RPC allowed without one).
     Join(JoinRequest),
     /// Reachability and identity check.
-    Ping { from: NodeId },
+    Ping {
+        from: NodeId,
+    },
 }
 
 impl Rpc {
@@ -76,7 +97,10 @@ pub struct JoinGrant {
 
 impl std::fmt::Debug for JoinGrant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JoinGrant").field("node_id", &self.node_id).field("cluster_id", &self.cluster_id).finish_non_exhaustive()
+        f.debug_struct("JoinGrant")
+            .field("node_id", &self.node_id)
+            .field("cluster_id", &self.cluster_id)
+            .finish_non_exhaustive()
     }
 }
 

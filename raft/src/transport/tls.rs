@@ -52,13 +52,21 @@ pub fn parse_cert(pem: &str, what: &'static str) -> Result<CertificateDer<'stati
 impl Identity {
     fn roots(&self) -> Result<RootCertStore, TlsError> {
         let mut roots = RootCertStore::empty();
-        roots.add(parse_cert(&self.ca_pem, "cluster CA certificate")?).map_err(|e| bad("cluster CA certificate")(e.to_string()))?;
+        roots
+            .add(parse_cert(&self.ca_pem, "cluster CA certificate")?)
+            .map_err(|e| bad("cluster CA certificate")(e.to_string()))?;
         Ok(roots)
     }
 
-    fn chain_and_key(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
-        let chain = vec![parse_cert(&self.cert_pem, "node certificate")?, parse_cert(&self.ca_pem, "cluster CA certificate")?];
-        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| bad("node private key")(e.to_string()))?;
+    fn chain_and_key(
+        &self,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+        let chain = vec![
+            parse_cert(&self.cert_pem, "node certificate")?,
+            parse_cert(&self.ca_pem, "cluster CA certificate")?,
+        ];
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| bad("node private key")(e.to_string()))?;
         Ok((chain, key))
     }
 
@@ -66,18 +74,22 @@ impl Identity {
     pub fn check(&self) -> Result<(), TlsError> {
         let ca = parse_cert(&self.ca_pem, "cluster CA certificate")?;
         let cert = parse_cert(&self.cert_pem, "node certificate")?;
-        let (_, ca) = x509_parser::parse_x509_certificate(&ca).map_err(|e| bad("cluster CA certificate")(e.to_string()))?;
-        let (_, cert) = x509_parser::parse_x509_certificate(&cert).map_err(|e| bad("node certificate")(e.to_string()))?;
-        cert.verify_signature(Some(ca.public_key()))
-            .map_err(|_| bad("node certificate")("was not issued by this data dir's cluster CA".into()))
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca)
+            .map_err(|e| bad("cluster CA certificate")(e.to_string()))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&cert)
+            .map_err(|e| bad("node certificate")(e.to_string()))?;
+        cert.verify_signature(Some(ca.public_key())).map_err(|_| {
+            bad("node certificate")("was not issued by this data dir's cluster CA".into())
+        })
     }
 
     pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
         let provider = provider();
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| bad("client verifier")(e.to_string()))?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| bad("client verifier")(e.to_string()))?;
         let (chain, key) = self.chain_and_key()?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -110,7 +122,10 @@ pub fn join_client_config(ca_sha256: [u8; 32]) -> Result<rustls::ClientConfig, T
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| bad("TLS versions")(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCa { sha256: ca_sha256, provider }))
+        .with_custom_certificate_verifier(Arc::new(PinnedCa {
+            sha256: ca_sha256,
+            provider,
+        }))
         .with_no_client_auth();
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     Ok(cfg)
@@ -134,12 +149,17 @@ impl ServerCertVerifier for PinnedCa {
         let ca = intermediates
             .iter()
             .find(|c| ring::digest::digest(&ring::digest::SHA256, c).as_ref() == self.sha256)
-            .ok_or_else(|| rustls::Error::General("the peer's cluster CA does not match the join token".into()))?;
+            .ok_or_else(|| {
+                rustls::Error::General("the peer's cluster CA does not match the join token".into())
+            })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp, now)
     }
 
@@ -149,7 +169,12 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -158,10 +183,17 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
