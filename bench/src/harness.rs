@@ -444,6 +444,12 @@ impl Drop for TestCluster {
         for i in 0..self.nodes.len() {
             self.kill(i);
         }
+        if std::env::var_os("PALISADE_KEEP_TEST_DIRS").is_some() {
+            if let Ok(fresh) = tempfile::tempdir() {
+                let kept = std::mem::replace(&mut self.dir, fresh).keep();
+                eprintln!("kept test dir {}", kept.display());
+            }
+        }
     }
 }
 

@@ -34,6 +34,10 @@ pub fn election(bin: &Path, runs: usize) -> Result<(Vec<Duration>, Vec<Duration>
         c.kill(idx);
         let new = c.wait_leader(Some(old), Duration::from_secs(30))?;
         elections.push(t0.elapsed());
+        eprintln!(
+            "run {run}: killed leader {old}; node {new} leads after {}",
+            ms(t0.elapsed())
+        );
         let via = c.index_of(new).expect("leader is a member");
         loop {
             let r = c.post(

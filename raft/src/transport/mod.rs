@@ -22,9 +22,9 @@ use proto::{RemoteError, Rpc, FRAME_VERSION, MAX_FRAME};
 use crate::crypto::node_server_name;
 use crate::ids::NodeId;
 
-/// Idle connections are closed after this; keep-alives keep live ones open well inside it.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// A peer silent this long is gone; keep-alives keep live connections well inside it.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
@@ -207,9 +207,18 @@ impl Transport {
             let reply: Result<T, RemoteError> = read_frame(&mut recv).await?;
             Ok(reply?)
         };
-        tokio::time::timeout(timeout, fut)
+        let result = tokio::time::timeout(timeout, fut)
             .await
-            .map_err(|_| TransportError::Timeout(timeout))?
+            .unwrap_or(Err(TransportError::Timeout(timeout)));
+        if let Err(e) = &result {
+            if !matches!(e, TransportError::Remote(_)) {
+                // A peer that restarted leaves our connection to its old process looking alive
+                // until the idle timeout: dial afresh next time instead of waiting for that.
+                tracing::debug!(peer = target, error = %e, "dropping the connection after a failed call");
+                self.conns.lock().await.remove(&target);
+            }
+        }
+        result
     }
 }
 
