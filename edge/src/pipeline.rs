@@ -55,10 +55,19 @@ pub struct Pipeline {
     pub gates: Vec<Box<dyn Gate>>,
 }
 
+/// Unique per node run and cheap: a random prefix drawn once, then a counter (no system call
+/// per request).
 fn new_request_id() -> String {
-    let mut b = [0u8; 12];
-    palisade_raft::crypto::fill_random(&mut b);
-    hex::encode(b)
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut b = [0u8; 6];
+        palisade_raft::crypto::fill_random(&mut b);
+        hex::encode(b)
+    });
+    format!("{prefix}{:010x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The host a request is for, lower case, without port.
