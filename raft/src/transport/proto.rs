@@ -150,3 +150,41 @@ pub struct ClusterStatus {
 }
 
 pub type WriteReply = Result<Response, RemoteError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn membership_entries_survive_the_frame_encoding() {
+        // Node ids are JSON map keys inside a membership: the frame format must read them back.
+        let nodes = std::collections::BTreeMap::from([
+            (1u64, NodeInfo::default()),
+            (2u64, NodeInfo::default()),
+        ]);
+        let membership =
+            openraft::Membership::new(vec![nodes.keys().copied().collect()], nodes).unwrap();
+        let entry: crate::types::Entry = openraft::Entry {
+            log_id: openraft::LogId {
+                leader_id: openraft::impls::leader_id_adv::LeaderId {
+                    term: 1,
+                    node_id: 1,
+                },
+                index: 3,
+            },
+            payload: openraft::EntryPayload::Membership(membership),
+        };
+        let rpc = Rpc::Append {
+            req: openraft::raft::AppendEntriesRequest {
+                vote: openraft::impls::Vote::new_committed(1, 1),
+                prev_log_id: None,
+                entries: vec![entry],
+                leader_commit: None,
+            },
+        };
+        let json = serde_json::to_vec(&rpc).unwrap();
+        let back: Rpc = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back.name(), "append");
+        assert!(serde_json::from_slice::<Rpc>(b"{\"nonsense\":1}").is_err());
+    }
+}
