@@ -232,6 +232,16 @@ impl Cluster {
         &self.transport
     }
 
+    /// The membership this node currently works with.
+    fn membership(&self) -> crate::types::Membership {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .clone()
+    }
+
     fn leader(&self) -> Option<(NodeId, NodeInfo)> {
         let m = self.raft.metrics().borrow_watched().clone();
         let id = m.current_leader?;
@@ -400,13 +410,7 @@ impl Cluster {
 
     async fn add_member_local(&self, id: NodeId, node: NodeInfo) -> Result<(), RemoteError> {
         let failed = |e: String| RemoteError::Failed { message: e };
-        let membership = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = self.membership();
         if membership.voter_ids().any(|v| v == id) {
             return Ok(());
         }
@@ -449,13 +453,7 @@ impl Cluster {
     }
 
     async fn remove_member_local(&self, id: NodeId) -> Result<(), RemoteError> {
-        let membership = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = self.membership();
         let change = if membership.voter_ids().any(|v| v == id) {
             if membership.voter_ids().count() == 1 {
                 return Err(RemoteError::Refused {
