@@ -252,3 +252,19 @@ impl LiveView {
         self.current.store(Arc::new(next));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_covers_exactly_one_label_and_exact_names_win() {
+        let exact = HashMap::from([("api.example.com".to_string(), "exact")]);
+        let wildcard = HashMap::from([("example.com".to_string(), "wild")]);
+        assert_eq!(lookup(&exact, &wildcard, "api.example.com"), Some(&"exact"));
+        assert_eq!(lookup(&exact, &wildcard, "www.example.com"), Some(&"wild"));
+        assert_eq!(lookup(&exact, &wildcard, "a.b.example.com"), None);
+        assert_eq!(lookup(&exact, &wildcard, "example.com"), None);
+        assert_eq!(lookup(&exact, &wildcard, "other.test"), None);
+    }
+}
