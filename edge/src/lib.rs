@@ -90,9 +90,8 @@ impl Edge {
 
 async fn health_checks(view: Arc<view::LiveView>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        for group in view.get().upstream_groups() {
-            group.check().await;
-        }
+        let groups = view.get().upstream_groups();
+        futures::future::join_all(groups.iter().map(|g| g.check())).await;
         tokio::select! {
             _ = tokio::time::sleep(upstream::HEALTH_INTERVAL) => {}
             _ = server::stopped(&mut shutdown) => return,

@@ -99,30 +99,32 @@ impl UpstreamGroup {
         Some(InFlight(chosen.clone()))
     }
 
-    /// One round of active checks: a TCP connect to each target.
+    /// One round of active checks: a TCP connect to each target, all at once.
     pub async fn check(&self) {
-        for t in &self.targets {
-            let ok = match tokio::net::lookup_host(&t.addr)
-                .await
-                .ok()
-                .and_then(|mut a| a.next())
-            {
-                Some(addr) => probe(addr).await,
-                None => false,
-            };
-            let was = t.healthy.swap(ok, Ordering::Relaxed);
-            if ok && !was {
-                tracing::info!(target = %t.addr, "upstream healthy again");
-            } else if !ok && was {
-                tracing::warn!(target = %t.addr, "upstream failed its health check");
-            }
-            metrics::gauge!("palisade_upstream_healthy", "target" => t.addr.clone()).set(if ok {
-                1.0
-            } else {
-                0.0
-            });
-        }
+        futures::future::join_all(self.targets.iter().map(|t| check_target(t))).await;
     }
+}
+
+async fn check_target(t: &Target) {
+    let ok = match tokio::net::lookup_host(&t.addr)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+    {
+        Some(addr) => probe(addr).await,
+        None => false,
+    };
+    let was = t.healthy.swap(ok, Ordering::Relaxed);
+    if ok && !was {
+        tracing::info!(target = %t.addr, "upstream healthy again");
+    } else if !ok && was {
+        tracing::warn!(target = %t.addr, "upstream failed its health check");
+    }
+    metrics::gauge!("palisade_upstream_healthy", "target" => t.addr.clone()).set(if ok {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 async fn probe(addr: SocketAddr) -> bool {
