@@ -178,8 +178,9 @@ impl Cluster {
         .map_err(|e| setup_err(e.to_string()))?;
         let endpoint = quinn::Endpoint::server(server_cfg, setup.listen)
             .map_err(|e| setup_err(format!("cannot bind cluster address {}: {e}", setup.listen)))?;
-        let transport = Arc::new(Transport::new(endpoint, client_cfg));
-        let network = Network::new(transport.clone());
+        let transport = Arc::new(Transport::new(endpoint.clone(), client_cfg.clone()));
+        let bulk = Arc::new(Transport::new(endpoint, client_cfg));
+        let network = Network::new(transport.clone(), bulk);
         let raft = Raft::new(
             setup.node_id,
             config,

@@ -19,14 +19,17 @@ use crate::types::{NodeInfo, TypeConfig, Vote};
 
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 
+/// openraft's network factory. Snapshots travel over connections of their own (`bulk`), so a
+/// large transfer never shares flow-control or congestion windows with heartbeats and appends.
 #[derive(Clone)]
 pub struct Network {
     transport: Arc<Transport>,
+    bulk: Arc<Transport>,
 }
 
 impl Network {
-    pub fn new(transport: Arc<Transport>) -> Self {
-        Network { transport }
+    pub fn new(transport: Arc<Transport>, bulk: Arc<Transport>) -> Self {
+        Network { transport, bulk }
     }
 }
 
@@ -42,6 +45,14 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Peer {
         Peer {
             transport: self.transport.clone(),
+            target,
+            addr: node.cluster_addr.clone(),
+        }
+    }
+
+    async fn new_snapshot_client(&mut self, target: NodeId, node: &NodeInfo) -> Peer {
+        Peer {
+            transport: self.bulk.clone(),
             target,
             addr: node.cluster_addr.clone(),
         }
