@@ -814,6 +814,19 @@ async fn receive_file(
     f.sync_all().await
 }
 
+/// A client-only QUIC endpoint of the same address family as `peer`.
+fn client_endpoint(peer: SocketAddr) -> Result<quinn::Endpoint, ClusterError> {
+    let any: SocketAddr = if peer.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .expect("valid address");
+    quinn::Endpoint::client(any)
+        .map_err(|e| ClusterError::Setup(format!("cannot open a QUIC client socket: {e}")))
+}
+
 /// Ask a member to join; used by `palisade join` before the new node has a certificate.
 pub async fn request_join(token: &JoinToken, req: JoinRequest) -> Result<JoinGrant, ClusterError> {
     let mut pin = [0u8; 32];
@@ -821,9 +834,8 @@ pub async fn request_join(token: &JoinToken, req: JoinRequest) -> Result<JoinGra
         .map_err(|_| ClusterError::Setup("join token has a bad CA hash".into()))?;
     let tls = tls::join_client_config(pin).map_err(|e| ClusterError::Setup(e.to_string()))?;
     let client = transport::client_config(tls).map_err(|e| ClusterError::Setup(e.to_string()))?;
-    let bind: SocketAddr = "0.0.0.0:0".parse().expect("valid");
-    let endpoint = quinn::Endpoint::client(bind).map_err(|e| ClusterError::Setup(e.to_string()))?;
     let addr = transport::resolve(&token.addr)?;
+    let endpoint = client_endpoint(addr)?;
     let conn = transport::connect(
         &endpoint,
         &client,
@@ -861,8 +873,7 @@ pub async fn ping(
             .map_err(|e| ClusterError::Setup(e.to_string()))?,
     )
     .map_err(|e| ClusterError::Setup(e.to_string()))?;
-    let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid"))
-        .map_err(|e| ClusterError::Setup(e.to_string()))?;
+    let endpoint = client_endpoint(transport::resolve(addr)?)?;
     let t = Transport::new(endpoint.clone(), client);
     let r = t
         .call::<Pong>(peer_id, addr, &Rpc::Ping { from }, Duration::from_secs(5))
