@@ -233,28 +233,16 @@ async fn create_project(
         limits: body.limits.unwrap_or_default(),
         created_at: now_ms(),
     };
-    let req = Request::new(Command::Put {
+    let entry = audit(&p, remote, "project.create", &format!("project/{id}"));
+    let command = Command::Put {
         record: Record::Project(project.clone()),
-    })
-    .with_id(request_id(headers)?)
-    .with_audit(audit(
-        &p,
-        remote,
-        "project.create",
-        &format!("project/{id}"),
-    ));
-    match state.cluster.write(req).await.map_err(cluster_error)? {
-        Response::Applied { index, duplicate } => Ok((
-            StatusCode::CREATED,
-            Json(json!({ "project": project, "index": index, "duplicate": duplicate })),
-        )
-            .into_response()),
-        Response::Refused { reason } => Err(error(StatusCode::CONFLICT, reason)),
-        other => Err(error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("unexpected answer {other:?}"),
-        )),
-    }
+    };
+    let (index, duplicate) = commit(&state, headers, command, entry).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "project": project, "index": index, "duplicate": duplicate })),
+    )
+        .into_response())
 }
 
 #[handler]
@@ -354,22 +342,32 @@ async fn apply(
     audit: AuditEntry,
     created: bool,
 ) -> ApiResult {
+    let (index, duplicate) = commit(state, headers, command, audit).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({ "index": index, "duplicate": duplicate })),
+    )
+        .into_response())
+}
+
+/// Write one command with its audit entry under the caller's idempotency key; the applied log
+/// index and whether this was a retry, or 409 when the state machine refused it.
+async fn commit(
+    state: &AdminState,
+    headers: &HeaderMap,
+    command: Command,
+    audit: AuditEntry,
+) -> poem::Result<(u64, bool)> {
     let req = Request::new(command)
         .with_id(request_id(headers)?)
         .with_audit(audit);
     match state.cluster.write(req).await.map_err(cluster_error)? {
-        Response::Applied { index, duplicate } => {
-            let status = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            Ok((
-                status,
-                Json(json!({ "index": index, "duplicate": duplicate })),
-            )
-                .into_response())
-        }
+        Response::Applied { index, duplicate } => Ok((index, duplicate)),
         Response::Refused { reason } => Err(error(StatusCode::CONFLICT, reason)),
         other => Err(error(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -384,14 +384,37 @@ impl TestCluster {
         format!("http://{}{path}", self.nodes[idx].admin_addr)
     }
 
-    pub fn get(&self, idx: usize, path: &str) -> Result<Reply> {
-        let mut resp = agent()
-            .get(&self.url(idx, path))
-            .header("Authorization", &format!("Bearer {}", self.key))
-            .call()?;
+    /// One authenticated call to node `idx`'s admin API, with an optional JSON body.
+    fn send(
+        &self,
+        method: &str,
+        idx: usize,
+        path: &str,
+        body: Option<Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Reply> {
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(idx, path))
+            .header("Authorization", format!("Bearer {}", self.key));
+        if let Some(k) = idempotency_key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let bytes = match body {
+            Some(v) => {
+                req = req.header("Content-Type", "application/json");
+                serde_json::to_vec(&v)?
+            }
+            None => Vec::new(),
+        };
+        let mut resp = agent().run(req.body(bytes)?)?;
         let status = resp.status().as_u16();
         let body = resp.body_mut().read_json().unwrap_or(Value::Null);
         Ok(Reply { status, body })
+    }
+
+    pub fn get(&self, idx: usize, path: &str) -> Result<Reply> {
+        self.send("GET", idx, path, None, None)
     }
 
     pub fn post(
@@ -401,36 +424,15 @@ impl TestCluster {
         body: Value,
         idempotency_key: Option<&str>,
     ) -> Result<Reply> {
-        let mut req = agent()
-            .post(&self.url(idx, path))
-            .header("Authorization", &format!("Bearer {}", self.key));
-        if let Some(k) = idempotency_key {
-            req = req.header("Idempotency-Key", k);
-        }
-        let mut resp = req.send_json(body)?;
-        let status = resp.status().as_u16();
-        let body = resp.body_mut().read_json().unwrap_or(Value::Null);
-        Ok(Reply { status, body })
+        self.send("POST", idx, path, Some(body), idempotency_key)
     }
 
     pub fn put(&self, idx: usize, path: &str, body: Value) -> Result<Reply> {
-        let mut resp = agent()
-            .put(&self.url(idx, path))
-            .header("Authorization", &format!("Bearer {}", self.key))
-            .send_json(body)?;
-        let status = resp.status().as_u16();
-        let body = resp.body_mut().read_json().unwrap_or(Value::Null);
-        Ok(Reply { status, body })
+        self.send("PUT", idx, path, Some(body), None)
     }
 
     pub fn delete(&self, idx: usize, path: &str) -> Result<Reply> {
-        let mut resp = agent()
-            .delete(&self.url(idx, path))
-            .header("Authorization", &format!("Bearer {}", self.key))
-            .call()?;
-        let status = resp.status().as_u16();
-        let body = resp.body_mut().read_json().unwrap_or(Value::Null);
-        Ok(Reply { status, body })
+        self.send("DELETE", idx, path, None, None)
     }
 
     /// Run the palisade binary with `args` (and this cluster's environment) to completion.
