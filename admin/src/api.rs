@@ -22,10 +22,12 @@ use crate::auth::{authenticate, AuthError, Principal};
 
 pub struct AdminState {
     pub cluster: Arc<Cluster>,
+    /// This node's edge view: what the data plane enforces (the IP rule check reads it).
+    pub view: Arc<palisade_edge::view::LiveView>,
 }
 
 pub fn routes(state: Arc<AdminState>) -> impl poem::Endpoint {
-    Route::new()
+    let route = Route::new()
         .at("/v1/health", get(health))
         .at("/v1/cluster/status", get(cluster_status))
         .at("/v1/cluster/join-tokens", post(create_join_token))
@@ -39,26 +41,27 @@ pub fn routes(state: Arc<AdminState>) -> impl poem::Endpoint {
             get(get_domain).put(put_domain).delete(delete_domain),
         )
         .at("/v1/certificates", get(list_certs).post(upload_cert))
-        .at("/v1/settings", get(get_settings).put(put_settings))
-        .data(state)
+        .at("/v1/settings", get(get_settings).put(put_settings));
+    crate::iprules::routes(route).data(state)
 }
 
 type ApiResult = poem::Result<poem::Response>;
 
-fn error(status: StatusCode, msg: impl std::fmt::Display) -> poem::Error {
+pub(crate) fn error(status: StatusCode, msg: impl std::fmt::Display) -> poem::Error {
     poem::Error::from_response((status, Json(json!({ "error": msg.to_string() }))).into_response())
 }
 
-fn cluster_error(e: ClusterError) -> poem::Error {
+pub(crate) fn cluster_error(e: ClusterError) -> poem::Error {
     let status = match &e {
         ClusterError::Refused(_) => StatusCode::CONFLICT,
+        ClusterError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         e if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e)
 }
 
-fn authorize(state: &AdminState, headers: &HeaderMap, needs: Role) -> poem::Result<Principal> {
+pub(crate) fn authorize(state: &AdminState, headers: &HeaderMap, needs: Role) -> poem::Result<Principal> {
     let key = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -70,7 +73,7 @@ fn authorize(state: &AdminState, headers: &HeaderMap, needs: Role) -> poem::Resu
     })
 }
 
-fn request_id(headers: &HeaderMap) -> poem::Result<RequestId> {
+pub(crate) fn request_id(headers: &HeaderMap) -> poem::Result<RequestId> {
     match headers.get("idempotency-key") {
         None => Ok(RequestId::random()),
         Some(v) => v.to_str().ok().and_then(|s| s.parse().ok()).ok_or_else(|| {
@@ -82,7 +85,7 @@ fn request_id(headers: &HeaderMap) -> poem::Result<RequestId> {
     }
 }
 
-fn audit(p: &Principal, remote: &RemoteAddr, action: &str, target: &str) -> AuditEntry {
+pub(crate) fn audit(p: &Principal, remote: &RemoteAddr, action: &str, target: &str) -> AuditEntry {
     AuditEntry {
         seq: 0,
         at: now_ms(),
@@ -98,12 +101,12 @@ fn audit(p: &Principal, remote: &RemoteAddr, action: &str, target: &str) -> Audi
 }
 
 #[derive(Deserialize)]
-struct ReadOpts {
+pub(crate) struct ReadOpts {
     /// `linearizable` (default) or `local`.
-    consistency: Option<String>,
+    pub(crate) consistency: Option<String>,
 }
 
-async fn read_barrier(state: &AdminState, opts: &ReadOpts) -> poem::Result<()> {
+pub(crate) async fn read_barrier(state: &AdminState, opts: &ReadOpts) -> poem::Result<()> {
     match opts.consistency.as_deref() {
         None | Some("linearizable") => state
             .cluster
@@ -357,7 +360,7 @@ async fn apply(
 
 /// Write one command with its audit entry under the caller's idempotency key; the applied log
 /// index and whether this was a retry, or 409 when the state machine refused it.
-async fn commit(
+pub(crate) async fn commit(
     state: &AdminState,
     headers: &HeaderMap,
     command: Command,
@@ -376,7 +379,7 @@ async fn commit(
     }
 }
 
-fn bad_request(e: impl std::fmt::Display) -> poem::Error {
+pub(crate) fn bad_request(e: impl std::fmt::Display) -> poem::Error {
     error(StatusCode::BAD_REQUEST, e)
 }
 

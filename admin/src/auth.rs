@@ -3,6 +3,7 @@
 
 use base64::Engine;
 use palisade_raft::crypto::{fill_random, sha256_hex};
+use palisade_raft::ids::ProjectId;
 use palisade_raft::model::{ApiKey, Millis, Record, RecordKey, Role};
 use palisade_raft::store::StateReader;
 
@@ -46,6 +47,8 @@ pub fn new_key(role: Role, description: &str, now: Millis) -> NewKey {
 pub struct Principal {
     pub key_id: String,
     pub role: Role,
+    /// The one project a scoped key may touch.
+    pub project: Option<ProjectId>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -89,6 +92,7 @@ pub fn authenticate(
     Ok(Principal {
         key_id: record.id.to_string(),
         role: record.role,
+        project: record.project,
     })
 }
 

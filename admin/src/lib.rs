@@ -4,7 +4,9 @@
 //!
 //! - [`auth`]: API keys (format, hashing, constant-time check) and roles;
 //! - [`api`]: the `/v1` routes: health, cluster status and membership, join tokens, projects and
-//!   the audit log.
+//!   the audit log;
+//! - [`iprules`]: IP allow and block lists: add, remove, list, bulk import and export, and the
+//!   "would this address pass?" check.
 //!
 //! Every change goes through [`palisade_raft::cluster::Cluster::write`] with an audit entry that
 //! is committed in the same log entry as the change.
@@ -13,6 +15,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod iprules;
 
 pub use api::{routes, AdminState};
 

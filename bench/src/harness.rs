@@ -407,10 +407,34 @@ impl TestCluster {
             }
             None => Vec::new(),
         };
-        let mut resp = agent().run(req.body(bytes)?)?;
-        let status = resp.status().as_u16();
-        let body = resp.body_mut().read_json().unwrap_or(Value::Null);
+        let (status, text) = run(req.body(bytes)?)?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
         Ok(Reply { status, body })
+    }
+
+    /// POST a raw body (an IP list import, say); the status and the body as text.
+    pub fn post_raw(
+        &self,
+        idx: usize,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, String)> {
+        let req = ureq::http::Request::builder()
+            .method("POST")
+            .uri(self.url(idx, path))
+            .header("Authorization", format!("Bearer {}", self.key))
+            .header("Content-Type", content_type);
+        run(req.body(body)?)
+    }
+
+    /// GET with any answer type; the status and the body as text.
+    pub fn get_text(&self, idx: usize, path: &str) -> Result<(u16, String)> {
+        let req = ureq::http::Request::builder()
+            .method("GET")
+            .uri(self.url(idx, path))
+            .header("Authorization", format!("Bearer {}", self.key));
+        run(req.body(Vec::new())?)
     }
 
     pub fn get(&self, idx: usize, path: &str) -> Result<Reply> {
@@ -453,6 +477,29 @@ impl Drop for TestCluster {
             }
         }
     }
+}
+
+/// One request; bulk calls (a million-entry import) get minutes, not seconds.
+fn run(req: ureq::http::Request<Vec<u8>>) -> Result<(u16, String)> {
+    let long = req.body().len() > 1 << 20 || req.uri().path().ends_with("/export");
+    let agent = if long {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(600)))
+            .build()
+            .into()
+    } else {
+        agent()
+    };
+    let mut resp = agent.run(req)?;
+    let status = resp.status().as_u16();
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_string()
+        .unwrap_or_default();
+    Ok((status, text))
 }
 
 fn tail(s: &str, n: usize) -> String {

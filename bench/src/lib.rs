@@ -6,7 +6,13 @@
 //!
 //! - [`harness`]: a cluster of real node processes on loopback: init, join, kill -9, restart,
 //!   readiness by polling `/v1/health`, clean-up on drop;
-//! - [`scenarios`]: the measurements `palisade-bench` runs.
+//! - [`probe`]: a plain-socket upstream and keep-alive client (any loopback source address, any
+//!   `X-Forwarded-For`);
+//! - [`iprules`]: IP list measurements: propagation, a million-entry list, lookup cost,
+//!   throughput with and without the list;
+//! - [`scenarios`]: the cluster-core measurements `palisade-bench` runs.
 
 pub mod harness;
+pub mod iprules;
+pub mod probe;
 pub mod scenarios;

@@ -24,7 +24,8 @@ impl ClientIpResolver {
         ClientIpResolver { trusted }
     }
 
-    fn is_trusted(&self, ip: IpAddr) -> bool {
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
         self.trusted.iter().any(|c| c.net().contains(&ip))
     }
 

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! - [`view`]: the compiled view of the replicated state (hosts, projects, certificates) behind
+//! - [`access`]: IP allow and block lists compiled into prefix tables;
+//! - [`view`]: the compiled view of the replicated state (hosts, projects, certificates, IP lists) behind
 //!   `arc-swap`, kept current from the store's change events;
 //! - [`tls`]: certificates by SNI from that view;
 //! - [`server`]: the public listeners (PROXY protocol, TLS, HTTP/1.1 and h2, limits, timeouts);
@@ -15,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod client_ip;
 pub mod pipeline;
 pub mod proxy;

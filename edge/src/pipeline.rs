@@ -3,7 +3,9 @@
 //! client IP -> host -> project/route -> IP rules -> bot protection -> upstream -> response
 //! -> security headers -> observe
 //!
-//! IP rules and bot protection plug in as [`Gate`]s.
+//! IP rules are decided here, on the one resolved client IP, before anything else answers
+//! (redirects included); only the ACME HTTP-01 path skips a project's lists, so that a project
+//! behind an allow list can still get its certificate. Bot protection plugs in as a [`Gate`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use palisade_raft::crypto::MasterKey;
 use palisade_raft::model::{HeaderPolicy, Project, Record, RecordKey};
 use palisade_raft::store::StateReader;
 
+use crate::access::{Decision, Reason};
 use crate::client_ip::ClientIpResolver;
 use crate::proxy::{Forwarded, Proxy};
 use crate::response::{apply_security_headers, error_page, full, wants_json, Body};
@@ -112,10 +115,25 @@ impl Pipeline {
             .map(|r| r.domain.project.to_string())
             .unwrap_or_else(|| "-".into());
 
+        let acme = !conn.https && req.uri().path().starts_with(ACME_PREFIX);
+        let decision = view.access.decide(
+            route.as_ref().map(|r| &r.domain.project),
+            client_ip,
+            palisade_raft::now_ms(),
+        );
+        let denied = !decision.allowed && !(acme && decision.reason != Reason::ClusterBlock);
+
         let mut resp = match route {
-            None if !conn.https && req.uri().path().starts_with(ACME_PREFIX) => {
-                self.acme_http01(&req, &request_id, json)
+            _ if denied => {
+                denial(&decision, &project_label, client_ip, &request_id);
+                error_page(
+                    StatusCode::FORBIDDEN,
+                    "Access to this site is not allowed from your network.",
+                    &request_id,
+                    json,
+                )
             }
+            None if acme => self.acme_http01(&req, &request_id, json),
             None => {
                 let status = if conn.https {
                     StatusCode::MISDIRECTED_REQUEST
@@ -130,7 +148,7 @@ impl Pipeline {
                 )
             }
             Some(route) => {
-                if !conn.https && req.uri().path().starts_with(ACME_PREFIX) {
+                if acme {
                     self.acme_http01(&req, &request_id, json)
                 } else if !conn.https && route.domain.redirect_https {
                     redirect(&host, &req)
@@ -207,6 +225,30 @@ impl Pipeline {
         }
     }
 }
+
+/// Count a refusal by project and list, and log a sample of them: at most
+/// [`DENIAL_LOGS_PER_SECOND`] lines a second, each saying how many went unlogged before it.
+fn denial(decision: &Decision, project: &str, client_ip: IpAddr, request_id: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static WINDOW: AtomicU64 = AtomicU64::new(0);
+    static IN_WINDOW: AtomicU64 = AtomicU64::new(0);
+    static UNLOGGED: AtomicU64 = AtomicU64::new(0);
+    let list = decision.reason.as_str();
+    metrics::counter!("palisade_ip_denied_total", "project" => project.to_string(), "list" => list, "stage" => "request").increment(1);
+    let second = palisade_raft::now_ms() / 1000;
+    if WINDOW.swap(second, Ordering::Relaxed) != second {
+        IN_WINDOW.store(0, Ordering::Relaxed);
+    }
+    if IN_WINDOW.fetch_add(1, Ordering::Relaxed) < DENIAL_LOGS_PER_SECOND {
+        let unlogged = UNLOGGED.swap(0, Ordering::Relaxed);
+        let rule = decision.rule.map(|r| r.to_string()).unwrap_or_default();
+        tracing::info!(%client_ip, project, list, rule, request_id, unlogged, "request refused by IP rules");
+    } else {
+        UNLOGGED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+const DENIAL_LOGS_PER_SECOND: u64 = 10;
 
 fn redirect(host: &str, req: &Request<Incoming>) -> Response<Body> {
     let path = req

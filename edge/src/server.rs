@@ -59,6 +59,9 @@ pub async fn serve(
             },
             _ = stopped(&mut shutdown) => break,
         };
+        if refused_at_accept(&pipeline, peer.ip()) {
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let pipeline = pipeline.clone();
         let tls = tls.clone();
@@ -68,14 +71,22 @@ pub async fn serve(
             metrics::gauge!("palisade_active_connections").increment(1.0);
             let mut stream = stream;
             let mut peer = peer;
-            if limits.proxy_protocol {
+            // Only a trusted load balancer may say where a connection comes from; anyone else
+            // is taken at the socket's word.
+            if limits.proxy_protocol && pipeline.client_ip.is_trusted(peer.ip()) {
                 match tokio::time::timeout(
                     limits.handshake_timeout,
                     crate::proxy_protocol::read_header(&mut stream),
                 )
                 .await
                 {
-                    Ok(Ok(Some(src))) => peer = src,
+                    Ok(Ok(Some(src))) => {
+                        peer = src;
+                        if refused_at_accept(&pipeline, peer.ip()) {
+                            metrics::gauge!("palisade_active_connections").decrement(1.0);
+                            return;
+                        }
+                    }
                     Ok(Ok(None)) => {}
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "bad PROXY header");
@@ -145,6 +156,24 @@ async fn serve_conn<S>(
     if let Err(e) = watcher.watch(fut.into_owned()).await {
         tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
     }
+}
+
+/// The cluster-wide block list, checked on the connection's source (the socket peer, or the
+/// source a PROXY header named) before a byte of TLS is spent on it. The caller drops the
+/// connection when this says yes.
+fn refused_at_accept(pipeline: &Pipeline, ip: std::net::IpAddr) -> bool {
+    let view = pipeline.view.get();
+    if view.access.cluster_block.is_empty() {
+        return false;
+    }
+    let refused = view
+        .access
+        .cluster_blocked(ip, palisade_raft::now_ms())
+        .is_some();
+    if refused {
+        metrics::counter!("palisade_ip_denied_total", "project" => "*", "list" => "cluster_block", "stage" => "accept").increment(1);
+    }
+    refused
 }
 
 /// Resolves once `rx` has turned true (or its sender is gone).

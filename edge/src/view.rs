@@ -11,6 +11,7 @@ use palisade_raft::model::{prefix, Cert, Domain, Project, Record, RecordKey};
 use palisade_raft::store::{Change, ChangeSet, StateReader};
 use rustls::sign::CertifiedKey;
 
+use crate::access::AccessRules;
 use crate::upstream::UpstreamGroup;
 
 /// A routed host: its domain record and the live upstream group for it.
@@ -34,6 +35,8 @@ pub struct View {
     cert_hosts: HashMap<String, Vec<String>>,
     /// `min_tls = "1.3"` in the cluster settings.
     pub tls13_only: bool,
+    /// Every IP allow and block list.
+    pub access: AccessRules,
 }
 
 /// Exact match first, then the wildcard one label up (`*.example.com` covers `a.example.com`
@@ -135,6 +138,12 @@ impl View {
                 self.tls13_only = s.values.get("min_tls").map(String::as_str) == Some("1.3");
             }
             Change::Delete(RecordKey::Settings) => self.tls13_only = false,
+            Change::Put(Record::IpRule(r)) => self.access.put(r),
+            Change::Delete(RecordKey::IpRule {
+                project,
+                list,
+                cidr,
+            }) => self.access.delete(project.as_ref(), *list, *cidr),
             _ => {}
         }
     }
@@ -165,6 +174,11 @@ impl View {
         for r in reader.scan(prefix::CERT, None, usize::MAX)? {
             v.apply(&Change::Put(r), master);
         }
+        reader.for_each(prefix::IPRULE, |r| {
+            if let Record::IpRule(r) = r {
+                v.access.put(&r)
+            }
+        })?;
         if let Some(s) = reader.get(&RecordKey::Settings)? {
             v.apply(&Change::Put(s), master);
         }
@@ -184,6 +198,8 @@ impl View {
 /// The shared, hot-swappable view and the task that keeps it current.
 pub struct LiveView {
     pub current: ArcSwap<View>,
+    /// The last log index whose changes the view has taken in (relevant to it or not).
+    seen: tokio::sync::watch::Sender<u64>,
 }
 
 impl LiveView {
@@ -191,11 +207,20 @@ impl LiveView {
         self.current.load()
     }
 
+    /// Wait until the view reflects every change up to log index `index` (read-your-writes for
+    /// questions about what this node's edge does, such as the IP rule check).
+    pub async fn wait_for(&self, index: u64) {
+        let mut rx = self.seen.subscribe();
+        let _ = rx.wait_for(|&i| i >= index).await;
+    }
+
     /// Load the view and follow the store's change events until the store stops.
     pub fn start(reader: StateReader, master: MasterKey) -> std::io::Result<Arc<LiveView>> {
         let mut events = reader.subscribe();
+        let view = View::load(&reader, &master, None)?;
         let live = Arc::new(LiveView {
-            current: ArcSwap::from_pointee(View::load(&reader, &master, None)?),
+            seen: tokio::sync::watch::Sender::new(view.index),
+            current: ArcSwap::from_pointee(view),
         });
         let this = live.clone();
         tokio::spawn(async move {
@@ -217,7 +242,11 @@ impl LiveView {
     fn reload(&self, reader: &StateReader, master: &MasterKey) {
         let old = self.current.load_full();
         match View::load(reader, master, Some(&old)) {
-            Ok(v) => self.current.store(Arc::new(v)),
+            Ok(v) => {
+                let index = v.index;
+                self.current.store(Arc::new(v));
+                self.seen.send_if_modified(|i| std::mem::replace(i, index.max(*i)) != *i);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "reloading the edge view failed; keeping the previous one")
             }
@@ -232,24 +261,29 @@ impl LiveView {
             matches!(
                 c,
                 Change::Put(
-                    Record::Domain(_) | Record::Project(_) | Record::Cert(_) | Record::Settings(_)
+                    Record::Domain(_)
+                        | Record::Project(_)
+                        | Record::Cert(_)
+                        | Record::Settings(_)
+                        | Record::IpRule(_)
                 ) | Change::Delete(
                     RecordKey::Domain { .. }
                         | RecordKey::Project { .. }
                         | RecordKey::Cert { .. }
                         | RecordKey::Settings
+                        | RecordKey::IpRule { .. }
                 )
             )
         };
-        if !set.changes.iter().any(relevant) {
-            return;
+        if set.changes.iter().any(relevant) {
+            let mut next = View::clone(&self.current.load());
+            for c in &set.changes {
+                next.apply(c, master);
+            }
+            next.index = set.index;
+            self.current.store(Arc::new(next));
         }
-        let mut next = View::clone(&self.current.load());
-        for c in &set.changes {
-            next.apply(c, master);
-        }
-        next.index = set.index;
-        self.current.store(Arc::new(next));
+        self.seen.send_replace(set.index);
     }
 }
 

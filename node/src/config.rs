@@ -24,12 +24,16 @@ pub struct Config {
 pub struct EdgeSection {
     /// Peers whose `X-Forwarded-For` is believed (CIDRs). Empty: the socket peer is the client.
     pub trusted_proxies: Vec<String>,
-    /// Expect a PROXY protocol (v1 or v2) header on both public listeners.
+    /// Expect a PROXY protocol (v1 or v2) header on both public listeners from the peers in
+    /// `trusted_proxies` (required then); other peers connect directly and send none.
     pub proxy_protocol: bool,
     pub max_header_bytes: usize,
     pub header_read_timeout_ms: u64,
     pub upstream_connect_timeout_ms: u64,
     pub upstream_response_timeout_ms: u64,
+    /// How often the leader deletes expired IP rules from the store. They stop matching at
+    /// their expiry on every node regardless; this only reclaims space.
+    pub rule_sweep_interval_ms: u64,
 }
 
 impl Default for EdgeSection {
@@ -41,6 +45,7 @@ impl Default for EdgeSection {
             header_read_timeout_ms: 10_000,
             upstream_connect_timeout_ms: 3_000,
             upstream_response_timeout_ms: 60_000,
+            rule_sweep_interval_ms: 60_000,
         }
     }
 }
@@ -158,6 +163,7 @@ pub struct Validated {
     pub http_listen: SocketAddr,
     pub https_listen: SocketAddr,
     pub edge: palisade_edge::EdgeSettings,
+    pub rule_sweep_interval: std::time::Duration,
 }
 
 fn socket(name: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -205,7 +211,8 @@ impl Config {
 
     /// Environment overrides, applied after the file: `PALISADE_RAFT_<FIELD>` for each `[raft]`
     /// field (for example `PALISADE_RAFT_SNAPSHOT_EVERY=500`), the edge's header-read and
-    /// upstream-response timeouts, and `PALISADE_LOG`.
+    /// upstream-response timeouts and rule sweep interval, `PALISADE_EDGE_TRUSTED_PROXIES`
+    /// (comma-separated), `PALISADE_EDGE_PROXY_PROTOCOL`, and `PALISADE_LOG`.
     pub fn apply_env(mut self) -> Result<Config, ConfigError> {
         let num = |var: &'static str, slot: &mut u64| -> Result<(), ConfigError> {
             if let Ok(v) = std::env::var(var) {
@@ -237,6 +244,25 @@ impl Config {
             "PALISADE_EDGE_UPSTREAM_RESPONSE_TIMEOUT_MS",
             &mut self.edge.upstream_response_timeout_ms,
         )?;
+        num(
+            "PALISADE_EDGE_RULE_SWEEP_INTERVAL_MS",
+            &mut self.edge.rule_sweep_interval_ms,
+        )?;
+        if let Ok(v) = std::env::var("PALISADE_EDGE_TRUSTED_PROXIES") {
+            self.edge.trusted_proxies = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if let Ok(v) = std::env::var("PALISADE_EDGE_PROXY_PROTOCOL") {
+            self.edge.proxy_protocol = match v.as_str() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => return Err(field("PALISADE_EDGE_PROXY_PROTOCOL", &v, "must be true or false")),
+            };
+        }
         if let Ok(v) = std::env::var("PALISADE_LOG") {
             self.log.level = v;
         }
@@ -282,6 +308,13 @@ impl Config {
                 }
             })?);
         }
+        if self.edge.proxy_protocol && trusted.is_empty() {
+            return Err(field(
+                "edge.proxy_protocol",
+                "true",
+                "needs edge.trusted_proxies: a PROXY header is believed only from the load balancers listed there",
+            ));
+        }
         if self.edge.max_header_bytes < 8192 || self.edge.max_header_bytes > 1 << 20 {
             return Err(field(
                 "edge.max_header_bytes",
@@ -301,6 +334,10 @@ impl Config {
             (
                 "edge.upstream_response_timeout_ms",
                 self.edge.upstream_response_timeout_ms,
+            ),
+            (
+                "edge.rule_sweep_interval_ms",
+                self.edge.rule_sweep_interval_ms,
             ),
         ] {
             if v == 0 {
@@ -341,6 +378,7 @@ impl Config {
             http_listen,
             https_listen,
             edge,
+            rule_sweep_interval: ms(self.edge.rule_sweep_interval_ms),
             raw: self,
         })
     }

@@ -3,9 +3,11 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod ctl;
 mod datadir;
 mod dev;
 mod serve;
+mod sweep;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +23,7 @@ use palisade_raft::types::NodeInfo;
 use serde_json::Value;
 
 use config::Config;
+use ctl::ClientArgs;
 use datadir::{DataDir, NodeFile};
 
 #[derive(Parser)]
@@ -61,6 +64,11 @@ enum Cmd {
     Member {
         #[command(subcommand)]
         cmd: MemberCmd,
+    },
+    /// IP allow and block lists: per project, or the cluster-wide block list.
+    Ip {
+        #[command(subcommand)]
+        cmd: ctl::IpCmd,
     },
     /// A one-node cluster on this machine with a demo site, for trying Palisade out.
     Dev(dev::DevArgs),
@@ -120,15 +128,6 @@ pub(crate) struct NodeArgs {
     pub(crate) http_addr: String,
 }
 
-#[derive(clap::Args)]
-struct ClientArgs {
-    /// Admin API address of any node.
-    #[arg(long, env = "PALISADE_ADMIN", default_value = "127.0.0.1:7001")]
-    admin: String,
-    /// API key (or PALISADE_API_KEY).
-    #[arg(long, env = "PALISADE_API_KEY", hide_env_values = true)]
-    key: String,
-}
 
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -162,6 +161,7 @@ fn real_main(cli: Cli) -> Result<()> {
             runtime()?.block_on(serve::run(cfg))
         }
         Cmd::Status(c) => status(&c),
+        Cmd::Ip { cmd } => ctl::ip(cmd),
         Cmd::Dev(args) => {
             init_logging("warn,palisade=info");
             runtime()?.block_on(dev::run(args))
@@ -356,36 +356,9 @@ async fn join(token: &str, args: NodeArgs) -> Result<()> {
     serve::run(cfg).await
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(150)))
-        .build()
-        .into()
-}
-
 fn admin_call(method: &str, c: &ClientArgs, path: &str, body: Option<Value>) -> Result<Value> {
-    let url = format!("http://{}{path}", c.admin);
-    let auth = format!("Bearer {}", c.key);
-    let a = agent();
-    let resp = match method {
-        "GET" => a.get(&url).header("Authorization", &auth).call(),
-        "DELETE" => a.delete(&url).header("Authorization", &auth).call(),
-        _ => a
-            .post(&url)
-            .header("Authorization", &auth)
-            .send_json(body.unwrap_or(Value::Null)),
-    };
-    let mut resp = resp.with_context(|| format!("cannot reach the admin API at {}", c.admin))?;
-    let status = resp.status();
-    let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!(
-            "{method} {path} answered {status}: {}",
-            v["error"].as_str().unwrap_or("no detail")
-        );
-    }
-    Ok(v)
+    let body = body.map(ctl::Payload::Json).unwrap_or(ctl::Payload::None);
+    ctl::call_json(method, c, path, body)
 }
 
 fn status(c: &ClientArgs) -> Result<()> {

@@ -91,7 +91,7 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
     let master = p.setup.master_key.clone();
     let cluster = Cluster::start(p.setup, p.store, &p.data_dir.root).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    palisade_edge::Edge::start(
+    let edge = palisade_edge::Edge::start(
         cluster.reader.clone(),
         master,
         cfg.edge.clone(),
@@ -108,7 +108,17 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
         https = %cfg.https_listen,
         "node started"
     );
-    let admin = tokio::spawn(serve_admin(cluster.clone(), admin_listener, stop_rx));
+    tokio::spawn(crate::sweep::run(
+        cluster.clone(),
+        edge.view.clone(),
+        cfg.rule_sweep_interval,
+        stop_rx.clone(),
+    ));
+    let state = Arc::new(AdminState {
+        cluster: cluster.clone(),
+        view: edge.view.clone(),
+    });
+    let admin = tokio::spawn(serve_admin(state, admin_listener, stop_rx));
     if !p.node_file.joined {
         tokio::spawn(finish_join(
             cluster.clone(),
@@ -182,7 +192,7 @@ pub async fn run(cfg: Validated) -> Result<()> {
 }
 
 async fn serve_admin(
-    cluster: Arc<Cluster>,
+    state: Arc<AdminState>,
     listener: tokio::net::TcpListener,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
@@ -190,7 +200,7 @@ async fn serve_admin(
     let stop = async move {
         let _ = stop.wait_for(|s| *s).await.map(|_| ());
     };
-    palisade_admin::serve(Arc::new(AdminState { cluster }), listener, stop, DRAIN)
+    palisade_admin::serve(state, listener, stop, DRAIN)
         .await
         .with_context(|| format!("admin API on {addr}"))
 }

@@ -39,7 +39,19 @@ pub enum ClusterError {
     Transport(#[from] TransportError),
     #[error("{0}")]
     Setup(String),
+    #[error("a write of {0} bytes exceeds the limit of {max} bytes per log entry; split it", max = MAX_ENTRY_BYTES)]
+    TooLarge(usize),
 }
+
+/// The largest command one log entry may carry. With `MAX_PAYLOAD_ENTRIES` entries per append
+/// this keeps every append RPC under the transport's frame limit, however far behind a
+/// follower is.
+pub const MAX_ENTRY_BYTES: usize = 1 << 20;
+const MAX_PAYLOAD_ENTRIES: u64 = 24;
+const _: () = assert!(
+    MAX_ENTRY_BYTES * MAX_PAYLOAD_ENTRIES as usize + (1 << 20)
+        < crate::transport::proto::MAX_FRAME
+);
 
 impl ClusterError {
     /// A retry with the same request id may succeed.
@@ -95,6 +107,7 @@ impl RaftTuning {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.keep_logs,
             enable_pre_vote: Some(true),
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
             ..Default::default()
         };
         cfg.validate().map_err(|e| format!("raft settings: {e}"))
@@ -253,6 +266,10 @@ impl Cluster {
     /// Apply `req` through the leader, wherever it is. A retry of the same request (same id) is
     /// applied once and answers with the first outcome.
     pub async fn write(&self, req: Request) -> Result<Response, ClusterError> {
+        let size = crate::store::encode(&req).len();
+        if size > MAX_ENTRY_BYTES {
+            return Err(ClusterError::TooLarge(size));
+        }
         let deadline = Instant::now() + WRITE_TIMEOUT;
         loop {
             match self.raft.client_write(req.clone()).await {

@@ -26,6 +26,12 @@ pub enum Command {
     DeleteMany {
         keys: Vec<RecordKey>,
     },
+    /// Delete those of `keys` whose record carries an expiry at or before `at` (the sweep of
+    /// expired IP rules); a record re-added meanwhile with a later expiry, or none, is kept.
+    DeleteExpired {
+        keys: Vec<RecordKey>,
+        at: Millis,
+    },
     /// Take, renew or steal an expired lease. Granted leases carry the log index as fencing token.
     AcquireLease {
         name: Name,

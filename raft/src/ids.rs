@@ -158,6 +158,28 @@ impl Cidr {
     pub fn net(&self) -> ipnet::IpNet {
         self.0
     }
+
+    pub fn prefix_len(&self) -> u8 {
+        self.0.prefix_len()
+    }
+
+    pub fn from_net(net: ipnet::IpNet) -> Cidr {
+        Cidr(canonical_net(net))
+    }
+}
+
+/// Host bits cleared, and an IPv4-mapped IPv6 range (`::ffff:a.b.c.d/n`, n >= 96) written as the
+/// IPv4 range it maps, so that a rule matches however the client's address was spelled.
+fn canonical_net(net: ipnet::IpNet) -> ipnet::IpNet {
+    let net = net.trunc();
+    if let ipnet::IpNet::V6(v6) = net {
+        if let (Some(v4), true) = (v6.addr().to_ipv4_mapped(), v6.prefix_len() >= 96) {
+            if let Ok(n) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96) {
+                return ipnet::IpNet::V4(n);
+            }
+        }
+    }
+    net
 }
 
 impl FromStr for Cidr {
@@ -165,10 +187,10 @@ impl FromStr for Cidr {
     fn from_str(s: &str) -> Result<Self, InvalidId> {
         let t = s.trim();
         if let Ok(net) = t.parse::<ipnet::IpNet>() {
-            return Ok(Cidr(net.trunc()));
+            return Ok(Cidr(canonical_net(net)));
         }
         match t.parse::<IpAddr>() {
-            Ok(addr) => Ok(Cidr(ipnet::IpNet::from(addr))),
+            Ok(addr) => Ok(Cidr(canonical_net(ipnet::IpNet::from(addr)))),
             Err(_) => Err(invalid(
                 "CIDR",
                 s,
@@ -273,6 +295,18 @@ mod tests {
         assert_eq!(
             "2001:db8::1".parse::<Cidr>().unwrap().to_string(),
             "2001:db8::1/128"
+        );
+        assert_eq!(
+            "::ffff:10.1.2.3".parse::<Cidr>().unwrap().to_string(),
+            "10.1.2.3/32"
+        );
+        assert_eq!(
+            "::ffff:10.0.0.0/104".parse::<Cidr>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            "::ffff:0:0/80".parse::<Cidr>().unwrap().to_string(),
+            "::/80"
         );
         let e = "10.0.0.0/33".parse::<Cidr>().unwrap_err();
         assert!(e.to_string().contains("10.0.0.0/33"), "{e}");

@@ -169,9 +169,12 @@ impl RuleList {
     }
 }
 
+/// One entry of an allow or block list. `project: None` is the cluster-wide block list, checked
+/// at connection accept before any project is known.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpRule {
-    pub project: ProjectId,
+    #[serde(default)]
+    pub project: Option<ProjectId>,
     pub list: RuleList,
     pub cidr: Cidr,
     #[serde(default)]
@@ -359,7 +362,7 @@ pub enum RecordKey {
         host: Hostname,
     },
     IpRule {
-        project: ProjectId,
+        project: Option<ProjectId>,
         list: RuleList,
         cidr: Cidr,
     },
@@ -461,6 +464,15 @@ pub mod prefix {
     pub const COUNTER: &str = "~counter/";
 }
 
+/// The key prefix of one scope's rules: `iprule/{project}/`, or `iprule/*/` for the cluster-wide
+/// list (`*` is not a valid project id, so the two never collide).
+pub fn ip_rule_prefix(project: Option<&ProjectId>) -> String {
+    match project {
+        Some(p) => format!("{}{p}/", prefix::IPRULE),
+        None => format!("{}*/", prefix::IPRULE),
+    }
+}
+
 impl RecordKey {
     /// The RocksDB key. Sequence numbers are zero-padded so that keys sort numerically.
     pub fn encode(&self) -> String {
@@ -472,9 +484,11 @@ impl RecordKey {
                 project,
                 list,
                 cidr,
-            } => {
-                format!("{IPRULE}{project}/{}/{cidr}", list.as_str())
-            }
+            } => format!(
+                "{}{}/{cidr}",
+                ip_rule_prefix(project.as_ref()),
+                list.as_str()
+            ),
             RecordKey::Cert { name } => format!("{CERT}{name}"),
             RecordKey::AcmeAccount { directory } => format!("{ACME_ACCOUNT}{directory}"),
             RecordKey::Http01 { token } => format!("{HTTP01}{token}"),
@@ -497,7 +511,7 @@ mod tests {
     #[test]
     fn record_keys_follow_the_design_prefixes() {
         let rule = Record::IpRule(IpRule {
-            project: "shop".parse().unwrap(),
+            project: Some("shop".parse().unwrap()),
             list: RuleList::Block,
             cidr: "2001:db8::/32".parse().unwrap(),
             note: String::new(),
@@ -506,6 +520,12 @@ mod tests {
             expires_at: None,
         });
         assert_eq!(rule.key().encode(), "iprule/shop/block/2001:db8::/32");
+        let cluster = RecordKey::IpRule {
+            project: None,
+            list: RuleList::Block,
+            cidr: "192.0.2.1".parse().unwrap(),
+        };
+        assert_eq!(cluster.encode(), "iprule/*/block/192.0.2.1/32");
         assert_eq!(
             RecordKey::Audit { seq: 42 }.encode(),
             "audit/00000000000000000042"

@@ -57,6 +57,23 @@ impl StateReader {
         Ok(out)
     }
 
+    /// Visit every record under `prefix` in key order without collecting them (start-up loads
+    /// of large lists).
+    pub fn for_each(&self, prefix: &str, mut f: impl FnMut(Record)) -> io::Result<()> {
+        let it = self.db.iterator_cf(
+            self.cf(),
+            rocksdb::IteratorMode::From(prefix.as_bytes(), rocksdb::Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item.map_err(io_err)?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            f(decode(&v)?);
+        }
+        Ok(())
+    }
+
     /// Number of records under `prefix`.
     pub fn count(&self, prefix: &str) -> io::Result<u64> {
         let mut n = 0;

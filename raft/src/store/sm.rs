@@ -238,6 +238,16 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
             }
             applied
         }
+        Command::DeleteExpired { keys, at } => {
+            for k in keys {
+                if let Some(Record::IpRule(r)) = txn.get_record(k)? {
+                    if r.expires_at.is_some_and(|e| e <= *at) {
+                        txn.delete_record(k.clone());
+                    }
+                }
+            }
+            applied
+        }
         Command::AcquireLease {
             name,
             holder,

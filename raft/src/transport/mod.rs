@@ -82,7 +82,22 @@ pub async fn write_frame<T: Serialize>(
     send: &mut quinn::SendStream,
     v: &T,
 ) -> Result<(), TransportError> {
-    let body = serde_json::to_vec(v).map_err(|e| TransportError::Frame(e.to_string()))?;
+    write_encoded(send, &encode_frame(v)?).await
+}
+
+pub fn encode_frame<T: Serialize>(v: &T) -> Result<Vec<u8>, TransportError> {
+    serde_json::to_vec(v).map_err(|e| TransportError::Frame(e.to_string()))
+}
+
+/// Time a frame of `len` bytes may add to a call's deadline: openraft gives an append the
+/// heartbeat interval, which a batch of large entries (a bulk import) cannot meet on a busy
+/// machine; without this the same append would time out and be resent forever.
+pub fn transfer_allowance(len: usize) -> Duration {
+    // 10 MB/s for sending, the peer's fsync, and the answer; nothing for small frames.
+    Duration::from_micros((len as u64).saturating_sub(64 << 10) / 10)
+}
+
+pub async fn write_encoded(send: &mut quinn::SendStream, body: &[u8]) -> Result<(), TransportError> {
     if body.len() > MAX_FRAME {
         return Err(TransportError::Frame(format!(
             "frame of {} bytes exceeds {MAX_FRAME}",
@@ -97,7 +112,7 @@ pub async fn write_frame<T: Serialize>(
         detail: e.to_string(),
     };
     send.write_all(&head).await.map_err(io)?;
-    send.write_all(&body).await.map_err(io)?;
+    send.write_all(body).await.map_err(io)?;
     Ok(())
 }
 
@@ -200,9 +215,11 @@ impl Transport {
         rpc: &Rpc,
         timeout: Duration,
     ) -> Result<T, TransportError> {
+        let body = encode_frame(rpc)?;
+        let timeout = timeout + transfer_allowance(body.len());
         let fut = async {
             let (mut send, mut recv) = self.open(target, addr).await?;
-            write_frame(&mut send, rpc).await?;
+            write_encoded(&mut send, &body).await?;
             let _ = send.finish();
             let reply: Result<T, RemoteError> = read_frame(&mut recv).await?;
             Ok(reply?)

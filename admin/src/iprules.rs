@@ -1,0 +1,761 @@
+//! IP allow and block lists: one project's (`/v1/projects/{id}/ip-rules`) or the cluster-wide
+//! block list (`/v1/cluster/ip-rules`), with the same verbs on both:
+//!
+//! - `GET` lists (`?list=allow|block&after=CURSOR&limit=N`), `POST` adds one entry,
+//!   `DELETE ?list=…&cidr=…` removes one;
+//! - `POST …/import?list=…` takes newline-delimited addresses/CIDRs (`text/plain`) or CSV
+//!   (`text/csv`: `cidr,note,expires_at`, header optional) of up to [`MAX_IMPORT_LINES`] lines,
+//!   checks every line, and writes nothing unless all are good (or `partial=true`): bad lines
+//!   come back by number;
+//! - `GET …/export?format=csv|json` writes a list out in a form `import` reads back;
+//! - `GET /v1/projects/{id}/ip-rules/check?ip=…` answers what this node's edge would do with
+//!   that address for that project, and which entry decides it.
+//!
+//! Reading needs `viewer`; changing a project's lists needs `operator` (and a scoped key only
+//! touches its own project); the cluster-wide list needs an unscoped `admin`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use palisade_edge::access::Reason;
+use palisade_raft::cluster::MAX_ENTRY_BYTES;
+use palisade_raft::command::{Command, Request, Response as WriteResponse};
+use palisade_raft::ids::{Cidr, ProjectId, RequestId};
+use palisade_raft::model::{ip_rule_prefix, IpRule, Millis, Record, RecordKey, Role, RuleList};
+use palisade_raft::now_ms;
+use poem::http::{HeaderMap, StatusCode};
+use poem::web::{Data, Json, Query, RemoteAddr};
+use poem::{get, handler, post, Body, FromRequest, IntoResponse, Route};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+use crate::api::{
+    audit, authorize, cluster_error, commit, error, read_barrier, request_id,
+    AdminState, ReadOpts,
+};
+use crate::auth::Principal;
+
+/// Lines one import may hold.
+pub const MAX_IMPORT_LINES: usize = 1_000_000;
+/// Bytes one import line may hold.
+const MAX_LINE_BYTES: usize = 1024;
+/// Bad lines reported back by number (the count covers them all).
+const MAX_REPORTED_ERRORS: usize = 100;
+/// Entries per log entry: about 300 KB of JSON, well under [`MAX_ENTRY_BYTES`].
+const IMPORT_BATCH: usize = 2_000;
+/// Import batches in flight at once; Raft batches them into fewer disk syncs.
+const IMPORT_IN_FLIGHT: usize = 4;
+const MAX_NOTE: usize = 256;
+
+const _: () = assert!(IMPORT_BATCH * 400 < MAX_ENTRY_BYTES);
+
+pub(crate) fn routes(r: Route) -> Route {
+    r.at(
+        "/v1/projects/:id/ip-rules",
+        get(list_rules).post(add_rule).delete(remove_rule),
+    )
+    .at("/v1/projects/:id/ip-rules/import", post(import_rules))
+    .at("/v1/projects/:id/ip-rules/export", get(export_rules))
+    .at("/v1/projects/:id/ip-rules/check", get(check))
+    .at(
+        "/v1/cluster/ip-rules",
+        get(list_rules).post(add_rule).delete(remove_rule),
+    )
+    .at("/v1/cluster/ip-rules/import", post(import_rules))
+    .at("/v1/cluster/ip-rules/export", get(export_rules))
+}
+
+/// 400 with `{code, field, message}` naming what was wrong.
+fn invalid(field: &str, message: impl std::fmt::Display) -> poem::Error {
+    let message = message.to_string();
+    poem::Error::from_response(
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "code": "invalid", "field": field, "message": message, "error": format!("{field}: {message}") })),
+        )
+            .into_response(),
+    )
+}
+
+/// Whose lists a request is about: `/v1/projects/{id}/…` or the cluster's.
+struct Scope(Option<ProjectId>);
+
+impl<'a> FromRequest<'a> for Scope {
+    async fn from_request(req: &'a poem::Request, _: &mut poem::RequestBody) -> poem::Result<Self> {
+        match req.raw_path_param("id") {
+            None => Ok(Scope(None)),
+            Some(id) => id
+                .parse()
+                .map(|p| Scope(Some(p)))
+                .map_err(|e| invalid("project", e)),
+        }
+    }
+}
+
+impl Scope {
+    fn label(&self) -> String {
+        match &self.0 {
+            Some(p) => format!("project/{p}"),
+            None => "cluster".into(),
+        }
+    }
+
+    /// The caller's key, checked for the role and for the scope. Changing the cluster-wide list
+    /// takes an unscoped `admin`.
+    fn authorize(&self, state: &AdminState, headers: &HeaderMap, needs: Role) -> poem::Result<Principal> {
+        let needs = match &self.0 {
+            None if needs > Role::Viewer => Role::Admin,
+            _ => needs,
+        };
+        let p = authorize(state, headers, needs)?;
+        match (&p.project, &self.0) {
+            (None, _) => Ok(p),
+            (Some(mine), Some(wanted)) if mine == wanted => Ok(p),
+            (Some(mine), Some(_)) => Err(error(
+                StatusCode::FORBIDDEN,
+                format!("this key is limited to project {mine}"),
+            )),
+            (Some(mine), None) => Err(error(
+                StatusCode::FORBIDDEN,
+                format!("this key is limited to project {mine}; the cluster-wide list is not in it"),
+            )),
+        }
+    }
+
+    fn ensure_exists(&self, state: &AdminState) -> poem::Result<()> {
+        let Some(id) = &self.0 else { return Ok(()) };
+        match state.cluster.reader.get(&RecordKey::Project { id: id.clone() }) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(error(StatusCode::NOT_FOUND, format!("no project {id}"))),
+            Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        }
+    }
+
+    /// The list a request names; the cluster-wide scope has only a block list.
+    fn list(&self, given: Option<&str>) -> poem::Result<RuleList> {
+        let list = match given {
+            Some("allow") => RuleList::Allow,
+            Some("block") => RuleList::Block,
+            None if self.0.is_none() => RuleList::Block,
+            None => return Err(invalid("list", "is required: allow or block")),
+            Some(other) => return Err(invalid("list", format!("{other:?} is neither allow nor block"))),
+        };
+        if self.0.is_none() && list == RuleList::Allow {
+            return Err(invalid("list", "the cluster-wide list is a block list only"));
+        }
+        Ok(list)
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct RuleQuery {
+    list: Option<String>,
+    cidr: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+    consistency: Option<String>,
+    format: Option<String>,
+    partial: Option<bool>,
+    ip: Option<String>,
+}
+
+impl RuleQuery {
+    async fn barrier(&self, state: &AdminState) -> poem::Result<()> {
+        read_barrier(
+            state,
+            &ReadOpts {
+                consistency: self.consistency.clone(),
+            },
+        )
+        .await
+    }
+}
+
+fn parse_cidr(field: &str, s: &str) -> poem::Result<Cidr> {
+    if s.trim().is_empty() {
+        return Err(invalid(field, "is empty"));
+    }
+    s.parse().map_err(|e| invalid(field, e))
+}
+
+fn check_note(field: &str, note: &str) -> poem::Result<()> {
+    if note.len() > MAX_NOTE {
+        return Err(invalid(field, format!("is longer than {MAX_NOTE} bytes")));
+    }
+    if note.chars().any(char::is_control) {
+        return Err(invalid(field, "holds control characters"));
+    }
+    Ok(())
+}
+
+fn check_expiry(field: &str, at: Millis, now: Millis) -> poem::Result<()> {
+    if at <= now {
+        return Err(invalid(field, format!("{at} is not in the future (now is {now}, Unix ms)")));
+    }
+    Ok(())
+}
+
+#[handler]
+async fn list_rules(
+    state: Data<&Arc<AdminState>>,
+    headers: &HeaderMap,
+    scope: Scope,
+    Query(q): Query<RuleQuery>,
+) -> poem::Result<poem::Response> {
+    scope.authorize(&state, headers, Role::Viewer)?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 10_000 {
+        return Err(invalid("limit", format!("{limit} is outside 1..=10000")));
+    }
+    let base = ip_rule_prefix(scope.0.as_ref());
+    let prefix = match q.list.as_deref() {
+        None => base.clone(),
+        given => format!("{base}{}/", scope.list(given)?.as_str()),
+    };
+    q.barrier(&state).await?;
+    let after = q.after.as_ref().map(|a| format!("{base}{a}"));
+    let mut items = state
+        .cluster
+        .reader
+        .scan(&prefix, after.as_deref(), limit + 1)
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let next = (items.len() > limit).then(|| {
+        items.truncate(limit);
+        items
+            .last()
+            .map(|r| r.key().encode()[base.len()..].to_string())
+    });
+    let items: Vec<IpRule> = items
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::IpRule(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    Ok(Json(json!({ "items": items, "next": next.flatten() })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRule {
+    list: Option<String>,
+    cidr: String,
+    #[serde(default)]
+    note: String,
+    /// Unix ms.
+    expires_at: Option<Millis>,
+    ttl_seconds: Option<u64>,
+}
+
+#[handler]
+async fn add_rule(
+    state: Data<&Arc<AdminState>>,
+    headers: &HeaderMap,
+    remote: &RemoteAddr,
+    scope: Scope,
+    body: poem::Result<Json<NewRule>>,
+) -> poem::Result<poem::Response> {
+    let p = scope.authorize(&state, headers, Role::Operator)?;
+    let Json(body) = body.map_err(|e| invalid("body", e))?;
+    let list = scope.list(body.list.as_deref())?;
+    let cidr = parse_cidr("cidr", &body.cidr)?;
+    check_note("note", &body.note)?;
+    let now = now_ms();
+    let expires_at = match (body.expires_at, body.ttl_seconds) {
+        (Some(_), Some(_)) => return Err(invalid("ttl_seconds", "give expires_at or ttl_seconds, not both")),
+        (Some(at), None) => {
+            check_expiry("expires_at", at, now)?;
+            Some(at)
+        }
+        (None, Some(0)) => return Err(invalid("ttl_seconds", "must be above 0")),
+        (None, Some(ttl)) if ttl > 10 * 365 * 86_400 => {
+            return Err(invalid("ttl_seconds", format!("{ttl} is more than ten years")))
+        }
+        (None, Some(ttl)) => Some(now + ttl * 1000),
+        (None, None) => None,
+    };
+    scope.ensure_exists(&state)?;
+    let rule = IpRule {
+        project: scope.0.clone(),
+        list,
+        cidr,
+        note: body.note,
+        created_by: format!("key:{}", p.key_id),
+        created_at: now,
+        expires_at,
+    };
+    let target = format!("{}/ip-rules/{}/{cidr}", scope.label(), list.as_str());
+    let entry = audit(&p, remote, "ip_rule.add", &target);
+    let command = Command::Put {
+        record: Record::IpRule(rule.clone()),
+    };
+    let (index, duplicate) = commit(&state, headers, command, entry).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "rule": rule, "index": index, "duplicate": duplicate })),
+    )
+        .into_response())
+}
+
+#[handler]
+async fn remove_rule(
+    state: Data<&Arc<AdminState>>,
+    headers: &HeaderMap,
+    remote: &RemoteAddr,
+    scope: Scope,
+    Query(q): Query<RuleQuery>,
+) -> poem::Result<poem::Response> {
+    let p = scope.authorize(&state, headers, Role::Operator)?;
+    let list = scope.list(q.list.as_deref())?;
+    let cidr = parse_cidr("cidr", q.cidr.as_deref().unwrap_or(""))?;
+    let key = RecordKey::IpRule {
+        project: scope.0.clone(),
+        list,
+        cidr,
+    };
+    match state.cluster.reader.get(&key) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                format!("{} has no {} entry {cidr}", scope.label(), list.as_str()),
+            ))
+        }
+        Err(e) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+    }
+    let target = format!("{}/ip-rules/{}/{cidr}", scope.label(), list.as_str());
+    let entry = audit(&p, remote, "ip_rule.remove", &target);
+    let (index, duplicate) = commit(&state, headers, Command::Delete { key }, entry).await?;
+    Ok(Json(json!({ "index": index, "duplicate": duplicate })).into_response())
+}
+
+/// One bad import line.
+#[derive(serde::Serialize)]
+struct BadLine {
+    line: usize,
+    message: String,
+}
+
+/// Read one line of at most `max` bytes into `buf` (without the line end). `Ok(false)` at the
+/// end of the input; an error for a longer line, after skipping the rest of it.
+async fn read_line(
+    r: &mut (impl AsyncBufRead + Unpin),
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Result<bool, ()>> {
+    buf.clear();
+    let mut too_long = false;
+    loop {
+        let chunk = r.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(if too_long { Err(()) } else { Ok(!buf.is_empty()) });
+        }
+        let (part, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (&chunk[..i], Some(i + 1)),
+            None => (chunk, None),
+        };
+        if buf.len() + part.len() > max {
+            too_long = true;
+        } else {
+            buf.extend_from_slice(part);
+        }
+        let used = done.unwrap_or(chunk.len());
+        r.consume(used);
+        if done.is_some() {
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+            return Ok(if too_long { Err(()) } else { Ok(true) });
+        }
+    }
+}
+
+/// Split one CSV line (RFC 4180 quoting) into fields.
+fn csv_fields(line: &str) -> Result<Vec<String>, &'static str> {
+    let mut fields = Vec::new();
+    let mut cur = String::new();
+    let mut chars = line.chars().peekable();
+    let mut quoted = false;
+    let mut at_start = true;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (false, '"') if at_start => quoted = true,
+            (true, '"') if chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            (true, '"') => {
+                quoted = false;
+                if !matches!(chars.peek(), None | Some(',')) {
+                    return Err("text after a closing quote");
+                }
+            }
+            (false, ',') => {
+                fields.push(std::mem::take(&mut cur));
+                at_start = true;
+                continue;
+            }
+            (_, c) => cur.push(c),
+        }
+        at_start = false;
+    }
+    if quoted {
+        return Err("an unclosed quote");
+    }
+    fields.push(cur);
+    Ok(fields)
+}
+
+/// Column positions of an import CSV.
+struct Columns {
+    cidr: usize,
+    note: Option<usize>,
+    expires_at: Option<usize>,
+}
+
+impl Columns {
+    const POSITIONAL: Columns = Columns {
+        cidr: 0,
+        note: Some(1),
+        expires_at: Some(2),
+    };
+
+    /// A header line names the columns (any order; unknown ones are ignored).
+    fn from_header(fields: &[String]) -> Option<Columns> {
+        let at = |name: &str| fields.iter().position(|f| f.trim().eq_ignore_ascii_case(name));
+        Some(Columns {
+            cidr: at("cidr")?,
+            note: at("note"),
+            expires_at: at("expires_at"),
+        })
+    }
+}
+
+/// One import line as an entry, or what is wrong with it. `None` for blank and comment lines.
+fn parse_line(
+    text: &str,
+    csv: Option<&Columns>,
+    now: Millis,
+) -> Result<Option<(Cidr, String, Option<Millis>)>, String> {
+    let t = text.trim();
+    if t.is_empty() || t.starts_with('#') {
+        return Ok(None);
+    }
+    let Some(cols) = csv else {
+        return t.parse::<Cidr>().map(|c| Some((c, String::new(), None))).map_err(|e| e.to_string());
+    };
+    let fields = csv_fields(t).map_err(|e| format!("CSV: {e}"))?;
+    let get = |i: Option<usize>| i.and_then(|i| fields.get(i)).map(|s| s.trim()).unwrap_or("");
+    let cidr = get(Some(cols.cidr))
+        .parse::<Cidr>()
+        .map_err(|e| format!("cidr: {e}"))?;
+    let note = get(cols.note).to_string();
+    if note.len() > MAX_NOTE || note.chars().any(char::is_control) {
+        return Err(format!("note: longer than {MAX_NOTE} bytes or holds control characters"));
+    }
+    let expires_at = match get(cols.expires_at) {
+        "" => None,
+        s => {
+            let at: Millis = s
+                .parse()
+                .map_err(|_| format!("expires_at: {s:?} is not a Unix time in milliseconds"))?;
+            if at <= now {
+                return Err(format!("expires_at: {at} is not in the future"));
+            }
+            Some(at)
+        }
+    };
+    Ok(Some((cidr, note, expires_at)))
+}
+
+#[handler]
+async fn import_rules(
+    state: Data<&Arc<AdminState>>,
+    headers: &HeaderMap,
+    remote: &RemoteAddr,
+    scope: Scope,
+    Query(q): Query<RuleQuery>,
+    body: Body,
+) -> poem::Result<poem::Response> {
+    let started = std::time::Instant::now();
+    let p = scope.authorize(&state, headers, Role::Operator)?;
+    let list = scope.list(q.list.as_deref())?;
+    scope.ensure_exists(&state)?;
+    let csv = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/csv"));
+    let now = now_ms();
+
+    let mut reader = tokio::io::BufReader::with_capacity(1 << 16, body.into_async_read());
+    let mut buf = Vec::with_capacity(MAX_LINE_BYTES);
+    let mut entries: Vec<(Cidr, String, Option<Millis>)> = Vec::new();
+    let mut errors = Vec::new();
+    let mut bad = 0usize;
+    let mut line = 0usize;
+    let mut columns: Option<Columns> = None;
+    loop {
+        let got = read_line(&mut reader, &mut buf, MAX_LINE_BYTES)
+            .await
+            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")))?;
+        line += 1;
+        let outcome = match got {
+            Ok(false) => break,
+            Err(()) => Err(format!("longer than {MAX_LINE_BYTES} bytes")),
+            Ok(true) => match std::str::from_utf8(&buf) {
+                Err(_) => Err("not UTF-8".to_string()),
+                Ok(text) => {
+                    if line > MAX_IMPORT_LINES + 1 {
+                        return Err(error(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            format!("an import holds at most {MAX_IMPORT_LINES} lines"),
+                        ));
+                    }
+                    if csv && columns.is_none() {
+                        let header = csv_fields(text.trim()).ok().and_then(|f| Columns::from_header(&f));
+                        let is_header = header.is_some();
+                        columns = Some(header.unwrap_or(Columns::POSITIONAL));
+                        if is_header {
+                            continue;
+                        }
+                    }
+                    parse_line(text, columns.as_ref().filter(|_| csv), now)
+                }
+            },
+        };
+        match outcome {
+            Ok(Some(e)) => entries.push(e),
+            Ok(None) => {}
+            Err(message) => {
+                bad += 1;
+                if errors.len() < MAX_REPORTED_ERRORS {
+                    errors.push(BadLine { line, message });
+                }
+            }
+        }
+    }
+    if entries.len() > MAX_IMPORT_LINES {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("an import holds at most {MAX_IMPORT_LINES} entries"),
+        ));
+    }
+    if bad > 0 && q.partial != Some(true) {
+        return Ok((
+            StatusCode::BAD_REQUEST,
+            Json(json!({
+                "code": "invalid", "field": "body",
+                "message": format!("{bad} bad line(s); nothing was imported (partial=true imports the good ones)"),
+                "error": format!("{bad} bad line(s); nothing was imported"),
+                "invalid": bad, "errors": errors,
+            })),
+        )
+            .into_response());
+    }
+
+    let base_id = match headers.get("idempotency-key") {
+        Some(_) => Some(request_id(headers)?),
+        None => None,
+    };
+    let actor = format!("key:{}", p.key_id);
+    let total = entries.len();
+    let batches: Vec<Vec<_>> = entries
+        .chunks(IMPORT_BATCH)
+        .map(|c| c.to_vec())
+        .collect();
+    drop(entries);
+    let mut written = 0usize;
+    let mut last_index = 0u64;
+    let mut results = futures::stream::iter(batches.into_iter().enumerate())
+        .map(|(i, batch)| {
+            let records: Vec<Record> = batch
+                .into_iter()
+                .map(|(cidr, note, expires_at)| {
+                    Record::IpRule(IpRule {
+                        project: scope.0.clone(),
+                        list,
+                        cidr,
+                        note,
+                        created_by: actor.clone(),
+                        created_at: now,
+                        expires_at,
+                    })
+                })
+                .collect();
+            let n = records.len();
+            let first = i * IMPORT_BATCH + 1;
+            let target = format!(
+                "{}/ip-rules/{} (entries {first}-{})",
+                scope.label(),
+                list.as_str(),
+                first + n - 1
+            );
+            let mut req = Request::new(Command::PutMany { records })
+                .with_audit(audit(&p, remote, "ip_rule.import", &target));
+            if let Some(base) = &base_id {
+                // Each batch has its own id, derived from the caller's: a retried import applies
+                // every batch once.
+                if let Ok(id) = format!("{}#{i}", &base.as_str()[..base.as_str().len().min(120)])
+                    .parse::<RequestId>()
+                {
+                    req = req.with_id(id);
+                }
+            }
+            let cluster = state.cluster.clone();
+            async move { (n, cluster.write(req).await) }
+        })
+        .buffered(IMPORT_IN_FLIGHT);
+    while let Some((n, result)) = results.next().await {
+        match result {
+            Ok(WriteResponse::Applied { index, .. }) => {
+                written += n;
+                last_index = last_index.max(index);
+            }
+            Ok(WriteResponse::Refused { reason }) => {
+                return Err(error(
+                    StatusCode::CONFLICT,
+                    format!("refused after {written} of {total} entries: {reason}"),
+                ))
+            }
+            Ok(other) => {
+                return Err(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("unexpected answer {other:?}"),
+                ))
+            }
+            Err(e) => {
+                let e = cluster_error(e);
+                return Err(error(
+                    e.status(),
+                    format!("{written} of {total} entries written before: {e}; the import is safe to repeat"),
+                ));
+            }
+        }
+    }
+    tracing::info!(scope = %scope.label(), list = list.as_str(), entries = written, invalid = bad, ms = started.elapsed().as_millis() as u64, "IP rules imported");
+    Ok(Json(json!({
+        "imported": written, "invalid": bad, "errors": errors, "index": last_index,
+        "elapsed_ms": started.elapsed().as_millis() as u64,
+    }))
+    .into_response())
+}
+
+/// A CSV field, quoted when it must be.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+#[handler]
+async fn export_rules(
+    state: Data<&Arc<AdminState>>,
+    headers: &HeaderMap,
+    scope: Scope,
+    Query(q): Query<RuleQuery>,
+) -> poem::Result<poem::Response> {
+    scope.authorize(&state, headers, Role::Viewer)?;
+    let list = scope.list(q.list.as_deref())?;
+    let json = match q.format.as_deref() {
+        None | Some("csv") => false,
+        Some("json") => true,
+        Some(other) => return Err(invalid("format", format!("{other:?} is neither csv nor json"))),
+    };
+    q.barrier(&state).await?;
+    let prefix = format!("{}{}/", ip_rule_prefix(scope.0.as_ref()), list.as_str());
+    let mut out = String::new();
+    let mut rules = Vec::new();
+    if !json {
+        out.push_str("cidr,note,expires_at,created_by,created_at\n");
+    }
+    state
+        .cluster
+        .reader
+        .for_each(&prefix, |r| {
+            if let Record::IpRule(r) = r {
+                if json {
+                    rules.push(r);
+                } else {
+                    out.push_str(&format!(
+                        "{},{},{},{},{}\n",
+                        r.cidr,
+                        csv_field(&r.note),
+                        r.expires_at.map(|e| e.to_string()).unwrap_or_default(),
+                        csv_field(&r.created_by),
+                        r.created_at
+                    ));
+                }
+            }
+        })
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    if json {
+        return Ok(Json(json!({ "items": rules })).into_response());
+    }
+    Ok(poem::Response::builder()
+        .content_type("text/csv; charset=utf-8")
+        .body(out))
+}
+
+#[handler]
+async fn check(
+    state: Data<&Arc<AdminState>>,
+    headers: &HeaderMap,
+    scope: Scope,
+    Query(q): Query<RuleQuery>,
+) -> poem::Result<poem::Response> {
+    scope.authorize(&state, headers, Role::Viewer)?;
+    let raw = q.ip.as_deref().unwrap_or("");
+    let ip: IpAddr = raw
+        .trim()
+        .parse()
+        .map_err(|_| invalid("ip", format!("{raw:?} is not an IPv4 or IPv6 address")))?;
+    let ip = palisade_edge::client_ip::canonical(ip);
+    // Linearizable by default: the answer reflects every write acknowledged before the call.
+    if q.consistency.as_deref() != Some("local") {
+        q.barrier(&state).await?;
+        let index = state.cluster.reader.applied_index();
+        if tokio::time::timeout(Duration::from_secs(5), state.view.wait_for(index))
+            .await
+            .is_err()
+        {
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the edge view has not caught up with the store; retry",
+            ));
+        }
+    }
+    let d = state.view.get().access.decide(scope.0.as_ref(), ip, now_ms());
+    let (list, key_project) = match d.reason {
+        Reason::ClusterBlock => (Some(RuleList::Block), None),
+        Reason::ProjectBlock => (Some(RuleList::Block), scope.0.clone()),
+        Reason::ProjectAllow => (Some(RuleList::Allow), scope.0.clone()),
+        Reason::NotInAllowList | Reason::NoRule => (None, None),
+    };
+    let entry = match (list, d.rule) {
+        (Some(list), Some(cidr)) => state
+            .cluster
+            .reader
+            .get(&RecordKey::IpRule {
+                project: key_project,
+                list,
+                cidr,
+            })
+            .ok()
+            .flatten()
+            .and_then(|r| match r {
+                Record::IpRule(r) => Some(r),
+                _ => None,
+            }),
+        _ => None,
+    };
+    Ok(Json(json!({
+        "ip": ip.to_string(), "project": scope.0, "allowed": d.allowed, "reason": d.reason,
+        "rule": entry,
+    }))
+    .into_response())
+}

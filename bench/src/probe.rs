@@ -1,0 +1,166 @@
+//! Plain-socket HTTP/1.1 tools for measurements: a fast local upstream, and a keep-alive client
+//! that can present itself from any loopback address and send any `X-Forwarded-For`.
+//! No HTTP library in the measured path, so the figures are Palisade's.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A keep-alive HTTP/1.1 server answering every request with 200 and a 1 KiB body, one thread
+/// per connection. Stops accepting when dropped.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Upstream {
+    pub fn spawn() -> io::Result<Upstream> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Ok(c) = conn {
+                    std::thread::spawn(move || serve(c));
+                }
+            }
+        });
+        Ok(Upstream { addr, stop })
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve(c: TcpStream) {
+    let _ = c.set_nodelay(true);
+    let mut w = match c.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut r = BufReader::new(c);
+    let body = [b'x'; 1024];
+    let mut head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n", body.len()).into_bytes();
+    head.extend_from_slice(&body);
+    let mut line = String::new();
+    loop {
+        // Request line and headers; the measured requests carry no body.
+        let mut saw_any = false;
+        loop {
+            line.clear();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line == "\r\n" || line == "\n" => break,
+                Ok(_) => saw_any = true,
+            }
+        }
+        if !saw_any || w.write_all(&head).is_err() {
+            return;
+        }
+    }
+}
+
+/// A keep-alive client to one address, connecting from `source` (any 127.0.0.0/8 address works
+/// on Linux loopback), reconnecting after errors.
+pub struct Probe {
+    target: SocketAddr,
+    source: Option<IpAddr>,
+    conn: Option<BufReader<TcpStream>>,
+}
+
+impl Probe {
+    pub fn new(target: SocketAddr, source: Option<IpAddr>) -> Probe {
+        Probe {
+            target,
+            source,
+            conn: None,
+        }
+    }
+
+    fn connect(&self) -> io::Result<TcpStream> {
+        let s = match self.source {
+            None => TcpStream::connect_timeout(&self.target, Duration::from_secs(2))?,
+            Some(src) => {
+                let domain = match src {
+                    IpAddr::V4(_) => socket2::Domain::IPV4,
+                    IpAddr::V6(_) => socket2::Domain::IPV6,
+                };
+                let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+                sock.bind(&SocketAddr::new(src, 0).into())?;
+                sock.connect_timeout(&self.target.into(), Duration::from_secs(2))?;
+                sock.into()
+            }
+        };
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(s)
+    }
+
+    /// GET `/` for `host`, with `X-Forwarded-For: xff` when given; the response status.
+    pub fn status(&mut self, host: &str, xff: Option<&str>) -> io::Result<u16> {
+        let mut req = format!("GET / HTTP/1.1\r\nhost: {host}\r\n");
+        if let Some(x) = xff {
+            req.push_str(&format!("x-forwarded-for: {x}\r\n"));
+        }
+        req.push_str("\r\n");
+        for attempt in 0..2 {
+            if self.conn.is_none() {
+                self.conn = Some(BufReader::new(self.connect()?));
+            }
+            match self.exchange(req.as_bytes()) {
+                Ok(s) => return Ok(s),
+                Err(e) if attempt == 1 => return Err(e),
+                Err(_) => self.conn = None,
+            }
+        }
+        unreachable!()
+    }
+
+    fn exchange(&mut self, req: &[u8]) -> io::Result<u16> {
+        let r = self.conn.as_mut().expect("connected");
+        r.get_mut().write_all(req)?;
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed"));
+        }
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("bad status line {line:?}")))?;
+        let mut len = 0usize;
+        let mut close = false;
+        loop {
+            line.clear();
+            if r.read_line(&mut line)? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed in headers"));
+            }
+            if line == "\r\n" {
+                break;
+            }
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+            if lower.starts_with("connection:") && lower.contains("close") {
+                close = true;
+            }
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body)?;
+        if close {
+            self.conn = None;
+        }
+        Ok(status)
+    }
+}

@@ -1,0 +1,272 @@
+//! The operator's side of the admin API: one HTTP helper, and the `palisade ip …` commands.
+//! Tables for people, `--json` for scripts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+#[derive(clap::Args)]
+pub(crate) struct ClientArgs {
+    /// Admin API address of any node.
+    #[arg(long, env = "PALISADE_ADMIN", default_value = "127.0.0.1:7001")]
+    pub(crate) admin: String,
+    /// API key (or PALISADE_API_KEY).
+    #[arg(long, env = "PALISADE_API_KEY", hide_env_values = true)]
+    pub(crate) key: String,
+}
+
+/// A request body.
+pub(crate) enum Payload {
+    None,
+    Json(Value),
+    Raw(&'static str, Vec<u8>),
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(600)))
+        .build()
+        .into()
+}
+
+/// Call the admin API; the body as text on success, the API's own error otherwise.
+pub(crate) fn call(method: &str, c: &ClientArgs, path: &str, body: Payload) -> Result<String> {
+    let url = format!("http://{}{path}", c.admin);
+    let auth = format!("Bearer {}", c.key);
+    let a = agent();
+    let resp = match (method, body) {
+        ("GET", _) => a.get(&url).header("Authorization", &auth).call(),
+        ("DELETE", _) => a.delete(&url).header("Authorization", &auth).call(),
+        (_, Payload::Raw(ctype, bytes)) => a
+            .post(&url)
+            .header("Authorization", &auth)
+            .content_type(ctype)
+            .send(&bytes[..]),
+        (_, Payload::Json(v)) => a.post(&url).header("Authorization", &auth).send_json(v),
+        (_, Payload::None) => a
+            .post(&url)
+            .header("Authorization", &auth)
+            .send_json(Value::Null),
+    };
+    let mut resp = resp.with_context(|| format!("cannot reach the admin API at {}", c.admin))?;
+    let status = resp.status();
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_string()
+        .unwrap_or_default();
+    if !status.is_success() {
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let detail = v["error"].as_str().unwrap_or("no detail");
+        let mut msg = format!("{method} {path} answered {status}: {detail}");
+        for e in v["errors"].as_array().into_iter().flatten() {
+            msg.push_str(&format!("\n  line {}: {}", e["line"], e["message"].as_str().unwrap_or("")));
+        }
+        bail!(msg);
+    }
+    Ok(text)
+}
+
+/// [`call`] for JSON answers.
+pub(crate) fn call_json(method: &str, c: &ClientArgs, path: &str, body: Payload) -> Result<Value> {
+    let text = call(method, c, path, body)?;
+    Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Percent-encode a query value.
+fn q(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[derive(clap::Args)]
+pub(crate) struct Scope {
+    /// The project whose lists to use; without it, the cluster-wide block list.
+    #[arg(long, short)]
+    project: Option<String>,
+}
+
+impl Scope {
+    fn base(&self) -> String {
+        match &self.project {
+            Some(p) => format!("/v1/projects/{}/ip-rules", q(p)),
+            None => "/v1/cluster/ip-rules".into(),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub(crate) enum IpCmd {
+    /// Add an address or CIDR to a list.
+    Add {
+        #[command(flatten)]
+        scope: Scope,
+        /// allow or block.
+        #[arg(long, default_value = "block")]
+        list: String,
+        cidr: String,
+        #[arg(long, default_value = "")]
+        note: String,
+        /// Expire the entry after this many seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove an entry.
+    Rm {
+        #[command(flatten)]
+        scope: Scope,
+        #[arg(long, default_value = "block")]
+        list: String,
+        cidr: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List entries (first page; `--after` continues).
+    Ls {
+        #[command(flatten)]
+        scope: Scope,
+        #[arg(long)]
+        list: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Import a file: one address/CIDR per line, or CSV (`cidr,note,expires_at`) when the file
+    /// name ends in `.csv`. Nothing is written unless every line is good (or `--partial`).
+    Import {
+        #[command(flatten)]
+        scope: Scope,
+        #[arg(long, default_value = "block")]
+        list: String,
+        file: PathBuf,
+        #[arg(long)]
+        partial: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Export a list as CSV (or JSON with `--json`) to standard output.
+    Export {
+        #[command(flatten)]
+        scope: Scope,
+        #[arg(long, default_value = "block")]
+        list: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Would this address be let through for this project, and by which entry?
+    Check {
+        #[arg(long, short)]
+        project: String,
+        ip: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn print_rules(items: &[Value]) {
+    println!("{:<6} {:<44} {:<14} {:<24} NOTE", "LIST", "CIDR", "EXPIRES_AT", "CREATED_BY");
+    for r in items {
+        println!(
+            "{:<6} {:<44} {:<14} {:<24} {}",
+            r["list"].as_str().unwrap_or(""),
+            r["cidr"].as_str().unwrap_or(""),
+            r["expires_at"].as_u64().map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
+            r["created_by"].as_str().unwrap_or(""),
+            r["note"].as_str().unwrap_or("")
+        );
+    }
+}
+
+pub(crate) fn ip(cmd: IpCmd) -> Result<()> {
+    match cmd {
+        IpCmd::Add { scope, list, cidr, note, ttl, client } => {
+            let mut body = json!({ "list": list, "cidr": cidr, "note": note });
+            if let Some(t) = ttl {
+                body["ttl_seconds"] = json!(t);
+            }
+            let v = call_json("POST", &client, &scope.base(), Payload::Json(body))?;
+            println!("added {} to the {list} list (log index {})", v["rule"]["cidr"].as_str().unwrap_or(&cidr), v["index"]);
+        }
+        IpCmd::Rm { scope, list, cidr, client } => {
+            let path = format!("{}?list={}&cidr={}", scope.base(), q(&list), q(&cidr));
+            let v = call_json("DELETE", &client, &path, Payload::None)?;
+            println!("removed {cidr} from the {list} list (log index {})", v["index"]);
+        }
+        IpCmd::Ls { scope, list, limit, after, json, client } => {
+            let mut path = format!("{}?limit={limit}", scope.base());
+            if let Some(l) = list {
+                path.push_str(&format!("&list={}", q(&l)));
+            }
+            if let Some(a) = after {
+                path.push_str(&format!("&after={}", q(&a)));
+            }
+            let v = call_json("GET", &client, &path, Payload::None)?;
+            if json {
+                println!("{v:#}");
+            } else {
+                print_rules(v["items"].as_array().map(Vec::as_slice).unwrap_or(&[]));
+                if let Some(next) = v["next"].as_str() {
+                    println!("(more: --after {next})");
+                }
+            }
+        }
+        IpCmd::Import { scope, list, file, partial, json, client } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let ctype = if file.extension().is_some_and(|e| e == "csv") { "text/csv" } else { "text/plain" };
+            let path = format!("{}/import?list={}&partial={partial}", scope.base(), q(&list));
+            let v = call_json("POST", &client, &path, Payload::Raw(ctype, bytes))?;
+            if json {
+                println!("{v:#}");
+            } else {
+                println!("imported {} entries into the {list} list in {} ms ({} bad lines skipped)", v["imported"], v["elapsed_ms"], v["invalid"]);
+                for e in v["errors"].as_array().into_iter().flatten() {
+                    println!("  line {}: {}", e["line"], e["message"].as_str().unwrap_or(""));
+                }
+            }
+        }
+        IpCmd::Export { scope, list, json, client } => {
+            let format = if json { "json" } else { "csv" };
+            let path = format!("{}/export?list={}&format={format}", scope.base(), q(&list));
+            print!("{}", call("GET", &client, &path, Payload::None)?);
+        }
+        IpCmd::Check { project, ip, json, client } => {
+            let path = format!("/v1/projects/{}/ip-rules/check?ip={}", q(&project), q(&ip));
+            let v = call_json("GET", &client, &path, Payload::None)?;
+            if json {
+                println!("{v:#}");
+            } else {
+                let verdict = if v["allowed"].as_bool() == Some(true) { "allowed" } else { "refused" };
+                let rule = &v["rule"];
+                match rule["cidr"].as_str() {
+                    Some(c) => println!("{} is {verdict} ({}): {} list entry {c} {}", v["ip"].as_str().unwrap_or(&ip), v["reason"].as_str().unwrap_or(""), rule["list"].as_str().unwrap_or(""), rule["note"].as_str().unwrap_or("")),
+                    None => println!("{} is {verdict} ({})", v["ip"].as_str().unwrap_or(&ip), v["reason"].as_str().unwrap_or("")),
+                }
+            }
+        }
+    }
+    Ok(())
+}
