@@ -433,6 +433,16 @@ mod tests {
     }
 
     #[test]
+    fn proxy_protocol_needs_the_proxies_it_believes() {
+        let e = parse("[edge]\nproxy_protocol = true").unwrap_err().to_string();
+        assert!(e.contains("edge.proxy_protocol") && e.contains("trusted_proxies"), "{e}");
+        let ok = parse("[edge]\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\"]");
+        assert!(ok.is_ok());
+        let e = parse("[edge]\nrule_sweep_interval_ms = 0").unwrap_err().to_string();
+        assert!(e.contains("edge.rule_sweep_interval_ms"), "{e}");
+    }
+
+    #[test]
     fn private_admin_addresses_and_explicit_public_are_accepted() {
         assert!(parse("[admin]\nlisten = \"10.1.2.3:7001\"").is_ok());
         assert!(parse("[admin]\nlisten = \"[fd00::1]:7001\"").is_ok());

@@ -60,6 +60,27 @@ impl StateReader {
     /// Visit every record under `prefix` in key order without collecting them (start-up loads
     /// of large lists).
     pub fn for_each(&self, prefix: &str, mut f: impl FnMut(Record)) -> io::Result<()> {
+        self.each_value(prefix, |v| {
+            f(decode(v)?);
+            Ok(())
+        })
+    }
+
+    /// Number of records under `prefix`.
+    pub fn count(&self, prefix: &str) -> io::Result<u64> {
+        let mut n = 0;
+        self.each_value(prefix, |_| {
+            n += 1;
+            Ok(())
+        })?;
+        Ok(n)
+    }
+
+    fn each_value(
+        &self,
+        prefix: &str,
+        mut f: impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
         let it = self.db.iterator_cf(
             self.cf(),
             rocksdb::IteratorMode::From(prefix.as_bytes(), rocksdb::Direction::Forward),
@@ -69,26 +90,9 @@ impl StateReader {
             if !k.starts_with(prefix.as_bytes()) {
                 break;
             }
-            f(decode(&v)?);
+            f(&v)?;
         }
         Ok(())
-    }
-
-    /// Number of records under `prefix`.
-    pub fn count(&self, prefix: &str) -> io::Result<u64> {
-        let mut n = 0;
-        let it = self.db.iterator_cf(
-            self.cf(),
-            rocksdb::IteratorMode::From(prefix.as_bytes(), rocksdb::Direction::Forward),
-        );
-        for item in it {
-            let (k, _) = item.map_err(io_err)?;
-            if !k.starts_with(prefix.as_bytes()) {
-                break;
-            }
-            n += 1;
-        }
-        Ok(n)
     }
 
     /// The last log index applied on this node.
