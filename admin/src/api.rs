@@ -24,11 +24,13 @@ pub struct AdminState {
     pub cluster: Arc<Cluster>,
     /// This node's edge view: what the data plane enforces (the IP rule check reads it).
     pub view: Arc<palisade_edge::view::LiveView>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 pub fn routes(state: Arc<AdminState>) -> impl poem::Endpoint {
     let route = Route::new()
         .at("/v1/health", get(health))
+        .at("/metrics", get(prometheus))
         .at("/v1/cluster/status", get(cluster_status))
         .at("/v1/cluster/join-tokens", post(create_join_token))
         .at("/v1/cluster/members/:id", delete(remove_member))
@@ -61,7 +63,11 @@ pub(crate) fn cluster_error(e: ClusterError) -> poem::Error {
     error(status, e)
 }
 
-pub(crate) fn authorize(state: &AdminState, headers: &HeaderMap, needs: Role) -> poem::Result<Principal> {
+pub(crate) fn authorize(
+    state: &AdminState,
+    headers: &HeaderMap,
+    needs: Role,
+) -> poem::Result<Principal> {
     let key = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -133,6 +139,20 @@ async fn health(state: Data<&Arc<AdminState>>) -> poem::Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// Prometheus text: the edge's, the transport's and the admin API's counters (viewer key; a
+/// scraper sends it as a bearer token).
+#[handler]
+async fn prometheus(state: Data<&Arc<AdminState>>, headers: &HeaderMap) -> ApiResult {
+    authorize(&state, headers, Role::Viewer)?;
+    let s = state.cluster.local_status();
+    metrics::gauge!("palisade_raft_applied_index").set(s.applied as f64);
+    metrics::gauge!("palisade_raft_is_leader")
+        .set(f64::from(u8::from(s.leader == Some(s.node_id))));
+    Ok(poem::Response::builder()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render()))
 }
 
 #[handler]

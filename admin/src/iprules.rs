@@ -33,8 +33,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use crate::api::{
-    audit, authorize, cluster_error, commit, error, read_barrier, request_id,
-    AdminState, ReadOpts,
+    audit, authorize, cluster_error, commit, error, read_barrier, request_id, AdminState, ReadOpts,
 };
 use crate::auth::Principal;
 
@@ -105,7 +104,12 @@ impl Scope {
 
     /// The caller's key, checked for the role and for the scope. Changing the cluster-wide list
     /// takes an unscoped `admin`.
-    fn authorize(&self, state: &AdminState, headers: &HeaderMap, needs: Role) -> poem::Result<Principal> {
+    fn authorize(
+        &self,
+        state: &AdminState,
+        headers: &HeaderMap,
+        needs: Role,
+    ) -> poem::Result<Principal> {
         let needs = match &self.0 {
             None if needs > Role::Viewer => Role::Admin,
             _ => needs,
@@ -120,14 +124,20 @@ impl Scope {
             )),
             (Some(mine), None) => Err(error(
                 StatusCode::FORBIDDEN,
-                format!("this key is limited to project {mine}; the cluster-wide list is not in it"),
+                format!(
+                    "this key is limited to project {mine}; the cluster-wide list is not in it"
+                ),
             )),
         }
     }
 
     fn ensure_exists(&self, state: &AdminState) -> poem::Result<()> {
         let Some(id) = &self.0 else { return Ok(()) };
-        match state.cluster.reader.get(&RecordKey::Project { id: id.clone() }) {
+        match state
+            .cluster
+            .reader
+            .get(&RecordKey::Project { id: id.clone() })
+        {
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err(error(StatusCode::NOT_FOUND, format!("no project {id}"))),
             Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
@@ -141,10 +151,18 @@ impl Scope {
             Some("block") => RuleList::Block,
             None if self.0.is_none() => RuleList::Block,
             None => return Err(invalid("list", "is required: allow or block")),
-            Some(other) => return Err(invalid("list", format!("{other:?} is neither allow nor block"))),
+            Some(other) => {
+                return Err(invalid(
+                    "list",
+                    format!("{other:?} is neither allow nor block"),
+                ))
+            }
         };
         if self.0.is_none() && list == RuleList::Allow {
-            return Err(invalid("list", "the cluster-wide list is a block list only"));
+            return Err(invalid(
+                "list",
+                "the cluster-wide list is a block list only",
+            ));
         }
         Ok(list)
     }
@@ -193,7 +211,10 @@ fn check_note(field: &str, note: &str) -> poem::Result<()> {
 
 fn check_expiry(field: &str, at: Millis, now: Millis) -> poem::Result<()> {
     if at <= now {
-        return Err(invalid(field, format!("{at} is not in the future (now is {now}, Unix ms)")));
+        return Err(invalid(
+            field,
+            format!("{at} is not in the future (now is {now}, Unix ms)"),
+        ));
     }
     Ok(())
 }
@@ -265,14 +286,22 @@ async fn add_rule(
     check_note("note", &body.note)?;
     let now = now_ms();
     let expires_at = match (body.expires_at, body.ttl_seconds) {
-        (Some(_), Some(_)) => return Err(invalid("ttl_seconds", "give expires_at or ttl_seconds, not both")),
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "ttl_seconds",
+                "give expires_at or ttl_seconds, not both",
+            ))
+        }
         (Some(at), None) => {
             check_expiry("expires_at", at, now)?;
             Some(at)
         }
         (None, Some(0)) => return Err(invalid("ttl_seconds", "must be above 0")),
         (None, Some(ttl)) if ttl > 10 * 365 * 86_400 => {
-            return Err(invalid("ttl_seconds", format!("{ttl} is more than ten years")))
+            return Err(invalid(
+                "ttl_seconds",
+                format!("{ttl} is more than ten years"),
+            ))
         }
         (None, Some(ttl)) => Some(now + ttl * 1000),
         (None, None) => None,
@@ -351,7 +380,11 @@ async fn read_line(
     loop {
         let chunk = r.fill_buf().await?;
         if chunk.is_empty() {
-            return Ok(if too_long { Err(()) } else { Ok(!buf.is_empty()) });
+            return Ok(if too_long {
+                Err(())
+            } else {
+                Ok(!buf.is_empty())
+            });
         }
         let (part, done) = match chunk.iter().position(|&b| b == b'\n') {
             Some(i) => (&chunk[..i], Some(i + 1)),
@@ -425,7 +458,11 @@ impl Columns {
 
     /// A header line names the columns (any order; unknown ones are ignored).
     fn from_header(fields: &[String]) -> Option<Columns> {
-        let at = |name: &str| fields.iter().position(|f| f.trim().eq_ignore_ascii_case(name));
+        let at = |name: &str| {
+            fields
+                .iter()
+                .position(|f| f.trim().eq_ignore_ascii_case(name))
+        };
         Some(Columns {
             cidr: at("cidr")?,
             note: at("note"),
@@ -445,16 +482,25 @@ fn parse_line(
         return Ok(None);
     }
     let Some(cols) = csv else {
-        return t.parse::<Cidr>().map(|c| Some((c, String::new(), None))).map_err(|e| e.to_string());
+        return t
+            .parse::<Cidr>()
+            .map(|c| Some((c, String::new(), None)))
+            .map_err(|e| e.to_string());
     };
     let fields = csv_fields(t).map_err(|e| format!("CSV: {e}"))?;
-    let get = |i: Option<usize>| i.and_then(|i| fields.get(i)).map(|s| s.trim()).unwrap_or("");
+    let get = |i: Option<usize>| {
+        i.and_then(|i| fields.get(i))
+            .map(|s| s.trim())
+            .unwrap_or("")
+    };
     let cidr = get(Some(cols.cidr))
         .parse::<Cidr>()
         .map_err(|e| format!("cidr: {e}"))?;
     let note = get(cols.note).to_string();
     if note.len() > MAX_NOTE || note.chars().any(char::is_control) {
-        return Err(format!("note: longer than {MAX_NOTE} bytes or holds control characters"));
+        return Err(format!(
+            "note: longer than {MAX_NOTE} bytes or holds control characters"
+        ));
     }
     let expires_at = match get(cols.expires_at) {
         "" => None,
@@ -515,7 +561,9 @@ async fn import_rules(
                         ));
                     }
                     if csv && columns.is_none() {
-                        let header = csv_fields(text.trim()).ok().and_then(|f| Columns::from_header(&f));
+                        let header = csv_fields(text.trim())
+                            .ok()
+                            .and_then(|f| Columns::from_header(&f));
                         let is_header = header.is_some();
                         columns = Some(header.unwrap_or(Columns::POSITIONAL));
                         if is_header {
@@ -562,10 +610,7 @@ async fn import_rules(
     };
     let actor = format!("key:{}", p.key_id);
     let total = entries.len();
-    let batches: Vec<Vec<_>> = entries
-        .chunks(IMPORT_BATCH)
-        .map(|c| c.to_vec())
-        .collect();
+    let batches: Vec<Vec<_>> = entries.chunks(IMPORT_BATCH).map(|c| c.to_vec()).collect();
     drop(entries);
     let mut written = 0usize;
     let mut last_index = 0u64;
@@ -593,8 +638,12 @@ async fn import_rules(
                 list.as_str(),
                 first + n - 1
             );
-            let mut req = Request::new(Command::PutMany { records })
-                .with_audit(audit(&p, remote, "ip_rule.import", &target));
+            let mut req = Request::new(Command::PutMany { records }).with_audit(audit(
+                &p,
+                remote,
+                "ip_rule.import",
+                &target,
+            ));
             if let Some(base) = &base_id {
                 // Each batch has its own id, derived from the caller's: a retried import applies
                 // every batch once.
@@ -664,7 +713,12 @@ async fn export_rules(
     let json = match q.format.as_deref() {
         None | Some("csv") => false,
         Some("json") => true,
-        Some(other) => return Err(invalid("format", format!("{other:?} is neither csv nor json"))),
+        Some(other) => {
+            return Err(invalid(
+                "format",
+                format!("{other:?} is neither csv nor json"),
+            ))
+        }
     };
     q.barrier(&state).await?;
     let prefix = format!("{}{}/", ip_rule_prefix(scope.0.as_ref()), list.as_str());
@@ -729,7 +783,11 @@ async fn check(
             ));
         }
     }
-    let d = state.view.get().access.decide(scope.0.as_ref(), ip, now_ms());
+    let d = state
+        .view
+        .get()
+        .access
+        .decide(scope.0.as_ref(), ip, now_ms());
     let (list, key_project) = match d.reason {
         Reason::ClusterBlock => (Some(RuleList::Block), None),
         Reason::ProjectBlock => (Some(RuleList::Block), scope.0.clone()),

@@ -22,6 +22,26 @@ pub use api::{routes, AdminState};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Install the process-wide metrics recorder (once; later calls return the same handle) and keep
+/// its histograms trimmed. `GET /metrics` renders it in Prometheus text.
+pub fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("the metrics recorder is installed once, here");
+            let upkeep = handle.clone();
+            std::thread::spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(5));
+                upkeep.run_upkeep();
+            });
+            handle
+        })
+        .clone()
+}
+
 /// Serve the admin API on `listener` until `stop` resolves; in-flight requests then get `drain`
 /// to finish.
 pub async fn serve(

@@ -14,8 +14,19 @@ use crate::harness::TestCluster;
 use crate::probe::Probe;
 
 /// A project and a plain-HTTP domain for it (no redirect), proxied to `upstream`.
-pub fn site(c: &TestCluster, node: usize, project: &str, host: &str, upstream: SocketAddr) -> Result<()> {
-    let r = c.post(node, "/v1/projects", json!({ "id": project, "name": project }), None)?;
+pub fn site(
+    c: &TestCluster,
+    node: usize,
+    project: &str,
+    host: &str,
+    upstream: SocketAddr,
+) -> Result<()> {
+    let r = c.post(
+        node,
+        "/v1/projects",
+        json!({ "id": project, "name": project }),
+        None,
+    )?;
     if r.status != 201 && r.status != 409 {
         bail!("creating project {project}: {} {}", r.status, r.body);
     }
@@ -71,10 +82,14 @@ pub fn propagation(
     trials: usize,
     second_octet: u8,
 ) -> Result<Vec<Duration>> {
-    let mut probes: Vec<Probe> = http_addrs(c).into_iter().map(|a| Probe::new(a, None)).collect();
+    let mut probes: Vec<Probe> = http_addrs(c)
+        .into_iter()
+        .map(|a| Probe::new(a, None))
+        .collect();
     let mut samples = Vec::with_capacity(trials);
     for i in 0..trials {
-        let addr = Ipv4Addr::new(10, second_octet, (i / 250) as u8, (i % 250 + 1) as u8).to_string();
+        let addr =
+            Ipv4Addr::new(10, second_octet, (i / 250) as u8, (i % 250 + 1) as u8).to_string();
         until_every_node(&mut probes, host, &addr, 200, Duration::from_secs(5))
             .with_context(|| format!("{addr} before its rule"))?;
         let r = c.post(
@@ -185,7 +200,11 @@ impl BigList {
             .map(|_| {
                 let (net, len) = self.entries[(rng.next() % self.entries.len() as u64) as usize];
                 let host_bits = 32 - u32::from(len);
-                let host = if host_bits == 0 { 0 } else { (rng.next() as u32) & ((1u32 << host_bits) - 1) };
+                let host = if host_bits == 0 {
+                    0
+                } else {
+                    (rng.next() as u32) & ((1u32 << host_bits) - 1)
+                };
                 net | host
             })
             .collect()
@@ -225,7 +244,13 @@ pub fn lookup(n: usize, lookups: usize) -> LookupFigures {
     let cidrs: Vec<Cidr> = list
         .entries
         .iter()
-        .map(|(net, len)| Cidr::from_net(ipnet::Ipv4Net::new(Ipv4Addr::from(*net), *len).expect("valid").into()))
+        .map(|(net, len)| {
+            Cidr::from_net(
+                ipnet::Ipv4Net::new(Ipv4Addr::from(*net), *len)
+                    .expect("valid")
+                    .into(),
+            )
+        })
         .collect();
     let rss_before = rss_kib(std::process::id()).0;
     let t = Instant::now();
@@ -240,7 +265,15 @@ pub fn lookup(n: usize, lookups: usize) -> LookupFigures {
     let rounds = 1000;
     for i in 0..rounds {
         let mut next = set.clone();
-        next.insert(Cidr::from_net(ipnet::IpNet::from(IpAddr::from(Ipv4Addr::new(200, 0, (i / 256) as u8, i as u8)))), None);
+        next.insert(
+            Cidr::from_net(ipnet::IpNet::from(IpAddr::from(Ipv4Addr::new(
+                200,
+                0,
+                (i / 256) as u8,
+                i as u8,
+            )))),
+            None,
+        );
         std::hint::black_box(&next);
     }
     let one_insert_us = t.elapsed().as_secs_f64() * 1e6 / rounds as f64;
@@ -258,17 +291,33 @@ pub fn lookup(n: usize, lookups: usize) -> LookupFigures {
         std::hint::black_box(hits);
         t.elapsed().as_secs_f64() * 1e9 / (lookups.div_ceil(addrs.len()) * addrs.len()) as f64
     };
-    let member_ns = time(&members, &|a| set.contains(IpAddr::from(Ipv4Addr::from(a)), 0));
-    let non_member_ns = time(&non_members, &|a| set.contains(IpAddr::from(Ipv4Addr::from(a)), 0));
+    let member_ns = time(&members, &|a| {
+        set.contains(IpAddr::from(Ipv4Addr::from(a)), 0)
+    });
+    let non_member_ns = time(&non_members, &|a| {
+        set.contains(IpAddr::from(Ipv4Addr::from(a)), 0)
+    });
     // The Bloom filter can only answer for exact addresses; the range lengths are probed anyway.
-    let singles: Vec<u32> = list.entries.iter().filter(|e| e.1 == 32).map(|e| e.0).collect();
+    let singles: Vec<u32> = list
+        .entries
+        .iter()
+        .filter(|e| e.1 == 32)
+        .map(|e| e.0)
+        .collect();
     let mut bloom = bloomfilter::Bloom::new_for_fp_rate(singles.len().max(1), 0.01).expect("bloom");
     for a in &singles {
         bloom.set(a);
     }
     let mut ranges = PrefixSet::default();
     for (net, len) in list.entries.iter().filter(|e| e.1 != 32) {
-        ranges.insert(Cidr::from_net(ipnet::Ipv4Net::new(Ipv4Addr::from(*net), *len).expect("valid").into()), None);
+        ranges.insert(
+            Cidr::from_net(
+                ipnet::Ipv4Net::new(Ipv4Addr::from(*net), *len)
+                    .expect("valid")
+                    .into(),
+            ),
+            None,
+        );
     }
     let non_member_bloom_ns = time(&non_members, &|a| {
         let ip = IpAddr::from(Ipv4Addr::from(a));
@@ -288,7 +337,14 @@ pub fn lookup(n: usize, lookups: usize) -> LookupFigures {
 /// Closed-loop load: `conns` keep-alive connections, each in its own thread, sending GET `/`
 /// for `host` with `X-Forwarded-For` drawn from `addrs` in turn, for `secs` seconds. Requests
 /// per second; any answer other than `want` is an error.
-pub fn load(target: SocketAddr, host: &str, addrs: &[String], want: u16, conns: usize, secs: f64) -> Result<f64> {
+pub fn load(
+    target: SocketAddr,
+    host: &str,
+    addrs: &[String],
+    want: u16,
+    conns: usize,
+    secs: f64,
+) -> Result<f64> {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut threads = Vec::new();
     for t in 0..conns {
@@ -312,7 +368,9 @@ pub fn load(target: SocketAddr, host: &str, addrs: &[String], want: u16, conns: 
     }
     let mut total = 0;
     for t in threads {
-        total += t.join().map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+        total += t
+            .join()
+            .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
     }
     Ok(total as f64 / secs)
 }

@@ -75,7 +75,11 @@ fn main() -> Result<()> {
         Some("ip-propagation") => {
             let trials = num(1, 200);
             let up = probe::Upstream::spawn()?;
-            let c = TestCluster::start(&bin, 3, &[("PALISADE_EDGE_TRUSTED_PROXIES", "127.0.0.1/32")])?;
+            let c = TestCluster::start(
+                &bin,
+                3,
+                &[("PALISADE_EDGE_TRUSTED_PROXIES", "127.0.0.1/32")],
+            )?;
             iprules::site(&c, 0, "shop", "shop.test", up.addr)?;
             let s = iprules::propagation(&c, 1, "shop", "shop.test", trials, 1)?;
             println!("{trials} rules added through node 2's admin API; time from the API's answer until all 3 nodes refuse the address");
@@ -106,11 +110,20 @@ fn ip_throughput(bin: &std::path::Path, secs: f64) -> Result<()> {
     iprules::site(&c, 0, "big", "big.test", up.addr)?;
     let list = iprules::BigList::generate(1_000_000, 3);
     let t = std::time::Instant::now();
-    let (status, body) = c.post_raw(0, "/v1/projects/big/ip-rules/import?list=block", "text/plain", list.text.clone().into_bytes())?;
+    let (status, body) = c.post_raw(
+        0,
+        "/v1/projects/big/ip-rules/import?list=block",
+        "text/plain",
+        list.text.clone().into_bytes(),
+    )?;
     if status != 200 {
         bail!("import answered {status}: {body}");
     }
-    println!("imported {} entries in {:.1} s", list.len(), t.elapsed().as_secs_f64());
+    println!(
+        "imported {} entries in {:.1} s",
+        list.len(),
+        t.elapsed().as_secs_f64()
+    );
     let addrs: Vec<String> = list
         .non_members(4096, 5)
         .into_iter()
@@ -125,14 +138,19 @@ fn ip_throughput(bin: &std::path::Path, secs: f64) -> Result<()> {
     }
     empty.sort_by(f64::total_cmp);
     big.sort_by(f64::total_cmp);
-    println!("plain HTTP, keep-alive, 16 connections, {secs} s x 5 rounds alternating, 1 KiB answers");
+    println!(
+        "plain HTTP, keep-alive, 16 connections, {secs} s x 5 rounds alternating, 1 KiB answers"
+    );
     println!(
         "0 rules:         median {:.0} req/s (range {:.0}-{:.0})",
         empty[2], empty[0], empty[4]
     );
     println!(
         "1,000,000 rules: median {:.0} req/s (range {:.0}-{:.0}) = {:.3}x",
-        big[2], big[0], big[4], big[2] / empty[2]
+        big[2],
+        big[0],
+        big[4],
+        big[2] / empty[2]
     );
     Ok(())
 }

@@ -50,7 +50,11 @@ fn serve(c: TcpStream) {
     };
     let mut r = BufReader::new(c);
     let body = [b'x'; 1024];
-    let mut head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n", body.len()).into_bytes();
+    let mut head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
     head.extend_from_slice(&body);
     let mut line = String::new();
     loop {
@@ -143,7 +147,10 @@ impl Probe {
         loop {
             line.clear();
             if r.read_line(&mut line)? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed in headers"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed in headers",
+                ));
             }
             if line == "\r\n" {
                 break;

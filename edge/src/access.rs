@@ -130,7 +130,9 @@ impl<K: Copy + std::hash::Hash + Eq> Table<K> {
     }
 
     fn iter(&self) -> impl Iterator<Item = (K, u64)> + '_ {
-        self.shards.iter().flat_map(|s| s.iter().map(|(k, v)| (*k, *v)))
+        self.shards
+            .iter()
+            .flat_map(|s| s.iter().map(|(k, v)| (*k, *v)))
     }
 }
 
@@ -259,12 +261,26 @@ impl PrefixSet {
 
     /// Entries whose expiry is at or before `now`.
     pub fn expired(&self, now: u64) -> Vec<Cidr> {
-        let v4 = self.v4.entries.iter().filter(|&(_, e)| e <= now).filter_map(|((len, net), _)| {
-            ipnet::Ipv4Net::new(net.into(), len).ok().map(|n| Cidr::from_net(n.into()))
-        });
-        let v6 = self.v6.entries.iter().filter(|&(_, e)| e <= now).filter_map(|((len, net), _)| {
-            ipnet::Ipv6Net::new(net.into(), len).ok().map(|n| Cidr::from_net(n.into()))
-        });
+        let v4 = self
+            .v4
+            .entries
+            .iter()
+            .filter(|&(_, e)| e <= now)
+            .filter_map(|((len, net), _)| {
+                ipnet::Ipv4Net::new(net.into(), len)
+                    .ok()
+                    .map(|n| Cidr::from_net(n.into()))
+            });
+        let v6 = self
+            .v6
+            .entries
+            .iter()
+            .filter(|&(_, e)| e <= now)
+            .filter_map(|((len, net), _)| {
+                ipnet::Ipv6Net::new(net.into(), len)
+                    .ok()
+                    .map(|n| Cidr::from_net(n.into()))
+            });
         v4.chain(v6).collect()
     }
 
@@ -469,7 +485,10 @@ mod tests {
         assert_eq!(set.find(ip("203.0.113.1"), 0), Some(cidr("0.0.0.0/0")));
         assert_eq!(set.find(ip("2001:db8::1"), 0), Some(cidr("::/0")));
         set.insert(cidr("2001:db8::1"), None);
-        assert_eq!(set.find(ip("2001:db8::1"), 0), Some(cidr("2001:db8::1/128")));
+        assert_eq!(
+            set.find(ip("2001:db8::1"), 0),
+            Some(cidr("2001:db8::1/128"))
+        );
     }
 
     #[test]
@@ -509,7 +528,12 @@ mod tests {
             ("10.9.0.1", false, Reason::ProjectBlock, Some("10.9.0.0/16")),
             ("10.9.9.9", false, Reason::ClusterBlock, Some("10.9.9.9/32")),
             ("11.0.0.1", false, Reason::NotInAllowList, None),
-            ("::ffff:10.0.0.1", true, Reason::ProjectAllow, Some("10.0.0.0/8")),
+            (
+                "::ffff:10.0.0.1",
+                true,
+                Reason::ProjectAllow,
+                Some("10.0.0.0/8"),
+            ),
         ];
         for (addr, allowed, reason, by) in cases {
             let got = d(&rules, &shop, addr);
@@ -533,7 +557,12 @@ mod tests {
     fn a_clone_is_unaffected_by_later_changes() {
         let mut a = PrefixSet::default();
         for i in 0..10_000u32 {
-            a.insert(Cidr::from_net(ipnet::IpNet::from(IpAddr::from((0x0a00_0000 + i).to_be_bytes()))), None);
+            a.insert(
+                Cidr::from_net(ipnet::IpNet::from(IpAddr::from(
+                    (0x0a00_0000 + i).to_be_bytes(),
+                ))),
+                None,
+            );
         }
         let b = a.clone();
         a.insert(cidr("192.0.2.1"), None);

@@ -245,7 +245,8 @@ impl LiveView {
             Ok(v) => {
                 let index = v.index;
                 self.current.store(Arc::new(v));
-                self.seen.send_if_modified(|i| std::mem::replace(i, index.max(*i)) != *i);
+                self.seen
+                    .send_if_modified(|i| std::mem::replace(i, index.max(*i)) != *i);
             }
             Err(e) => {
                 tracing::error!(error = %e, "reloading the edge view failed; keeping the previous one")

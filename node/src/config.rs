@@ -260,7 +260,13 @@ impl Config {
             self.edge.proxy_protocol = match v.as_str() {
                 "true" | "1" => true,
                 "false" | "0" => false,
-                _ => return Err(field("PALISADE_EDGE_PROXY_PROTOCOL", &v, "must be true or false")),
+                _ => {
+                    return Err(field(
+                        "PALISADE_EDGE_PROXY_PROTOCOL",
+                        &v,
+                        "must be true or false",
+                    ))
+                }
             };
         }
         if let Ok(v) = std::env::var("PALISADE_LOG") {
@@ -434,11 +440,18 @@ mod tests {
 
     #[test]
     fn proxy_protocol_needs_the_proxies_it_believes() {
-        let e = parse("[edge]\nproxy_protocol = true").unwrap_err().to_string();
-        assert!(e.contains("edge.proxy_protocol") && e.contains("trusted_proxies"), "{e}");
+        let e = parse("[edge]\nproxy_protocol = true")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("edge.proxy_protocol") && e.contains("trusted_proxies"),
+            "{e}"
+        );
         let ok = parse("[edge]\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\"]");
         assert!(ok.is_ok());
-        let e = parse("[edge]\nrule_sweep_interval_ms = 0").unwrap_err().to_string();
+        let e = parse("[edge]\nrule_sweep_interval_ms = 0")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("edge.rule_sweep_interval_ms"), "{e}");
     }
 

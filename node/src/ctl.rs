@@ -65,7 +65,11 @@ pub(crate) fn call(method: &str, c: &ClientArgs, path: &str, body: Payload) -> R
         let detail = v["error"].as_str().unwrap_or("no detail");
         let mut msg = format!("{method} {path} answered {status}: {detail}");
         for e in v["errors"].as_array().into_iter().flatten() {
-            msg.push_str(&format!("\n  line {}: {}", e["line"], e["message"].as_str().unwrap_or("")));
+            msg.push_str(&format!(
+                "\n  line {}: {}",
+                e["line"],
+                e["message"].as_str().unwrap_or("")
+            ));
         }
         bail!(msg);
     }
@@ -83,7 +87,9 @@ fn q(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -188,13 +194,19 @@ pub(crate) enum IpCmd {
 }
 
 fn print_rules(items: &[Value]) {
-    println!("{:<6} {:<44} {:<14} {:<24} NOTE", "LIST", "CIDR", "EXPIRES_AT", "CREATED_BY");
+    println!(
+        "{:<6} {:<44} {:<14} {:<24} NOTE",
+        "LIST", "CIDR", "EXPIRES_AT", "CREATED_BY"
+    );
     for r in items {
         println!(
             "{:<6} {:<44} {:<14} {:<24} {}",
             r["list"].as_str().unwrap_or(""),
             r["cidr"].as_str().unwrap_or(""),
-            r["expires_at"].as_u64().map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
+            r["expires_at"]
+                .as_u64()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "-".into()),
             r["created_by"].as_str().unwrap_or(""),
             r["note"].as_str().unwrap_or("")
         );
@@ -203,20 +215,46 @@ fn print_rules(items: &[Value]) {
 
 pub(crate) fn ip(cmd: IpCmd) -> Result<()> {
     match cmd {
-        IpCmd::Add { scope, list, cidr, note, ttl, client } => {
+        IpCmd::Add {
+            scope,
+            list,
+            cidr,
+            note,
+            ttl,
+            client,
+        } => {
             let mut body = json!({ "list": list, "cidr": cidr, "note": note });
             if let Some(t) = ttl {
                 body["ttl_seconds"] = json!(t);
             }
             let v = call_json("POST", &client, &scope.base(), Payload::Json(body))?;
-            println!("added {} to the {list} list (log index {})", v["rule"]["cidr"].as_str().unwrap_or(&cidr), v["index"]);
+            println!(
+                "added {} to the {list} list (log index {})",
+                v["rule"]["cidr"].as_str().unwrap_or(&cidr),
+                v["index"]
+            );
         }
-        IpCmd::Rm { scope, list, cidr, client } => {
+        IpCmd::Rm {
+            scope,
+            list,
+            cidr,
+            client,
+        } => {
             let path = format!("{}?list={}&cidr={}", scope.base(), q(&list), q(&cidr));
             let v = call_json("DELETE", &client, &path, Payload::None)?;
-            println!("removed {cidr} from the {list} list (log index {})", v["index"]);
+            println!(
+                "removed {cidr} from the {list} list (log index {})",
+                v["index"]
+            );
         }
-        IpCmd::Ls { scope, list, limit, after, json, client } => {
+        IpCmd::Ls {
+            scope,
+            list,
+            limit,
+            after,
+            json,
+            client,
+        } => {
             let mut path = format!("{}?limit={limit}", scope.base());
             if let Some(l) = list {
                 path.push_str(&format!("&list={}", q(&l)));
@@ -234,36 +272,83 @@ pub(crate) fn ip(cmd: IpCmd) -> Result<()> {
                 }
             }
         }
-        IpCmd::Import { scope, list, file, partial, json, client } => {
-            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let ctype = if file.extension().is_some_and(|e| e == "csv") { "text/csv" } else { "text/plain" };
-            let path = format!("{}/import?list={}&partial={partial}", scope.base(), q(&list));
+        IpCmd::Import {
+            scope,
+            list,
+            file,
+            partial,
+            json,
+            client,
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let ctype = if file.extension().is_some_and(|e| e == "csv") {
+                "text/csv"
+            } else {
+                "text/plain"
+            };
+            let path = format!(
+                "{}/import?list={}&partial={partial}",
+                scope.base(),
+                q(&list)
+            );
             let v = call_json("POST", &client, &path, Payload::Raw(ctype, bytes))?;
             if json {
                 println!("{v:#}");
             } else {
-                println!("imported {} entries into the {list} list in {} ms ({} bad lines skipped)", v["imported"], v["elapsed_ms"], v["invalid"]);
+                println!(
+                    "imported {} entries into the {list} list in {} ms ({} bad lines skipped)",
+                    v["imported"], v["elapsed_ms"], v["invalid"]
+                );
                 for e in v["errors"].as_array().into_iter().flatten() {
-                    println!("  line {}: {}", e["line"], e["message"].as_str().unwrap_or(""));
+                    println!(
+                        "  line {}: {}",
+                        e["line"],
+                        e["message"].as_str().unwrap_or("")
+                    );
                 }
             }
         }
-        IpCmd::Export { scope, list, json, client } => {
+        IpCmd::Export {
+            scope,
+            list,
+            json,
+            client,
+        } => {
             let format = if json { "json" } else { "csv" };
             let path = format!("{}/export?list={}&format={format}", scope.base(), q(&list));
             print!("{}", call("GET", &client, &path, Payload::None)?);
         }
-        IpCmd::Check { project, ip, json, client } => {
+        IpCmd::Check {
+            project,
+            ip,
+            json,
+            client,
+        } => {
             let path = format!("/v1/projects/{}/ip-rules/check?ip={}", q(&project), q(&ip));
             let v = call_json("GET", &client, &path, Payload::None)?;
             if json {
                 println!("{v:#}");
             } else {
-                let verdict = if v["allowed"].as_bool() == Some(true) { "allowed" } else { "refused" };
+                let verdict = if v["allowed"].as_bool() == Some(true) {
+                    "allowed"
+                } else {
+                    "refused"
+                };
                 let rule = &v["rule"];
                 match rule["cidr"].as_str() {
-                    Some(c) => println!("{} is {verdict} ({}): {} list entry {c} {}", v["ip"].as_str().unwrap_or(&ip), v["reason"].as_str().unwrap_or(""), rule["list"].as_str().unwrap_or(""), rule["note"].as_str().unwrap_or("")),
-                    None => println!("{} is {verdict} ({})", v["ip"].as_str().unwrap_or(&ip), v["reason"].as_str().unwrap_or("")),
+                    Some(c) => println!(
+                        "{} is {verdict} ({}): {} list entry {c} {}",
+                        v["ip"].as_str().unwrap_or(&ip),
+                        v["reason"].as_str().unwrap_or(""),
+                        rule["list"].as_str().unwrap_or(""),
+                        rule["note"].as_str().unwrap_or("")
+                    ),
+                    None => println!(
+                        "{} is {verdict} ({})",
+                        v["ip"].as_str().unwrap_or(&ip),
+                        v["reason"].as_str().unwrap_or("")
+                    ),
                 }
             }
         }

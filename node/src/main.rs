@@ -128,7 +128,6 @@ pub(crate) struct NodeArgs {
     pub(crate) http_addr: String,
 }
 
-
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();

@@ -91,6 +91,7 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
     let master = p.setup.master_key.clone();
     let cluster = Cluster::start(p.setup, p.store, &p.data_dir.root).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    palisade_admin::metrics_handle();
     let edge = palisade_edge::Edge::start(
         cluster.reader.clone(),
         master,
@@ -117,6 +118,7 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
     let state = Arc::new(AdminState {
         cluster: cluster.clone(),
         view: edge.view.clone(),
+        metrics: palisade_admin::metrics_handle(),
     });
     let admin = tokio::spawn(serve_admin(state, admin_listener, stop_rx));
     if !p.node_file.joined {

@@ -54,7 +54,11 @@ pub async fn run(
                     actor: format!("node:{}", cluster.node_id),
                     source_ip: String::new(),
                     action: "ip_rule.expire".into(),
-                    target: format!("{scope}/ip-rules/{} ({} entries)", list.as_str(), batch.len()),
+                    target: format!(
+                        "{scope}/ip-rules/{} ({} entries)",
+                        list.as_str(),
+                        batch.len()
+                    ),
                     outcome: "ok".into(),
                 };
                 let req = Request::new(Command::DeleteExpired { keys, at: now }).with_audit(audit);

@@ -49,8 +49,7 @@ pub enum ClusterError {
 pub const MAX_ENTRY_BYTES: usize = 1 << 20;
 const MAX_PAYLOAD_ENTRIES: u64 = 24;
 const _: () = assert!(
-    MAX_ENTRY_BYTES * MAX_PAYLOAD_ENTRIES as usize + (1 << 20)
-        < crate::transport::proto::MAX_FRAME
+    MAX_ENTRY_BYTES * MAX_PAYLOAD_ENTRIES as usize + (1 << 20) < crate::transport::proto::MAX_FRAME
 );
 
 impl ClusterError {

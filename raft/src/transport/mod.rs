@@ -97,7 +97,10 @@ pub fn transfer_allowance(len: usize) -> Duration {
     Duration::from_micros((len as u64).saturating_sub(64 << 10) / 10)
 }
 
-pub async fn write_encoded(send: &mut quinn::SendStream, body: &[u8]) -> Result<(), TransportError> {
+pub async fn write_encoded(
+    send: &mut quinn::SendStream,
+    body: &[u8],
+) -> Result<(), TransportError> {
     if body.len() > MAX_FRAME {
         return Err(TransportError::Frame(format!(
             "frame of {} bytes exceeds {MAX_FRAME}",
