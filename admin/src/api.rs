@@ -399,7 +399,7 @@ pub(crate) async fn commit(
     }
 }
 
-pub(crate) fn bad_request(e: impl std::fmt::Display) -> poem::Error {
+fn bad_request(e: impl std::fmt::Display) -> poem::Error {
     error(StatusCode::BAD_REQUEST, e)
 }
 

@@ -570,7 +570,7 @@ async fn import_rules(
                             continue;
                         }
                     }
-                    parse_line(text, columns.as_ref().filter(|_| csv), now)
+                    parse_line(text, columns.as_ref(), now)
                 }
             },
         };
@@ -610,11 +610,15 @@ async fn import_rules(
     };
     let actor = format!("key:{}", p.key_id);
     let total = entries.len();
-    let batches: Vec<Vec<_>> = entries.chunks(IMPORT_BATCH).map(|c| c.to_vec()).collect();
-    drop(entries);
+    // Batches are taken from the parsed entries as they are sent, not copied up front.
+    let mut entries = entries.into_iter();
+    let batches = std::iter::from_fn(move || {
+        let batch: Vec<_> = entries.by_ref().take(IMPORT_BATCH).collect();
+        (!batch.is_empty()).then_some(batch)
+    });
     let mut written = 0usize;
     let mut last_index = 0u64;
-    let mut results = futures::stream::iter(batches.into_iter().enumerate())
+    let mut results = futures::stream::iter(batches.enumerate())
         .map(|(i, batch)| {
             let records: Vec<Record> = batch
                 .into_iter()

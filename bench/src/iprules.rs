@@ -49,6 +49,14 @@ pub fn http_addrs(c: &TestCluster) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// A keep-alive client to every node's public HTTP port, from 127.0.0.1.
+pub fn probes(c: &TestCluster) -> Vec<Probe> {
+    http_addrs(c)
+        .into_iter()
+        .map(|a| Probe::new(a, None))
+        .collect()
+}
+
 /// Wait until every node answers `want` for `host` as seen from `xff`; the time it took.
 pub fn until_every_node(
     probes: &mut [Probe],
@@ -82,10 +90,7 @@ pub fn propagation(
     trials: usize,
     second_octet: u8,
 ) -> Result<Vec<Duration>> {
-    let mut probes: Vec<Probe> = http_addrs(c)
-        .into_iter()
-        .map(|a| Probe::new(a, None))
-        .collect();
+    let mut probes = probes(c);
     let mut samples = Vec::with_capacity(trials);
     for i in 0..trials {
         let addr =

@@ -204,6 +204,16 @@ fn mask_v6(addr: u128, len: u8) -> u128 {
     }
 }
 
+fn v4_cidr((len, net): (u8, u32)) -> Option<Cidr> {
+    let net = ipnet::Ipv4Net::new(net.into(), len).ok()?;
+    Some(Cidr::from_net(net.into()))
+}
+
+fn v6_cidr((len, net): (u8, u128)) -> Option<Cidr> {
+    let net = ipnet::Ipv6Net::new(net.into(), len).ok()?;
+    Some(Cidr::from_net(net.into()))
+}
+
 /// A list of addresses and networks (one project's allow list, say).
 #[derive(Clone, Default)]
 pub struct PrefixSet {
@@ -242,15 +252,11 @@ impl PrefixSet {
         match canonical(ip) {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
-                let (len, net) = self.v4.find(now, |len| mask_v4(a, len))?;
-                let net = ipnet::Ipv4Net::new(net.into(), len).ok()?;
-                Some(Cidr::from_net(net.into()))
+                self.v4.find(now, |len| mask_v4(a, len)).and_then(v4_cidr)
             }
             IpAddr::V6(a) => {
                 let a = u128::from(a);
-                let (len, net) = self.v6.find(now, |len| mask_v6(a, len))?;
-                let net = ipnet::Ipv6Net::new(net.into(), len).ok()?;
-                Some(Cidr::from_net(net.into()))
+                self.v6.find(now, |len| mask_v6(a, len)).and_then(v6_cidr)
             }
         }
     }
@@ -261,27 +267,11 @@ impl PrefixSet {
 
     /// Entries whose expiry is at or before `now`.
     pub fn expired(&self, now: u64) -> Vec<Cidr> {
-        let v4 = self
-            .v4
-            .entries
-            .iter()
-            .filter(|&(_, e)| e <= now)
-            .filter_map(|((len, net), _)| {
-                ipnet::Ipv4Net::new(net.into(), len)
-                    .ok()
-                    .map(|n| Cidr::from_net(n.into()))
-            });
-        let v6 = self
-            .v6
-            .entries
-            .iter()
-            .filter(|&(_, e)| e <= now)
-            .filter_map(|((len, net), _)| {
-                ipnet::Ipv6Net::new(net.into(), len)
-                    .ok()
-                    .map(|n| Cidr::from_net(n.into()))
-            });
-        v4.chain(v6).collect()
+        let v4 = self.v4.entries.iter().filter(|&(_, e)| e <= now);
+        let v6 = self.v6.entries.iter().filter(|&(_, e)| e <= now);
+        v4.filter_map(|(k, _)| v4_cidr(k))
+            .chain(v6.filter_map(|(k, _)| v6_cidr(k)))
+            .collect()
     }
 
     /// Entries that have not expired at `now`.
@@ -399,21 +389,13 @@ impl AccessRules {
         }
     }
 
-    pub fn project(&self, p: &ProjectId) -> Option<&ProjectLists> {
-        self.projects.get(p).map(|l| &**l)
-    }
-
     /// Every project with lists, for sweeping expired entries.
     pub fn projects(&self) -> impl Iterator<Item = (&ProjectId, &ProjectLists)> {
         self.projects.iter().map(|(p, l)| (p, &**l))
     }
 
-    /// The cluster-wide check alone (at connection accept, before TLS).
-    pub fn cluster_blocked(&self, ip: IpAddr, now: u64) -> Option<Cidr> {
-        self.cluster_block.find(ip, now)
-    }
-
-    /// The whole decision for a request to `project` from `ip` at `now` (Unix ms).
+    /// The whole decision for a request to `project` from `ip` at `now` (Unix ms); with no
+    /// project, the cluster-wide list alone.
     pub fn decide(&self, project: Option<&ProjectId>, ip: IpAddr, now: u64) -> Decision {
         if let Some(rule) = self.cluster_block.find(ip, now) {
             return Decision::deny(Reason::ClusterBlock, Some(rule));

@@ -18,7 +18,7 @@ use palisade_raft::crypto::MasterKey;
 use palisade_raft::model::{HeaderPolicy, Project, Record, RecordKey};
 use palisade_raft::store::StateReader;
 
-use crate::access::{Decision, Reason};
+use crate::access::Decision;
 use crate::client_ip::ClientIpResolver;
 use crate::proxy::{Forwarded, Proxy};
 use crate::response::{apply_security_headers, error_page, full, wants_json, Body};
@@ -116,15 +116,14 @@ impl Pipeline {
             .unwrap_or_else(|| "-".into());
 
         let acme = !conn.https && req.uri().path().starts_with(ACME_PREFIX);
-        let decision = view.access.decide(
-            route.as_ref().map(|r| &r.domain.project),
-            client_ip,
-            palisade_raft::now_ms(),
-        );
-        let denied = !decision.allowed && !(acme && decision.reason != Reason::ClusterBlock);
+        // The ACME path answers to the cluster-wide list only: the CA is on no project's list.
+        let lists_of = route.as_ref().filter(|_| !acme).map(|r| &r.domain.project);
+        let decision = view
+            .access
+            .decide(lists_of, client_ip, palisade_raft::now_ms());
 
         let mut resp = match route {
-            _ if denied => {
+            _ if !decision.allowed => {
                 denial(&decision, &project_label, client_ip, &request_id);
                 error_page(
                     StatusCode::FORBIDDEN,

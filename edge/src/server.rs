@@ -68,7 +68,7 @@ pub async fn serve(
         let limits = limits.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            metrics::gauge!("palisade_active_connections").increment(1.0);
+            let _active = ActiveConnection::new();
             let mut stream = stream;
             let mut peer = peer;
             // Only a trusted load balancer may say where a connection comes from; anyone else
@@ -83,20 +83,15 @@ pub async fn serve(
                     Ok(Ok(Some(src))) => {
                         peer = src;
                         if refused_at_accept(&pipeline, peer.ip()) {
-                            metrics::gauge!("palisade_active_connections").decrement(1.0);
                             return;
                         }
                     }
                     Ok(Ok(None)) => {}
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "bad PROXY header");
-                        metrics::gauge!("palisade_active_connections").decrement(1.0);
                         return;
                     }
-                    Err(_) => {
-                        metrics::gauge!("palisade_active_connections").decrement(1.0);
-                        return;
-                    }
+                    Err(_) => return,
                 }
             }
             let conn = Conn { peer, https };
@@ -120,7 +115,6 @@ pub async fn serve(
                 }
                 None => serve_conn(stream, conn, pipeline, &limits, watcher).await,
             }
-            metrics::gauge!("palisade_active_connections").decrement(1.0);
         });
     }
     drop(listener);
@@ -158,6 +152,23 @@ async fn serve_conn<S>(
     }
 }
 
+/// Counts a connection in `palisade_active_connections` for as long as it lives, whichever way
+/// its task ends.
+struct ActiveConnection;
+
+impl ActiveConnection {
+    fn new() -> Self {
+        metrics::gauge!("palisade_active_connections").increment(1.0);
+        ActiveConnection
+    }
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("palisade_active_connections").decrement(1.0);
+    }
+}
+
 /// The cluster-wide block list, checked on the connection's source (the socket peer, or the
 /// source a PROXY header named) before a byte of TLS is spent on it. The caller drops the
 /// connection when this says yes.
@@ -168,8 +179,8 @@ fn refused_at_accept(pipeline: &Pipeline, ip: std::net::IpAddr) -> bool {
     }
     let refused = view
         .access
-        .cluster_blocked(ip, palisade_raft::now_ms())
-        .is_some();
+        .cluster_block
+        .contains(ip, palisade_raft::now_ms());
     if refused {
         metrics::counter!("palisade_ip_denied_total", "project" => "*", "list" => "cluster_block", "stage" => "accept").increment(1);
     }

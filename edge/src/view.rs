@@ -245,8 +245,7 @@ impl LiveView {
             Ok(v) => {
                 let index = v.index;
                 self.current.store(Arc::new(v));
-                self.seen
-                    .send_if_modified(|i| std::mem::replace(i, index.max(*i)) != *i);
+                self.seen.send_modify(|i| *i = (*i).max(index));
             }
             Err(e) => {
                 tracing::error!(error = %e, "reloading the edge view failed; keeping the previous one")

@@ -68,10 +68,7 @@ fn lists_decide_exactly_at_their_boundaries_in_order_on_every_node() {
         json!({ "list": "block", "cidr": "2001:db8:1::/48" }),
     );
     add(&c, 0, shop, json!({ "list": "block", "cidr": "192.0.2.7" }));
-    let mut probes: Vec<Probe> = iprules::http_addrs(&c)
-        .into_iter()
-        .map(|a| Probe::new(a, None))
-        .collect();
+    let mut probes: Vec<Probe> = iprules::probes(&c);
     // Let every node take the last write in (the API answered once it was committed).
     iprules::until_every_node(
         &mut probes,
@@ -549,10 +546,7 @@ fn an_entry_stops_matching_on_every_node_at_its_expiry_and_is_swept_later() {
     .unwrap();
     iprules::site(&c, 0, "shop", "shop.test", up.addr).unwrap();
     iprules::site(&c, 0, "intranet", "intranet.test", up.addr).unwrap();
-    let mut probes: Vec<Probe> = iprules::http_addrs(&c)
-        .into_iter()
-        .map(|a| Probe::new(a, None))
-        .collect();
+    let mut probes: Vec<Probe> = iprules::probes(&c);
     let v = add(
         &c,
         1,
@@ -691,10 +685,7 @@ fn a_rule_reaches_every_node_in_milliseconds_even_beside_a_million_entries() {
         })
         .unwrap();
     }
-    let mut probes: Vec<Probe> = iprules::http_addrs(&c)
-        .into_iter()
-        .map(|a| Probe::new(a, None))
-        .collect();
+    let mut probes: Vec<Probe> = iprules::probes(&c);
     let after: Vec<_> = pids.iter().map(|&p| iprules::rss_kib(p)).collect();
     eprintln!(
         "import of 1,000,000 entries: {:.1} s (API answer), applied on all nodes {:.1} s later; RSS before/after/peak (MiB): {:?}",

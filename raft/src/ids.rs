@@ -159,10 +159,6 @@ impl Cidr {
         self.0
     }
 
-    pub fn prefix_len(&self) -> u8 {
-        self.0.prefix_len()
-    }
-
     pub fn from_net(net: ipnet::IpNet) -> Cidr {
         Cidr(canonical_net(net))
     }
