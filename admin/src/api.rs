@@ -1,41 +1,107 @@
-//! The `/v1` routes. Errors are JSON `{"error": "..."}` with a status that says whether a retry
-//! can help (503) or not (4xx).
+//! The `/v1` routes and the probes. Errors have one shape (see [`crate::http`]) and a status that
+//! says whether a retry can help (503) or not (4xx).
+//!
+//! # Who may do what
+//!
+//! | role       | may                                                                     |
+//! |------------|-------------------------------------------------------------------------|
+//! | `viewer`   | read everything in its scope                                            |
+//! | `operator` | also change IP rules, bot protection and domains in its scope           |
+//! | `admin`    | also create and delete projects, upload and renew certificates, manage  |
+//! |            | keys below `admin`, change the cluster-wide block list                  |
+//! | `owner`    | also manage the cluster (join tokens, members, leadership), settings,   |
+//! |            | configuration import, and keys of any role                              |
+//!
+//! A key scoped to a project reaches only that project's resources; cluster-wide routes refuse
+//! it with 403, and listings show it only its project.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_raft::cluster::{Cluster, ClusterError};
 use palisade_raft::command::{Command, Request, Response};
-use palisade_raft::ids::{Hostname, Name, ProjectId, RequestId};
+use palisade_raft::ids::{Cidr, Hostname, Name, NodeId, ProjectId, RequestId};
 use palisade_raft::model::{
-    prefix, AuditEntry, Cert, CertSource, ClusterSettings, Domain, Project, Record, RecordKey,
-    Role, TlsMode,
+    prefix, AuditEntry, BotMode, BotPolicy, Cert, CertSource, ClusterSettings, Domain,
+    HeaderPolicy, Limits, Project, Record, RecordKey, Role, TlsMode,
 };
 use palisade_raft::now_ms;
-use poem::http::{HeaderMap, StatusCode};
-use poem::web::{Data, Json, Path, Query, RemoteAddr};
-use poem::{delete, get, handler, post, EndpointExt, IntoResponse, Route};
-use serde::Deserialize;
+use poem::http::StatusCode;
+use poem::web::{Data, Json, Path};
+use poem::{delete, get, handler, post, Endpoint, EndpointExt, IntoResponse, Route};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::auth::{authenticate, AuthError, Principal};
+use crate::auth::{authenticate, claimed_id, AuthError, Principal};
+use crate::guard::Guard;
+pub(crate) use crate::http::{error, invalid};
+use crate::http::{path_param, Caller, JsonBody, OptionalJsonBody, QueryParams};
+
+/// What the node's configuration says about its admin API.
+#[derive(Debug, Clone)]
+pub struct AdminOptions {
+    /// When not empty, the only sources that reach the admin API.
+    pub allowed_ips: Vec<Cidr>,
+    /// How often key use is written.
+    pub last_used_flush: Duration,
+    pub audit_max_age: Duration,
+    pub audit_max_entries: u64,
+}
+
+impl Default for AdminOptions {
+    fn default() -> Self {
+        AdminOptions {
+            allowed_ips: Vec::new(),
+            last_used_flush: Duration::from_secs(60),
+            audit_max_age: Duration::from_secs(365 * 86_400),
+            audit_max_entries: 1_000_000,
+        }
+    }
+}
 
 pub struct AdminState {
     pub cluster: Arc<Cluster>,
     /// This node's edge view: what the data plane enforces (the IP rule check reads it).
     pub view: Arc<palisade_edge::view::LiveView>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub options: AdminOptions,
+    pub guard: Arc<Guard>,
 }
 
-pub fn routes(state: Arc<AdminState>) -> impl poem::Endpoint {
+impl AdminState {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        view: Arc<palisade_edge::view::LiveView>,
+        options: AdminOptions,
+    ) -> Self {
+        AdminState {
+            cluster,
+            view,
+            metrics: crate::metrics_handle(),
+            options,
+            guard: Arc::new(Guard::default()),
+        }
+    }
+}
+
+pub fn routes(state: Arc<AdminState>) -> impl Endpoint {
     let route = Route::new()
+        .at("/healthz", get(healthz))
+        .at("/readyz", get(readyz))
         .at("/v1/health", get(health))
         .at("/metrics", get(prometheus))
         .at("/v1/cluster/status", get(cluster_status))
         .at("/v1/cluster/join-tokens", post(create_join_token))
         .at("/v1/cluster/members/:id", delete(remove_member))
+        .at("/v1/cluster/members/:id/promote", post(promote_member))
+        .at("/v1/cluster/leader", post(transfer_leader))
         .at("/v1/projects", get(list_projects).post(create_project))
-        .at("/v1/projects/:id", get(get_project))
+        .at(
+            "/v1/projects/:id",
+            get(get_project).patch(patch_project).delete(delete_project),
+        )
+        .at("/v1/projects/:id/bot", get(get_bot).put(put_bot))
         .at("/v1/audit", get(list_audit))
         .at("/v1/domains", get(list_domains))
         .at(
@@ -44,76 +110,161 @@ pub fn routes(state: Arc<AdminState>) -> impl poem::Endpoint {
         )
         .at("/v1/certificates", get(list_certs).post(upload_cert))
         .at("/v1/settings", get(get_settings).put(put_settings));
-    crate::iprules::routes(route).data(state)
+    let route = crate::keys::routes(route);
+    let route = crate::iprules::routes(route);
+    let allowed = state.options.allowed_ips.clone();
+    route
+        .around(move |ep, req| {
+            let allowed = allowed.clone();
+            async move {
+                // Outside admin.allowed_ips the admin API does not exist: the same bare 404 as
+                // a path that matches no route, before authentication or any other work.
+                let source = req.remote_addr().as_socket_addr().map(|a| a.ip());
+                if !allowed.is_empty() && !source.is_some_and(|ip| admitted(&allowed, ip)) {
+                    return Ok(StatusCode::NOT_FOUND.into_response());
+                }
+                let started = std::time::Instant::now();
+                let method = req.method().to_string();
+                let resp = ep.call(req).await.map(IntoResponse::into_response);
+                let status = match &resp {
+                    Ok(r) => r.status().as_u16(),
+                    Err(e) => e.status().as_u16(),
+                };
+                metrics::counter!("palisade_admin_requests_total", "method" => method, "status" => status.to_string()).increment(1);
+                metrics::histogram!("palisade_admin_request_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                resp
+            }
+        })
+        .data(state)
+}
+
+fn admitted(allowed: &[Cidr], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    allowed.iter().any(|c| c.contains(ip))
 }
 
 type ApiResult = poem::Result<poem::Response>;
 
-pub(crate) fn error(status: StatusCode, msg: impl std::fmt::Display) -> poem::Error {
-    poem::Error::from_response((status, Json(json!({ "error": msg.to_string() }))).into_response())
+pub(crate) fn internal(e: impl std::fmt::Display) -> poem::Error {
+    error(StatusCode::INTERNAL_SERVER_ERROR, e)
 }
 
 pub(crate) fn cluster_error(e: ClusterError) -> poem::Error {
     let status = match &e {
         ClusterError::Refused(_) => StatusCode::CONFLICT,
         ClusterError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        ClusterError::NotApplied { .. } => StatusCode::GATEWAY_TIMEOUT,
         e if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e)
 }
 
-pub(crate) fn authorize(
-    state: &AdminState,
-    headers: &HeaderMap,
-    needs: Role,
-) -> poem::Result<Principal> {
-    let key = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    authenticate(&state.cluster.reader, key.trim(), needs, now_ms()).map_err(|e| match e {
-        AuthError::Forbidden => error(StatusCode::FORBIDDEN, e),
-        _ => error(StatusCode::UNAUTHORIZED, e),
-    })
+/// What a route is about, for a project-scoped key.
+#[derive(Clone, Copy)]
+pub(crate) enum Within<'a> {
+    /// Cluster-wide: refused to scoped keys.
+    Cluster,
+    /// One project's resources.
+    Project(&'a ProjectId),
+    /// A listing the handler filters down to the key's project.
+    Listing,
 }
 
-pub(crate) fn request_id(headers: &HeaderMap) -> poem::Result<RequestId> {
-    match headers.get("idempotency-key") {
-        None => Ok(RequestId::random()),
-        Some(v) => v.to_str().ok().and_then(|s| s.parse().ok()).ok_or_else(|| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "Idempotency-Key must be 1 to 128 printable characters",
-            )
-        }),
+/// Check the caller's key for the role and scope a route needs.
+///
+/// A key unknown to this node may have been created a moment ago through another node, so the
+/// node catches up with the leader once before it says no. A failure to authenticate is
+/// audited and answered later the more often the source has failed.
+pub(crate) async fn authorize(
+    state: &AdminState,
+    caller: &Caller,
+    needs: Role,
+    within: Within<'_>,
+) -> poem::Result<Principal> {
+    let key = caller.bearer();
+    let reader = &state.cluster.reader;
+    let mut result = authenticate(reader, key, needs, now_ms());
+    if result.as_ref().err() == Some(&AuthError::Unknown)
+        && state.cluster.linearizable_barrier().await.is_ok()
+    {
+        result = authenticate(reader, key, needs, now_ms());
+    }
+    let p = match result {
+        Ok(p) => p,
+        Err(e) if e.is_authentication() => {
+            let entry = AuditEntry {
+                seq: 0,
+                at: now_ms(),
+                actor: claimed_id(key)
+                    .map(|id| format!("key:{id}"))
+                    .unwrap_or_else(|| "anonymous".into()),
+                source_ip: caller.source(),
+                action: "auth.failure".into(),
+                target: format!("{} {}", caller.method, caller.path),
+                outcome: format!("denied: {e}"),
+            };
+            let wait = state.guard.failed(caller.ip, entry);
+            tokio::time::sleep(wait).await;
+            return Err(error(StatusCode::UNAUTHORIZED, e));
+        }
+        Err(e) => {
+            return Err(error(
+                StatusCode::FORBIDDEN,
+                format!("{e}: it needs {}", needs.as_str()),
+            ))
+        }
+    };
+    state.guard.used(&p.key_id);
+    match (&p.project, within) {
+        (None, _) | (Some(_), Within::Listing) => Ok(p),
+        (Some(mine), Within::Project(wanted)) if mine == wanted => Ok(p),
+        (Some(mine), Within::Project(_)) => Err(error(
+            StatusCode::FORBIDDEN,
+            format!("this key is limited to project {mine}"),
+        )),
+        (Some(mine), Within::Cluster) => Err(error(
+            StatusCode::FORBIDDEN,
+            format!("this key is limited to project {mine}; this route is cluster-wide"),
+        )),
     }
 }
 
-pub(crate) fn audit(p: &Principal, remote: &RemoteAddr, action: &str, target: &str) -> AuditEntry {
+pub(crate) fn request_id(caller: &Caller) -> poem::Result<RequestId> {
+    match caller.headers.get("idempotency-key") {
+        None => Ok(RequestId::random()),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| invalid("idempotency-key", "must be 1 to 128 printable characters")),
+    }
+}
+
+pub(crate) fn audit(p: &Principal, caller: &Caller, action: &str, target: &str) -> AuditEntry {
     AuditEntry {
         seq: 0,
         at: now_ms(),
-        actor: format!("key:{}", p.key_id),
-        source_ip: remote
-            .as_socket_addr()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default(),
+        actor: p.actor(),
+        source_ip: caller.source(),
         action: action.to_string(),
         target: target.to_string(),
         outcome: "ok".to_string(),
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize, Default)]
 pub(crate) struct ReadOpts {
     /// `linearizable` (default) or `local`.
     pub(crate) consistency: Option<String>,
 }
 
-pub(crate) async fn read_barrier(state: &AdminState, opts: &ReadOpts) -> poem::Result<()> {
-    match opts.consistency.as_deref() {
+pub(crate) async fn read_barrier(
+    state: &AdminState,
+    consistency: Option<&str>,
+) -> poem::Result<()> {
+    match consistency {
         None | Some("linearizable") => state
             .cluster
             .linearizable_barrier()
@@ -121,11 +272,123 @@ pub(crate) async fn read_barrier(state: &AdminState, opts: &ReadOpts) -> poem::R
             .map(|_| ())
             .map_err(cluster_error),
         Some("local") => Ok(()),
-        Some(other) => Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("consistency must be linearizable or local, not {other:?}"),
+        Some(other) => Err(invalid(
+            "consistency",
+            format!("must be linearizable or local, not {other:?}"),
         )),
     }
+}
+
+/// Write one command with its audit entry under the caller's idempotency key; the applied log
+/// index and whether this was a retry, or 409 when the state machine refused it. With
+/// `?wait=all` the answer waits until every voter has applied the write.
+pub(crate) async fn commit(
+    state: &AdminState,
+    caller: &Caller,
+    command: Command,
+    audit: AuditEntry,
+) -> poem::Result<(u64, bool)> {
+    let req = Request::new(command)
+        .with_id(request_id(caller)?)
+        .with_audit(audit);
+    let (index, duplicate) = match state.cluster.write(req).await.map_err(cluster_error)? {
+        Response::Applied { index, duplicate } => (index, duplicate),
+        Response::Refused { reason } => return Err(error(StatusCode::CONFLICT, reason)),
+        other => return Err(internal(format!("unexpected answer {other:?}"))),
+    };
+    if caller.wait_all {
+        state
+            .cluster
+            .wait_applied_everywhere(index, WAIT_ALL_TIMEOUT)
+            .await
+            .map_err(cluster_error)?;
+    }
+    Ok((index, duplicate))
+}
+
+const WAIT_ALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`commit`], answered with 201 (created) or 200 and `{index, duplicate, …extra}`.
+async fn apply(
+    state: &AdminState,
+    caller: &Caller,
+    command: Command,
+    audit: AuditEntry,
+    created: bool,
+    extra: serde_json::Value,
+) -> ApiResult {
+    let (index, duplicate) = commit(state, caller, command, audit).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut body = json!({ "index": index, "duplicate": duplicate });
+    if let (Some(b), serde_json::Value::Object(extra)) = (body.as_object_mut(), extra) {
+        b.extend(extra);
+    }
+    Ok((status, Json(body)).into_response())
+}
+
+fn get_record(state: &AdminState, key: &RecordKey) -> poem::Result<Option<Record>> {
+    state.cluster.reader.get(key).map_err(internal)
+}
+
+fn project(state: &AdminState, id: &ProjectId) -> poem::Result<Project> {
+    match get_record(state, &RecordKey::Project { id: id.clone() })? {
+        Some(Record::Project(p)) => Ok(p),
+        _ => Err(error(StatusCode::NOT_FOUND, format!("no project {id}"))),
+    }
+}
+
+/// A string field that must be there and hold something other than blanks.
+pub(crate) fn required_text(field: &str, value: &str, max: usize) -> poem::Result<()> {
+    if value.trim().is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if value.len() > max {
+        return Err(invalid(field, format!("is longer than {max} bytes")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(field, "holds control characters"));
+    }
+    Ok(())
+}
+
+// ---- probes --------------------------------------------------------------------------------
+
+/// The process is up and serving.
+#[handler]
+async fn healthz() -> poem::Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+/// A member of the cluster that has caught up with the leader's commit index: safe to send
+/// reads and writes to.
+#[handler]
+async fn readyz(state: Data<&Arc<AdminState>>) -> poem::Response {
+    let s = state.cluster.local_status();
+    let member = s.members.iter().any(|m| m.id == s.node_id);
+    let caught_up = member
+        && tokio::time::timeout(Duration::from_secs(2), state.cluster.linearizable_barrier())
+            .await
+            .is_ok_and(|r| r.is_ok());
+    let (status, why) = match (member, caught_up) {
+        (true, true) => (StatusCode::OK, None),
+        (false, _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("not a member of a cluster yet"),
+        ),
+        (true, false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("not caught up with a leader"),
+        ),
+    };
+    let body = json!({
+        "ready": why.is_none(), "reason": why, "node_id": s.node_id, "leader": s.leader,
+        "applied": state.cluster.reader.applied_index(),
+    });
+    (status, Json(body)).into_response()
 }
 
 #[handler]
@@ -141,27 +404,32 @@ async fn health(state: Data<&Arc<AdminState>>) -> poem::Response {
     (status, Json(body)).into_response()
 }
 
-/// Prometheus text: the edge's, the transport's and the admin API's counters (viewer key; a
-/// scraper sends it as a bearer token).
+/// Prometheus text: the edge's, the transport's, Raft's and the admin API's series (viewer key;
+/// a scraper sends it as a bearer token).
 #[handler]
-async fn prometheus(state: Data<&Arc<AdminState>>, headers: &HeaderMap) -> ApiResult {
-    authorize(&state, headers, Role::Viewer)?;
+async fn prometheus(state: Data<&Arc<AdminState>>, caller: Caller) -> ApiResult {
+    authorize(&state, &caller, Role::Viewer, Within::Cluster).await?;
     let s = state.cluster.local_status();
     metrics::gauge!("palisade_raft_applied_index").set(s.applied as f64);
+    metrics::gauge!("palisade_raft_term").set(s.term as f64);
+    metrics::gauge!("palisade_raft_last_log_index").set(s.last_log_index.unwrap_or(0) as f64);
     metrics::gauge!("palisade_raft_is_leader")
         .set(f64::from(u8::from(s.leader == Some(s.node_id))));
+    metrics::gauge!("palisade_raft_members").set(s.members.len() as f64);
     Ok(poem::Response::builder()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render()))
 }
 
+// ---- cluster -------------------------------------------------------------------------------
+
 #[handler]
-async fn cluster_status(state: Data<&Arc<AdminState>>, headers: &HeaderMap) -> ApiResult {
-    authorize(&state, headers, Role::Viewer)?;
+async fn cluster_status(state: Data<&Arc<AdminState>>, caller: Caller) -> ApiResult {
+    authorize(&state, &caller, Role::Viewer, Within::Cluster).await?;
     Ok(Json(state.cluster.status().await).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct TokenBody {
     #[serde(default = "default_token_ttl")]
     ttl_seconds: u64,
@@ -174,26 +442,23 @@ fn default_token_ttl() -> u64 {
 #[handler]
 async fn create_join_token(
     state: Data<&Arc<AdminState>>,
-    headers: &HeaderMap,
-    body: Option<Json<TokenBody>>,
+    caller: Caller,
+    body: OptionalJsonBody<TokenBody>,
 ) -> ApiResult {
-    let p = authorize(&state, headers, Role::Owner)?;
+    let p = authorize(&state, &caller, Role::Owner, Within::Cluster).await?;
     let ttl = body
+        .0
         .map(|b| b.ttl_seconds)
         .unwrap_or_else(default_token_ttl);
     if ttl == 0 || ttl > 7 * 24 * 3600 {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "ttl_seconds must be between 1 and 604800",
+        return Err(invalid(
+            "ttl_seconds",
+            format!("{ttl} is not between 1 and 604800"),
         ));
     }
     let token = state
         .cluster
-        .create_join_token(
-            Duration::from_secs(ttl),
-            &format!("key:{}", p.key_id),
-            now_ms(),
-        )
+        .create_join_token(Duration::from_secs(ttl), &p.actor(), now_ms())
         .await
         .map_err(cluster_error)?;
     Ok((
@@ -203,207 +468,529 @@ async fn create_join_token(
         .into_response())
 }
 
+/// Membership changes are Raft entries of their own; the audit entry follows them.
+async fn audit_after(state: &AdminState, entry: AuditEntry) {
+    let write = state
+        .cluster
+        .write(Request::new(Command::AuditOnly).with_audit(entry))
+        .await;
+    if let Err(e) = write {
+        tracing::warn!(error = %e, "a membership change is done but its audit entry is not");
+    }
+}
+
 #[handler]
 async fn remove_member(
     state: Data<&Arc<AdminState>>,
-    headers: &HeaderMap,
-    remote: &RemoteAddr,
-    Path(id): Path<u64>,
+    caller: Caller,
+    Path(id): Path<String>,
 ) -> ApiResult {
-    let p = authorize(&state, headers, Role::Owner)?;
+    let p = authorize(&state, &caller, Role::Owner, Within::Cluster).await?;
+    let id: NodeId = path_param("id", &id)?;
     state
         .cluster
         .remove_member(id)
         .await
         .map_err(cluster_error)?;
-    let entry = audit(&p, remote, "cluster.member.remove", &format!("node/{id}"));
-    // Membership changes are Raft entries of their own; the audit entry follows them.
-    let _ = state
-        .cluster
-        .write(Request::new(Command::AuditOnly).with_audit(entry))
-        .await;
+    audit_after(
+        &state,
+        audit(&p, &caller, "cluster.member.remove", &format!("node/{id}")),
+    )
+    .await;
     Ok(Json(json!({ "removed": id })).into_response())
 }
 
-#[derive(Deserialize)]
+/// Make a learner a voter (a member that is already one stays one).
+#[handler]
+async fn promote_member(
+    state: Data<&Arc<AdminState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let p = authorize(&state, &caller, Role::Owner, Within::Cluster).await?;
+    let id: NodeId = path_param("id", &id)?;
+    let status = state.cluster.status().await;
+    let Some(member) = status.members.iter().find(|m| m.id == id) else {
+        return Err(error(StatusCode::NOT_FOUND, format!("no member {id}")));
+    };
+    state
+        .cluster
+        .add_member(id, member.node.clone())
+        .await
+        .map_err(cluster_error)?;
+    audit_after(
+        &state,
+        audit(&p, &caller, "cluster.member.promote", &format!("node/{id}")),
+    )
+    .await;
+    Ok(Json(json!({ "promoted": id })).into_response())
+}
+
+#[derive(Deserialize, Serialize)]
+struct LeaderBody {
+    node_id: NodeId,
+}
+
+#[handler]
+async fn transfer_leader(
+    state: Data<&Arc<AdminState>>,
+    caller: Caller,
+    body: JsonBody<LeaderBody>,
+) -> ApiResult {
+    let p = authorize(&state, &caller, Role::Owner, Within::Cluster).await?;
+    let to = body.0.node_id;
+    state
+        .cluster
+        .transfer_leadership(to, Duration::from_secs(10))
+        .await
+        .map_err(|e| match e {
+            ClusterError::Refused(why) => invalid("node_id", why),
+            e => cluster_error(e),
+        })?;
+    audit_after(
+        &state,
+        audit(
+            &p,
+            &caller,
+            "cluster.leader.transfer",
+            &format!("node/{to}"),
+        ),
+    )
+    .await;
+    Ok(Json(json!({ "leader": to })).into_response())
+}
+
+// ---- projects ------------------------------------------------------------------------------
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 struct NewProject {
     id: String,
     name: String,
     #[serde(default)]
-    headers: Option<palisade_raft::model::HeaderPolicy>,
+    headers: Option<HeaderPolicy>,
     #[serde(default)]
-    limits: Option<palisade_raft::model::Limits>,
+    limits: Option<Limits>,
+    #[serde(default)]
+    bot: Option<BotPolicy>,
+}
+
+const MAX_NAME: usize = 200;
+
+fn check_limits(l: &Limits) -> poem::Result<()> {
+    if l.max_body_bytes == 0 || l.max_body_bytes > 1 << 40 {
+        return Err(invalid(
+            "limits.max_body_bytes",
+            format!("{} is not between 1 and 2^40", l.max_body_bytes),
+        ));
+    }
+    Ok(())
+}
+
+fn check_headers(h: &HeaderPolicy) -> poem::Result<()> {
+    if h.hsts_max_age > 2 * 31_536_000 {
+        return Err(invalid(
+            "headers.hsts_max_age",
+            format!("{} is more than two years in seconds", h.hsts_max_age),
+        ));
+    }
+    if h.hsts_preload && (h.hsts_max_age < 31_536_000 || !h.hsts_include_subdomains) {
+        return Err(invalid(
+            "headers.hsts_preload",
+            "needs hsts_max_age of at least one year and hsts_include_subdomains",
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_bot(field: &str, b: &BotPolicy) -> poem::Result<()> {
+    let bad = |name: &str, why: String| invalid(&format!("{field}.{name}"), why);
+    if !(8..=28).contains(&b.difficulty_bits) {
+        return Err(bad(
+            "difficulty_bits",
+            format!("{} is not between 8 and 28", b.difficulty_bits),
+        ));
+    }
+    if b.requests_per_minute == 0 {
+        return Err(bad("requests_per_minute", "must be above 0".into()));
+    }
+    if b.failed_logins == 0 {
+        return Err(bad("failed_logins", "must be above 0".into()));
+    }
+    if b.session_minutes == 0 || b.session_minutes > 43_200 {
+        return Err(bad(
+            "session_minutes",
+            format!("{} is not between 1 and 43200", b.session_minutes),
+        ));
+    }
+    Ok(())
 }
 
 #[handler]
 async fn create_project(
     state: Data<&Arc<AdminState>>,
-    headers: &HeaderMap,
-    remote: &RemoteAddr,
-    body: poem::Result<Json<NewProject>>,
+    caller: Caller,
+    body: JsonBody<NewProject>,
 ) -> ApiResult {
-    let p = authorize(&state, headers, Role::Admin)?;
-    let Json(body) = body.map_err(|e| error(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+    let p = authorize(&state, &caller, Role::Admin, Within::Cluster).await?;
+    let body = body.0;
     let id: ProjectId = body
         .id
         .parse()
-        .map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+        .map_err(|e| invalid("id", format!("{:?}: {e}", body.id)))?;
+    required_text("name", &body.name, MAX_NAME)?;
+    let headers = body.headers.unwrap_or_default();
+    check_headers(&headers)?;
+    let limits = body.limits.unwrap_or_default();
+    check_limits(&limits)?;
+    let bot = body.bot.unwrap_or_default();
+    check_bot("bot", &bot)?;
+    if get_record(&state, &RecordKey::Project { id: id.clone() })?.is_some() {
+        return Err(error(StatusCode::CONFLICT, format!("project {id} exists")));
+    }
     let project = Project {
         id: id.clone(),
         name: body.name,
-        headers: body.headers.unwrap_or_default(),
-        bot: Default::default(),
-        limits: body.limits.unwrap_or_default(),
+        headers,
+        bot,
+        limits,
         created_at: now_ms(),
     };
-    let entry = audit(&p, remote, "project.create", &format!("project/{id}"));
+    let entry = audit(&p, &caller, "project.create", &format!("project/{id}"));
     let command = Command::Put {
         record: Record::Project(project.clone()),
     };
-    let (index, duplicate) = commit(&state, headers, command, entry).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "project": project, "index": index, "duplicate": duplicate })),
+    apply(
+        &state,
+        &caller,
+        command,
+        entry,
+        true,
+        json!({ "project": project }),
     )
-        .into_response())
+    .await
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct ProjectPatch {
+    name: Option<String>,
+    headers: Option<HeaderPolicy>,
+    limits: Option<Limits>,
 }
 
 #[handler]
-async fn get_project(
+async fn patch_project(
     state: Data<&Arc<AdminState>>,
-    headers: &HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
-    Query(opts): Query<ReadOpts>,
+    body: JsonBody<ProjectPatch>,
 ) -> ApiResult {
-    authorize(&state, headers, Role::Viewer)?;
-    let id: ProjectId = id.parse().map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
-    read_barrier(&state, &opts).await?;
-    match state
-        .cluster
-        .reader
-        .get(&RecordKey::Project { id: id.clone() })
-    {
-        Ok(Some(Record::Project(p))) => Ok(Json(p).into_response()),
-        Ok(_) => Err(error(StatusCode::NOT_FOUND, format!("no project {id}"))),
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+    let id: ProjectId = path_param("id", &id)?;
+    let p = authorize(&state, &caller, Role::Admin, Within::Project(&id)).await?;
+    let mut project = project(&state, &id)?;
+    let patch = body.0;
+    if let Some(name) = patch.name {
+        required_text("name", &name, MAX_NAME)?;
+        project.name = name;
     }
+    if let Some(h) = patch.headers {
+        check_headers(&h)?;
+        project.headers = h;
+    }
+    if let Some(l) = patch.limits {
+        check_limits(&l)?;
+        project.limits = l;
+    }
+    let entry = audit(&p, &caller, "project.update", &format!("project/{id}"));
+    let command = Command::Put {
+        record: Record::Project(project.clone()),
+    };
+    apply(
+        &state,
+        &caller,
+        command,
+        entry,
+        false,
+        json!({ "project": project }),
+    )
+    .await
 }
 
-#[derive(Deserialize)]
+#[handler]
+async fn delete_project(
+    state: Data<&Arc<AdminState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let id: ProjectId = path_param("id", &id)?;
+    let p = authorize(&state, &caller, Role::Admin, Within::Project(&id)).await?;
+    project(&state, &id)?;
+    let mut domains = Vec::new();
+    state
+        .cluster
+        .reader
+        .for_each(prefix::DOMAIN, |r| {
+            if let Record::Domain(d) = r {
+                if d.project == id {
+                    domains.push(d.host.to_string());
+                }
+            }
+        })
+        .map_err(internal)?;
+    if !domains.is_empty() {
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!("project {id} still has domains {domains:?}; delete them first"),
+        ));
+    }
+    let entry = audit(&p, &caller, "project.delete", &format!("project/{id}"));
+    let command = Command::Delete {
+        key: RecordKey::Project { id },
+    };
+    apply(&state, &caller, command, entry, false, json!({})).await
+}
+
+#[derive(Deserialize, Serialize, Default)]
 struct ListOpts {
     consistency: Option<String>,
     after: Option<String>,
     limit: Option<usize>,
-    action: Option<String>,
 }
 
+impl ListOpts {
+    fn limit(&self) -> poem::Result<usize> {
+        match self.limit {
+            None => Ok(100),
+            Some(n @ 1..=10_000) => Ok(n),
+            Some(n) => Err(invalid("limit", format!("{n} is not between 1 and 10000"))),
+        }
+    }
+}
+
+/// One page of the records under `pfx` that `keep` accepts, and the cursor of the next page.
 fn page(
     state: &AdminState,
     pfx: &str,
     opts: &ListOpts,
     keep: impl Fn(&Record) -> bool,
-) -> poem::Result<Vec<Record>> {
-    let limit = opts.limit.unwrap_or(100).clamp(1, 10_000);
-    let after = opts.after.as_ref().map(|a| format!("{pfx}{a}"));
-    let records = state
-        .cluster
-        .reader
-        .scan(pfx, after.as_deref(), usize::MAX)
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    Ok(records
-        .into_iter()
-        .filter(|r| keep(r))
-        .take(limit)
-        .collect())
+) -> poem::Result<(Vec<Record>, Option<String>)> {
+    let limit = opts.limit()?;
+    let mut after = opts.after.as_ref().map(|a| format!("{pfx}{a}"));
+    let mut out = Vec::new();
+    loop {
+        let batch = state
+            .cluster
+            .reader
+            .scan(pfx, after.as_deref(), 1024)
+            .map_err(internal)?;
+        let done = batch.len() < 1024;
+        after = batch.last().map(|r| r.key().encode());
+        for r in batch {
+            if keep(&r) {
+                if out.len() == limit {
+                    let cursor = out
+                        .last()
+                        .map(|r: &Record| r.key().encode()[pfx.len()..].to_string());
+                    return Ok((out, cursor));
+                }
+                out.push(r);
+            }
+        }
+        if done {
+            return Ok((out, None));
+        }
+    }
 }
 
 #[handler]
 async fn list_projects(
     state: Data<&Arc<AdminState>>,
-    headers: &HeaderMap,
-    Query(opts): Query<ListOpts>,
+    caller: Caller,
+    opts: QueryParams<ListOpts>,
 ) -> ApiResult {
-    authorize(&state, headers, Role::Viewer)?;
-    read_barrier(
-        &state,
-        &ReadOpts {
-            consistency: opts.consistency.clone(),
-        },
-    )
-    .await?;
-    let items = page(&state, prefix::PROJECT, &opts, |_| true)?;
-    Ok(Json(json!({ "items": items })).into_response())
+    let p = authorize(&state, &caller, Role::Viewer, Within::Listing).await?;
+    read_barrier(&state, opts.0.consistency.as_deref()).await?;
+    let (items, next) = page(&state, prefix::PROJECT, &opts.0, |r| {
+        match (r, &p.project) {
+            (Record::Project(pr), Some(mine)) => &pr.id == mine,
+            _ => true,
+        }
+    })?;
+    Ok(Json(json!({ "items": items, "next": next })).into_response())
 }
 
 #[handler]
+async fn get_project(
+    state: Data<&Arc<AdminState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    opts: QueryParams<ReadOpts>,
+) -> ApiResult {
+    let id: ProjectId = path_param("id", &id)?;
+    authorize(&state, &caller, Role::Viewer, Within::Project(&id)).await?;
+    read_barrier(&state, opts.0.consistency.as_deref()).await?;
+    Ok(Json(project(&state, &id)?).into_response())
+}
+
+// ---- bot protection policy -----------------------------------------------------------------
+
+#[handler]
+async fn get_bot(
+    state: Data<&Arc<AdminState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    opts: QueryParams<ReadOpts>,
+) -> ApiResult {
+    let id: ProjectId = path_param("id", &id)?;
+    authorize(&state, &caller, Role::Viewer, Within::Project(&id)).await?;
+    read_barrier(&state, opts.0.consistency.as_deref()).await?;
+    Ok(Json(project(&state, &id)?.bot).into_response())
+}
+
+#[handler]
+async fn put_bot(
+    state: Data<&Arc<AdminState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: JsonBody<BotPolicy>,
+) -> ApiResult {
+    let id: ProjectId = path_param("id", &id)?;
+    let p = authorize(&state, &caller, Role::Operator, Within::Project(&id)).await?;
+    let bot = body.0;
+    check_bot("body", &bot)?;
+    let mut project = project(&state, &id)?;
+    project.bot = bot;
+    let entry = audit(&p, &caller, "bot.policy.put", &format!("project/{id}"));
+    let command = Command::Put {
+        record: Record::Project(project.clone()),
+    };
+    apply(
+        &state,
+        &caller,
+        command,
+        entry,
+        false,
+        json!({ "bot": project.bot }),
+    )
+    .await
+}
+
+// ---- audit ---------------------------------------------------------------------------------
+
+#[derive(Deserialize, Serialize, Default)]
+struct AuditQuery {
+    consistency: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+    /// Unix ms, inclusive.
+    since: Option<u64>,
+    /// Unix ms, exclusive.
+    until: Option<u64>,
+    actor: Option<String>,
+    action: Option<String>,
+    target: Option<String>,
+    /// `json` (default) or `csv`.
+    format: Option<String>,
+}
+
+const AUDIT_COLUMNS: [&str; 7] = [
+    "seq",
+    "at",
+    "actor",
+    "source_ip",
+    "action",
+    "target",
+    "outcome",
+];
+
+/// Query the audit log: by time (`since`/`until`, Unix ms), `actor` and `target` (prefix match:
+/// `key:ab12` finds every entry of that key), and `action` (exact, or a prefix ending in `.`:
+/// `ip_rule.`). `format=csv` answers CSV with a header row.
+#[handler]
 async fn list_audit(
     state: Data<&Arc<AdminState>>,
-    headers: &HeaderMap,
-    Query(opts): Query<ListOpts>,
+    caller: Caller,
+    q: QueryParams<AuditQuery>,
 ) -> ApiResult {
-    authorize(&state, headers, Role::Viewer)?;
-    read_barrier(
-        &state,
-        &ReadOpts {
-            consistency: opts.consistency.clone(),
-        },
-    )
-    .await?;
-    let action = opts.action.clone();
-    let items = page(&state, prefix::AUDIT, &opts, |r| match (r, &action) {
-        (Record::Audit(a), Some(want)) => &a.action == want,
-        _ => true,
-    })?;
-    Ok(Json(json!({ "items": items })).into_response())
-}
-
-/// Write one command with its audit entry; 201/200 with the applied index, 409 when refused.
-async fn apply(
-    state: &AdminState,
-    headers: &HeaderMap,
-    command: Command,
-    audit: AuditEntry,
-    created: bool,
-) -> ApiResult {
-    let (index, duplicate) = commit(state, headers, command, audit).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
+    authorize(&state, &caller, Role::Viewer, Within::Cluster).await?;
+    let q = q.0;
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(invalid(
+                "format",
+                format!("must be json or csv, not {other:?}"),
+            ))
+        }
     };
-    Ok((
-        status,
-        Json(json!({ "index": index, "duplicate": duplicate })),
-    )
-        .into_response())
-}
-
-/// Write one command with its audit entry under the caller's idempotency key; the applied log
-/// index and whether this was a retry, or 409 when the state machine refused it.
-pub(crate) async fn commit(
-    state: &AdminState,
-    headers: &HeaderMap,
-    command: Command,
-    audit: AuditEntry,
-) -> poem::Result<(u64, bool)> {
-    let req = Request::new(command)
-        .with_id(request_id(headers)?)
-        .with_audit(audit);
-    match state.cluster.write(req).await.map_err(cluster_error)? {
-        Response::Applied { index, duplicate } => Ok((index, duplicate)),
-        Response::Refused { reason } => Err(error(StatusCode::CONFLICT, reason)),
-        other => Err(error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("unexpected answer {other:?}"),
-        )),
+    if let (Some(a), Some(b)) = (q.since, q.until) {
+        if b <= a {
+            return Err(invalid("until", format!("{b} is not after since = {a}")));
+        }
     }
+    if let Some(after) = &q.after {
+        if after.len() != 20 || !after.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid(
+                "after",
+                format!("{after:?} is not a cursor from a previous page"),
+            ));
+        }
+    }
+    read_barrier(&state, q.consistency.as_deref()).await?;
+    let opts = ListOpts {
+        consistency: None,
+        after: q.after.clone(),
+        limit: q.limit,
+    };
+    let (items, next) = page(&state, prefix::AUDIT, &opts, |r| {
+        let Record::Audit(a) = r else { return false };
+        q.since.is_none_or(|t| a.at >= t)
+            && q.until.is_none_or(|t| a.at < t)
+            && q.actor.as_deref().is_none_or(|x| a.actor.starts_with(x))
+            && q.target.as_deref().is_none_or(|x| a.target.starts_with(x))
+            && q.action
+                .as_deref()
+                .is_none_or(|x| a.action == x || (x.ends_with('.') && a.action.starts_with(x)))
+    })?;
+    let entries: Vec<AuditEntry> = items
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Audit(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    if !csv {
+        return Ok(Json(json!({ "items": entries, "next": next })).into_response());
+    }
+    let mut out = AUDIT_COLUMNS.join(",");
+    out.push('\n');
+    for a in &entries {
+        let row = [
+            a.seq.to_string(),
+            a.at.to_string(),
+            a.actor.clone(),
+            a.source_ip.clone(),
+            a.action.clone(),
+            a.target.clone(),
+            a.outcome.clone(),
+        ];
+        let row: Vec<String> = row.iter().map(|f| crate::http::csv_field(f)).collect();
+        out.push_str(&row.join(","));
+        out.push('\n');
+    }
+    let mut resp = poem::Response::builder().content_type("text/csv; charset=utf-8");
+    if let Some(next) = next {
+        resp = resp.header("x-next-cursor", next);
+    }
+    Ok(resp.body(out))
 }
 
-fn bad_request(e: impl std::fmt::Display) -> poem::Error {
-    error(StatusCode::BAD_REQUEST, e)
-}
+// ---- domains -------------------------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 struct DomainBody {
     project: String,
     upstreams: Vec<String>,
@@ -411,129 +998,165 @@ struct DomainBody {
     tls: Option<TlsMode>,
     #[serde(default)]
     redirect_https: Option<bool>,
+    #[serde(default)]
+    bot_override: Option<BotMode>,
+}
+
+const MAX_UPSTREAMS: usize = 64;
+
+pub(crate) fn check_upstream(field: &str, u: &str) -> poem::Result<()> {
+    let port_ok = u
+        .rsplit_once(':')
+        .and_then(|(h, p)| (!h.is_empty()).then_some(p))
+        .and_then(|p| p.parse::<u16>().ok())
+        .is_some_and(|p| p > 0);
+    if !port_ok
+        || u.len() > 300
+        || u.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+    {
+        return Err(invalid(field, format!("{u:?} must be HOST:PORT")));
+    }
+    Ok(())
 }
 
 #[handler]
 async fn put_domain(
     state: Data<&Arc<AdminState>>,
-    headers: &HeaderMap,
-    remote: &RemoteAddr,
+    caller: Caller,
     Path(host): Path<String>,
-    body: poem::Result<Json<DomainBody>>,
+    body: JsonBody<DomainBody>,
 ) -> ApiResult {
-    let p = authorize(&state, headers, Role::Operator)?;
-    let Json(body) = body.map_err(|e| bad_request(format!("body: {e}")))?;
-    let host: Hostname = host.parse().map_err(bad_request)?;
-    let project: ProjectId = body.project.parse().map_err(bad_request)?;
-    if state
-        .cluster
-        .reader
-        .get(&RecordKey::Project {
-            id: project.clone(),
-        })
-        .ok()
-        .flatten()
-        .is_none()
+    let host: Hostname = path_param("host", &host)?;
+    let body = body.0;
+    let project_id: ProjectId = body
+        .project
+        .parse()
+        .map_err(|e| invalid("project", format!("{:?}: {e}", body.project)))?;
+    let p = authorize(
+        &state,
+        &caller,
+        Role::Operator,
+        Within::Project(&project_id),
+    )
+    .await?;
+    // Moving a domain between projects needs the right to both.
+    if let Some(Record::Domain(existing)) =
+        get_record(&state, &RecordKey::Domain { host: host.clone() })?
     {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            format!("no project {project}"),
+        if let Some(mine) = &p.project {
+            if &existing.project != mine {
+                return Err(error(
+                    StatusCode::FORBIDDEN,
+                    format!("domain {host} belongs to project {}", existing.project),
+                ));
+            }
+        }
+    }
+    project(&state, &project_id)?;
+    if body.upstreams.is_empty() {
+        return Err(invalid("upstreams", "must name at least one HOST:PORT"));
+    }
+    if body.upstreams.len() > MAX_UPSTREAMS {
+        return Err(invalid(
+            "upstreams",
+            format!("holds more than {MAX_UPSTREAMS} entries"),
         ));
     }
     for (i, u) in body.upstreams.iter().enumerate() {
-        if u.rsplit_once(':')
-            .and_then(|(h, p)| (!h.is_empty()).then_some(p))
-            .and_then(|p| p.parse::<u16>().ok())
-            .is_none()
-        {
-            return Err(bad_request(format!(
-                "upstreams[{i}] = {u:?} must be HOST:PORT"
-            )));
-        }
+        check_upstream(&format!("upstreams[{i}]"), u)?;
     }
     let domain = Domain {
         host: host.clone(),
-        project,
+        project: project_id,
         upstreams: body.upstreams,
         tls: body.tls.unwrap_or_default(),
         redirect_https: body.redirect_https.unwrap_or(true),
-        bot_override: None,
+        bot_override: body.bot_override,
     };
-    let entry = audit(&p, remote, "domain.put", &format!("domain/{host}"));
+    let entry = audit(&p, &caller, "domain.put", &format!("domain/{host}"));
+    let command = Command::Put {
+        record: Record::Domain(domain.clone()),
+    };
     apply(
         &state,
-        headers,
-        Command::Put {
-            record: Record::Domain(domain),
-        },
+        &caller,
+        command,
         entry,
         true,
+        json!({ "domain": domain }),
     )
     .await
+}
+
+fn domain(state: &AdminState, host: &Hostname) -> poem::Result<Domain> {
+    match get_record(state, &RecordKey::Domain { host: host.clone() })? {
+        Some(Record::Domain(d)) => Ok(d),
+        _ => Err(error(StatusCode::NOT_FOUND, format!("no domain {host}"))),
+    }
 }
 
 #[handler]
 async fn delete_domain(
     state: Data<&Arc<AdminState>>,
-    headers: &HeaderMap,
-    remote: &RemoteAddr,
+    caller: Caller,
     Path(host): Path<String>,
 ) -> ApiResult {
-    let p = authorize(&state, headers, Role::Operator)?;
-    let host: Hostname = host.parse().map_err(bad_request)?;
-    let entry = audit(&p, remote, "domain.delete", &format!("domain/{host}"));
-    apply(
-        &state,
-        headers,
-        Command::Delete {
-            key: RecordKey::Domain { host },
-        },
-        entry,
-        false,
-    )
-    .await
+    let host: Hostname = path_param("host", &host)?;
+    let p = authorize(&state, &caller, Role::Operator, Within::Listing).await?;
+    let d = domain(&state, &host)?;
+    if p.project.as_ref().is_some_and(|mine| mine != &d.project) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            format!("domain {host} belongs to project {}", d.project),
+        ));
+    }
+    let entry = audit(&p, &caller, "domain.delete", &format!("domain/{host}"));
+    let command = Command::Delete {
+        key: RecordKey::Domain { host },
+    };
+    apply(&state, &caller, command, entry, false, json!({})).await
 }
 
 #[handler]
 async fn get_domain(
     state: Data<&Arc<AdminState>>,
-    headers: &HeaderMap,
+    caller: Caller,
     Path(host): Path<String>,
-    Query(opts): Query<ReadOpts>,
+    opts: QueryParams<ReadOpts>,
 ) -> ApiResult {
-    authorize(&state, headers, Role::Viewer)?;
-    let host: Hostname = host.parse().map_err(bad_request)?;
-    read_barrier(&state, &opts).await?;
-    match state
-        .cluster
-        .reader
-        .get(&RecordKey::Domain { host: host.clone() })
-    {
-        Ok(Some(Record::Domain(d))) => Ok(Json(d).into_response()),
-        Ok(_) => Err(error(StatusCode::NOT_FOUND, format!("no domain {host}"))),
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+    let host: Hostname = path_param("host", &host)?;
+    let p = authorize(&state, &caller, Role::Viewer, Within::Listing).await?;
+    read_barrier(&state, opts.0.consistency.as_deref()).await?;
+    let d = domain(&state, &host)?;
+    if p.project.as_ref().is_some_and(|mine| mine != &d.project) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            format!("domain {host} belongs to project {}", d.project),
+        ));
     }
+    Ok(Json(d).into_response())
 }
 
 #[handler]
 async fn list_domains(
     state: Data<&Arc<AdminState>>,
-    headers: &HeaderMap,
-    Query(opts): Query<ListOpts>,
+    caller: Caller,
+    opts: QueryParams<ListOpts>,
 ) -> ApiResult {
-    authorize(&state, headers, Role::Viewer)?;
-    read_barrier(
-        &state,
-        &ReadOpts {
-            consistency: opts.consistency.clone(),
-        },
-    )
-    .await?;
-    let items = page(&state, prefix::DOMAIN, &opts, |_| true)?;
-    Ok(Json(json!({ "items": items })).into_response())
+    let p = authorize(&state, &caller, Role::Viewer, Within::Listing).await?;
+    read_barrier(&state, opts.0.consistency.as_deref()).await?;
+    let (items, next) = page(&state, prefix::DOMAIN, &opts.0, |r| match (r, &p.project) {
+        (Record::Domain(d), Some(mine)) => &d.project == mine,
+        _ => true,
+    })?;
+    Ok(Json(json!({ "items": items, "next": next })).into_response())
 }
 
-#[derive(Deserialize)]
+// ---- certificates --------------------------------------------------------------------------
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 struct CertBody {
     name: String,
     chain_pem: String,
@@ -544,22 +1167,18 @@ struct CertBody {
 fn cert_facts(chain_pem: &str) -> Result<(Vec<Hostname>, u64, u64, String), String> {
     use rustls_pki_types::pem::PemObject;
     let der = rustls_pki_types::CertificateDer::from_pem_slice(chain_pem.as_bytes())
-        .map_err(|e| format!("chain_pem: {e}"))?;
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(&der).map_err(|e| format!("chain_pem: {e}"))?;
+        .map_err(|e| e.to_string())?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| e.to_string())?;
     let mut hosts = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {
             if let x509_parser::extensions::GeneralName::DNSName(d) = n {
-                hosts.push(
-                    d.parse::<Hostname>()
-                        .map_err(|e| format!("chain_pem: {e}"))?,
-                );
+                hosts.push(d.parse::<Hostname>().map_err(|e| e.to_string())?);
             }
         }
     }
     if hosts.is_empty() {
-        return Err("chain_pem: the certificate names no DNS host (subjectAltName)".into());
+        return Err("the certificate names no DNS host (subjectAltName)".into());
     }
     let ms = |t: x509_parser::time::ASN1Time| (t.timestamp().max(0) as u64) * 1000;
     Ok((
@@ -573,19 +1192,21 @@ fn cert_facts(chain_pem: &str) -> Result<(Vec<Hostname>, u64, u64, String), Stri
 #[handler]
 async fn upload_cert(
     state: Data<&Arc<AdminState>>,
-    headers: &HeaderMap,
-    remote: &RemoteAddr,
-    body: poem::Result<Json<CertBody>>,
+    caller: Caller,
+    body: JsonBody<CertBody>,
 ) -> ApiResult {
-    let p = authorize(&state, headers, Role::Admin)?;
-    let Json(body) = body.map_err(|e| bad_request(format!("body: {e}")))?;
-    let name: Name = body.name.parse().map_err(bad_request)?;
+    let p = authorize(&state, &caller, Role::Admin, Within::Cluster).await?;
+    let body = body.0;
+    let name: Name = body
+        .name
+        .parse()
+        .map_err(|e| invalid("name", format!("{:?}: {e}", body.name)))?;
     let (hosts, not_before, not_after, issuer) =
-        cert_facts(&body.chain_pem).map_err(bad_request)?;
+        cert_facts(&body.chain_pem).map_err(|e| invalid("chain_pem", e))?;
     {
         use rustls_pki_types::pem::PemObject;
         rustls_pki_types::PrivateKeyDer::from_pem_slice(body.key_pem.as_bytes())
-            .map_err(|e| bad_request(format!("key_pem: {e}")))?;
+            .map_err(|e| invalid("key_pem", e))?;
     }
     let context = RecordKey::Cert { name: name.clone() }.encode();
     let cert = Cert {
@@ -601,51 +1222,53 @@ async fn upload_cert(
         issuer,
         source: CertSource::Manual,
     };
-    let entry = audit(&p, remote, "certificate.upload", &format!("cert/{name}"));
+    let entry = audit(&p, &caller, "certificate.upload", &format!("cert/{name}"));
+    let command = Command::Put {
+        record: Record::Cert(cert),
+    };
     apply(
         &state,
-        headers,
-        Command::Put {
-            record: Record::Cert(cert),
-        },
+        &caller,
+        command,
         entry,
         true,
+        json!({ "name": name }),
     )
     .await
 }
 
+/// Certificates without their keys: names, issuer, validity and whether they are current.
 #[handler]
 async fn list_certs(
     state: Data<&Arc<AdminState>>,
-    headers: &HeaderMap,
-    Query(opts): Query<ListOpts>,
+    caller: Caller,
+    opts: QueryParams<ListOpts>,
 ) -> ApiResult {
-    authorize(&state, headers, Role::Viewer)?;
-    read_barrier(
-        &state,
-        &ReadOpts {
-            consistency: opts.consistency.clone(),
-        },
-    )
-    .await?;
-    let items: Vec<_> = page(&state, prefix::CERT, &opts, |_| true)?
+    authorize(&state, &caller, Role::Viewer, Within::Cluster).await?;
+    read_barrier(&state, opts.0.consistency.as_deref()).await?;
+    let now = now_ms();
+    let (items, next) = page(&state, prefix::CERT, &opts.0, |_| true)?;
+    let items: Vec<_> = items
         .into_iter()
         .filter_map(|r| match r {
             Record::Cert(c) => Some(json!({
                 "name": c.name, "hosts": c.hosts, "issuer": c.issuer, "not_before": c.not_before,
                 "not_after": c.not_after, "source": c.source,
+                "status": if c.not_after <= now { "expired" } else if c.not_before > now { "not_yet_valid" } else { "valid" },
             })),
             _ => None,
         })
         .collect();
-    Ok(Json(json!({ "items": items })).into_response())
+    Ok(Json(json!({ "items": items, "next": next })).into_response())
 }
 
+// ---- settings ------------------------------------------------------------------------------
+
 #[handler]
-async fn get_settings(state: Data<&Arc<AdminState>>, headers: &HeaderMap) -> ApiResult {
-    authorize(&state, headers, Role::Viewer)?;
-    let s = match state.cluster.reader.get(&RecordKey::Settings) {
-        Ok(Some(Record::Settings(s))) => s,
+async fn get_settings(state: Data<&Arc<AdminState>>, caller: Caller) -> ApiResult {
+    authorize(&state, &caller, Role::Viewer, Within::Cluster).await?;
+    let s = match get_record(&state, &RecordKey::Settings)? {
+        Some(Record::Settings(s)) => s,
         _ => ClusterSettings::default(),
     };
     Ok(Json(s).into_response())
@@ -654,28 +1277,31 @@ async fn get_settings(state: Data<&Arc<AdminState>>, headers: &HeaderMap) -> Api
 #[handler]
 async fn put_settings(
     state: Data<&Arc<AdminState>>,
-    headers: &HeaderMap,
-    remote: &RemoteAddr,
-    body: poem::Result<Json<ClusterSettings>>,
+    caller: Caller,
+    body: JsonBody<ClusterSettings>,
 ) -> ApiResult {
-    let p = authorize(&state, headers, Role::Owner)?;
-    let Json(settings) = body.map_err(|e| bad_request(format!("body: {e}")))?;
-    if let Some(v) = settings.values.get("min_tls") {
-        if v != "1.2" && v != "1.3" {
-            return Err(bad_request(format!(
-                "min_tls = {v:?} must be \"1.2\" or \"1.3\""
-            )));
+    let p = authorize(&state, &caller, Role::Owner, Within::Cluster).await?;
+    let settings = body.0;
+    for (k, v) in &settings.values {
+        match k.as_str() {
+            "min_tls" if v != "1.2" && v != "1.3" => {
+                return Err(invalid(
+                    "values.min_tls",
+                    format!("{v:?} must be \"1.2\" or \"1.3\""),
+                ))
+            }
+            "min_tls" => {}
+            other => {
+                return Err(invalid(
+                    &format!("values.{other}"),
+                    "is not a setting (known: min_tls)",
+                ))
+            }
         }
     }
-    let entry = audit(&p, remote, "settings.put", "settings");
-    apply(
-        &state,
-        headers,
-        Command::Put {
-            record: Record::Settings(settings),
-        },
-        entry,
-        false,
-    )
-    .await
+    let entry = audit(&p, &caller, "settings.put", "settings");
+    let command = Command::Put {
+        record: Record::Settings(settings),
+    };
+    apply(&state, &caller, command, entry, false, json!({})).await
 }

@@ -25,17 +25,19 @@ use palisade_raft::command::{Command, Request, Response as WriteResponse};
 use palisade_raft::ids::{Cidr, ProjectId, RequestId};
 use palisade_raft::model::{ip_rule_prefix, IpRule, Millis, Record, RecordKey, Role, RuleList};
 use palisade_raft::now_ms;
-use poem::http::{HeaderMap, StatusCode};
-use poem::web::{Data, Json, Query, RemoteAddr};
+use poem::http::StatusCode;
+use poem::web::{Data, Json};
 use poem::{get, handler, post, Body, FromRequest, IntoResponse, Route};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use crate::api::{
-    audit, authorize, cluster_error, commit, error, read_barrier, request_id, AdminState, ReadOpts,
+    audit, authorize, cluster_error, commit, error, invalid, read_barrier, request_id, AdminState,
+    Within,
 };
 use crate::auth::Principal;
+use crate::http::{csv_field, Caller, QueryParams};
 
 /// Lines one import may hold.
 pub const MAX_IMPORT_LINES: usize = 1_000_000;
@@ -68,17 +70,6 @@ pub(crate) fn routes(r: Route) -> Route {
 }
 
 /// 400 with `{code, field, message}` naming what was wrong.
-fn invalid(field: &str, message: impl std::fmt::Display) -> poem::Error {
-    let message = message.to_string();
-    poem::Error::from_response(
-        (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "code": "invalid", "field": field, "message": message, "error": format!("{field}: {message}") })),
-        )
-            .into_response(),
-    )
-}
-
 /// Whose lists a request is about: `/v1/projects/{id}/…` or the cluster's.
 struct Scope(Option<ProjectId>);
 
@@ -104,30 +95,18 @@ impl Scope {
 
     /// The caller's key, checked for the role and for the scope. Changing the cluster-wide list
     /// takes an unscoped `admin`.
-    fn authorize(
+    async fn authorize(
         &self,
         state: &AdminState,
-        headers: &HeaderMap,
+        caller: &Caller,
         needs: Role,
     ) -> poem::Result<Principal> {
-        let needs = match &self.0 {
-            None if needs > Role::Viewer => Role::Admin,
-            _ => needs,
-        };
-        let p = authorize(state, headers, needs)?;
-        match (&p.project, &self.0) {
-            (None, _) => Ok(p),
-            (Some(mine), Some(wanted)) if mine == wanted => Ok(p),
-            (Some(mine), Some(_)) => Err(error(
-                StatusCode::FORBIDDEN,
-                format!("this key is limited to project {mine}"),
-            )),
-            (Some(mine), None) => Err(error(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "this key is limited to project {mine}; the cluster-wide list is not in it"
-                ),
-            )),
+        match &self.0 {
+            Some(p) => authorize(state, caller, needs, Within::Project(p)).await,
+            None if needs > Role::Viewer => {
+                authorize(state, caller, Role::Admin, Within::Cluster).await
+            }
+            None => authorize(state, caller, needs, Within::Cluster).await,
         }
     }
 
@@ -182,13 +161,7 @@ struct RuleQuery {
 
 impl RuleQuery {
     async fn barrier(&self, state: &AdminState) -> poem::Result<()> {
-        read_barrier(
-            state,
-            &ReadOpts {
-                consistency: self.consistency.clone(),
-            },
-        )
-        .await
+        read_barrier(state, self.consistency.as_deref()).await
     }
 }
 
@@ -222,11 +195,11 @@ fn check_expiry(field: &str, at: Millis, now: Millis) -> poem::Result<()> {
 #[handler]
 async fn list_rules(
     state: Data<&Arc<AdminState>>,
-    headers: &HeaderMap,
+    caller: Caller,
     scope: Scope,
-    Query(q): Query<RuleQuery>,
+    QueryParams(q): QueryParams<RuleQuery>,
 ) -> poem::Result<poem::Response> {
-    scope.authorize(&state, headers, Role::Viewer)?;
+    scope.authorize(&state, &caller, Role::Viewer).await?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 10_000 {
         return Err(invalid("limit", format!("{limit} is outside 1..=10000")));
@@ -274,12 +247,11 @@ struct NewRule {
 #[handler]
 async fn add_rule(
     state: Data<&Arc<AdminState>>,
-    headers: &HeaderMap,
-    remote: &RemoteAddr,
+    caller: Caller,
     scope: Scope,
     body: poem::Result<Json<NewRule>>,
 ) -> poem::Result<poem::Response> {
-    let p = scope.authorize(&state, headers, Role::Operator)?;
+    let p = scope.authorize(&state, &caller, Role::Operator).await?;
     let Json(body) = body.map_err(|e| invalid("body", e))?;
     let list = scope.list(body.list.as_deref())?;
     let cidr = parse_cidr("cidr", &body.cidr)?;
@@ -317,11 +289,11 @@ async fn add_rule(
         expires_at,
     };
     let target = format!("{}/ip-rules/{}/{cidr}", scope.label(), list.as_str());
-    let entry = audit(&p, remote, "ip_rule.add", &target);
+    let entry = audit(&p, &caller, "ip_rule.add", &target);
     let command = Command::Put {
         record: Record::IpRule(rule.clone()),
     };
-    let (index, duplicate) = commit(&state, headers, command, entry).await?;
+    let (index, duplicate) = commit(&state, &caller, command, entry).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "rule": rule, "index": index, "duplicate": duplicate })),
@@ -332,12 +304,11 @@ async fn add_rule(
 #[handler]
 async fn remove_rule(
     state: Data<&Arc<AdminState>>,
-    headers: &HeaderMap,
-    remote: &RemoteAddr,
+    caller: Caller,
     scope: Scope,
-    Query(q): Query<RuleQuery>,
+    QueryParams(q): QueryParams<RuleQuery>,
 ) -> poem::Result<poem::Response> {
-    let p = scope.authorize(&state, headers, Role::Operator)?;
+    let p = scope.authorize(&state, &caller, Role::Operator).await?;
     let list = scope.list(q.list.as_deref())?;
     let cidr = parse_cidr("cidr", q.cidr.as_deref().unwrap_or(""))?;
     let key = RecordKey::IpRule {
@@ -356,8 +327,8 @@ async fn remove_rule(
         Err(e) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
     }
     let target = format!("{}/ip-rules/{}/{cidr}", scope.label(), list.as_str());
-    let entry = audit(&p, remote, "ip_rule.remove", &target);
-    let (index, duplicate) = commit(&state, headers, Command::Delete { key }, entry).await?;
+    let entry = audit(&p, &caller, "ip_rule.remove", &target);
+    let (index, duplicate) = commit(&state, &caller, Command::Delete { key }, entry).await?;
     Ok(Json(json!({ "index": index, "duplicate": duplicate })).into_response())
 }
 
@@ -520,17 +491,17 @@ fn parse_line(
 #[handler]
 async fn import_rules(
     state: Data<&Arc<AdminState>>,
-    headers: &HeaderMap,
-    remote: &RemoteAddr,
+    caller: Caller,
     scope: Scope,
-    Query(q): Query<RuleQuery>,
+    QueryParams(q): QueryParams<RuleQuery>,
     body: Body,
 ) -> poem::Result<poem::Response> {
     let started = std::time::Instant::now();
-    let p = scope.authorize(&state, headers, Role::Operator)?;
+    let p = scope.authorize(&state, &caller, Role::Operator).await?;
     let list = scope.list(q.list.as_deref())?;
     scope.ensure_exists(&state)?;
-    let csv = headers
+    let csv = caller
+        .headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/csv"));
@@ -604,8 +575,8 @@ async fn import_rules(
             .into_response());
     }
 
-    let base_id = match headers.get("idempotency-key") {
-        Some(_) => Some(request_id(headers)?),
+    let base_id = match caller.headers.get("idempotency-key") {
+        Some(_) => Some(request_id(&caller)?),
         None => None,
     };
     let actor = format!("key:{}", p.key_id);
@@ -644,7 +615,7 @@ async fn import_rules(
             );
             let mut req = Request::new(Command::PutMany { records }).with_audit(audit(
                 &p,
-                remote,
+                &caller,
                 "ip_rule.import",
                 &target,
             ));
@@ -688,6 +659,13 @@ async fn import_rules(
             }
         }
     }
+    if caller.wait_all && last_index > 0 {
+        state
+            .cluster
+            .wait_applied_everywhere(last_index, Duration::from_secs(30))
+            .await
+            .map_err(cluster_error)?;
+    }
     tracing::info!(scope = %scope.label(), list = list.as_str(), entries = written, invalid = bad, ms = started.elapsed().as_millis() as u64, "IP rules imported");
     Ok(Json(json!({
         "imported": written, "invalid": bad, "errors": errors, "index": last_index,
@@ -696,23 +674,14 @@ async fn import_rules(
     .into_response())
 }
 
-/// A CSV field, quoted when it must be.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 #[handler]
 async fn export_rules(
     state: Data<&Arc<AdminState>>,
-    headers: &HeaderMap,
+    caller: Caller,
     scope: Scope,
-    Query(q): Query<RuleQuery>,
+    QueryParams(q): QueryParams<RuleQuery>,
 ) -> poem::Result<poem::Response> {
-    scope.authorize(&state, headers, Role::Viewer)?;
+    scope.authorize(&state, &caller, Role::Viewer).await?;
     let list = scope.list(q.list.as_deref())?;
     let json = match q.format.as_deref() {
         None | Some("csv") => false,
@@ -762,11 +731,11 @@ async fn export_rules(
 #[handler]
 async fn check(
     state: Data<&Arc<AdminState>>,
-    headers: &HeaderMap,
+    caller: Caller,
     scope: Scope,
-    Query(q): Query<RuleQuery>,
+    QueryParams(q): QueryParams<RuleQuery>,
 ) -> poem::Result<poem::Response> {
-    scope.authorize(&state, headers, Role::Viewer)?;
+    scope.authorize(&state, &caller, Role::Viewer).await?;
     let raw = q.ip.as_deref().unwrap_or("");
     let ip: IpAddr = raw
         .trim()

@@ -2,9 +2,13 @@
 //!
 //! # Layout
 //!
-//! - [`auth`]: API keys (format, hashing, constant-time check) and roles;
-//! - [`api`]: the `/v1` routes: health, cluster status and membership, join tokens, projects and
-//!   the audit log;
+//! - [`http`]: the request plumbing every route shares: the caller, JSON bodies with a size
+//!   limit and errors that name the field, and the one error shape;
+//! - [`auth`]: API keys (format, hashing, constant-time check), roles, and the per-source
+//!   slowdown of failed attempts; [`guard`] audits the failures and records key use;
+//! - [`api`]: the probes, `/metrics`, and the `/v1` routes for the cluster, projects, bot policy,
+//!   domains, certificates, settings and the audit log, with the role each needs;
+//! - [`keys`]: API keys: create (secret shown once), list, revoke;
 //! - [`iprules`]: IP allow and block lists: add, remove, list, bulk import and export, and the
 //!   "would this address pass?" check.
 //!
@@ -15,9 +19,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod guard;
+pub mod http;
 pub mod iprules;
+pub mod keys;
 
-pub use api::{routes, AdminState};
+pub use api::{routes, AdminOptions, AdminState};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +57,12 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> std::io::Result<()> {
+    tokio::spawn(
+        state
+            .guard
+            .clone()
+            .run(state.cluster.clone(), state.options.last_used_flush),
+    );
     let acceptor = poem::listener::TcpAcceptor::from_tokio(listener)?;
     poem::Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(routes(state), stop, Some(drain))

@@ -51,18 +51,32 @@ pub struct TestCluster {
     pub env: Vec<(String, String)>,
 }
 
-fn free_tcp() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free tcp port")
-}
-
-fn free_udp() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free udp port")
+/// A loopback port free for both TCP and UDP, handed out once per process.
+///
+/// Ports come from below the kernel's ephemeral range (32768 and up by default), so neither the
+/// outgoing connections of a busy test nor another `bind(:0)` can take one between the moment it
+/// is picked here and the moment the node binds it. Each process starts at its own offset and
+/// walks forward, so the threads of one test binary never share a port.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        let tcp = TcpListener::bind(("127.0.0.1", port));
+        let udp = UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOW} and {}", LOW + SPAN)
 }
 
 pub fn agent() -> ureq::Agent {
@@ -153,10 +167,10 @@ impl TestCluster {
                 .path()
                 .join(format!("n{}.log", self.nodes.len() + 1)),
             dir,
-            cluster_addr: format!("127.0.0.1:{}", free_udp()),
-            admin_addr: format!("127.0.0.1:{}", free_tcp()),
-            http_addr: format!("127.0.0.1:{}", free_tcp()),
-            https_addr: format!("127.0.0.1:{}", free_tcp()),
+            cluster_addr: format!("127.0.0.1:{}", free_port()),
+            admin_addr: format!("127.0.0.1:{}", free_port()),
+            http_addr: format!("127.0.0.1:{}", free_port()),
+            https_addr: format!("127.0.0.1:{}", free_port()),
             child: None,
         }
     }

@@ -65,6 +65,15 @@ pub struct AdminSection {
     pub listen: String,
     /// Allow the admin API on a public or wildcard address. Off by default.
     pub allow_public: bool,
+    /// When not empty, only these sources (addresses or CIDRs) reach the admin API; any other
+    /// gets the same 404 as a path that does not exist.
+    pub allowed_ips: Vec<String>,
+    /// How often a node records when API keys were last used.
+    pub last_used_flush_ms: u64,
+    /// Audit entries older than this are pruned by the leader.
+    pub audit_max_age_days: u64,
+    /// At most this many audit entries are kept (the oldest go first).
+    pub audit_max_entries: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,6 +118,10 @@ impl Default for AdminSection {
         AdminSection {
             listen: "127.0.0.1:7001".into(),
             allow_public: false,
+            allowed_ips: Vec::new(),
+            last_used_flush_ms: 60_000,
+            audit_max_age_days: 365,
+            audit_max_entries: 1_000_000,
         }
     }
 }
@@ -164,6 +177,7 @@ pub struct Validated {
     pub https_listen: SocketAddr,
     pub edge: palisade_edge::EdgeSettings,
     pub rule_sweep_interval: std::time::Duration,
+    pub admin: palisade_admin::AdminOptions,
 }
 
 fn socket(name: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -212,7 +226,8 @@ impl Config {
     /// Environment overrides, applied after the file: `PALISADE_RAFT_<FIELD>` for each `[raft]`
     /// field (for example `PALISADE_RAFT_SNAPSHOT_EVERY=500`), the edge's header-read and
     /// upstream-response timeouts and rule sweep interval, `PALISADE_EDGE_TRUSTED_PROXIES`
-    /// (comma-separated), `PALISADE_EDGE_PROXY_PROTOCOL`, and `PALISADE_LOG`.
+    /// (comma-separated), `PALISADE_EDGE_PROXY_PROTOCOL`, `PALISADE_ADMIN_ALLOWED_IPS`
+    /// (comma-separated), `PALISADE_ADMIN_LAST_USED_FLUSH_MS`, and `PALISADE_LOG`.
     pub fn apply_env(mut self) -> Result<Config, ConfigError> {
         let num = |var: &'static str, slot: &mut u64| -> Result<(), ConfigError> {
             if let Ok(v) = std::env::var(var) {
@@ -248,6 +263,18 @@ impl Config {
             "PALISADE_EDGE_RULE_SWEEP_INTERVAL_MS",
             &mut self.edge.rule_sweep_interval_ms,
         )?;
+        num(
+            "PALISADE_ADMIN_LAST_USED_FLUSH_MS",
+            &mut self.admin.last_used_flush_ms,
+        )?;
+        if let Ok(v) = std::env::var("PALISADE_ADMIN_ALLOWED_IPS") {
+            self.admin.allowed_ips = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+        }
         if let Ok(v) = std::env::var("PALISADE_EDGE_TRUSTED_PROXIES") {
             self.edge.trusted_proxies = v
                 .split(',')
@@ -302,6 +329,23 @@ impl Config {
                 "is a public or wildcard address; bind the admin API to a private address or set admin.allow_public = true",
             ));
         }
+        let mut admin_allowed = Vec::new();
+        for (i, c) in self.admin.allowed_ips.iter().enumerate() {
+            admin_allowed.push(c.parse().map_err(|e: palisade_raft::ids::InvalidId| {
+                ConfigError::Field {
+                    field: "admin.allowed_ips",
+                    value: format!("[{i}] {c}"),
+                    why: e.why.to_string(),
+                }
+            })?);
+        }
+        if self.admin.audit_max_entries < 1000 {
+            return Err(field(
+                "admin.audit_max_entries",
+                &self.admin.audit_max_entries.to_string(),
+                "must be at least 1000",
+            ));
+        }
         let http_listen = socket("public.http", &self.public.http)?;
         let https_listen = socket("public.https", &self.public.https)?;
         let mut trusted = Vec::new();
@@ -345,6 +389,8 @@ impl Config {
                 "edge.rule_sweep_interval_ms",
                 self.edge.rule_sweep_interval_ms,
             ),
+            ("admin.last_used_flush_ms", self.admin.last_used_flush_ms),
+            ("admin.audit_max_age_days", self.admin.audit_max_age_days),
         ] {
             if v == 0 {
                 return Err(field(name, "0", "must be above 0"));
@@ -385,6 +431,14 @@ impl Config {
             https_listen,
             edge,
             rule_sweep_interval: ms(self.edge.rule_sweep_interval_ms),
+            admin: palisade_admin::AdminOptions {
+                allowed_ips: admin_allowed,
+                last_used_flush: ms(self.admin.last_used_flush_ms),
+                audit_max_age: std::time::Duration::from_secs(
+                    self.admin.audit_max_age_days.saturating_mul(86_400),
+                ),
+                audit_max_entries: self.admin.audit_max_entries,
+            },
             raw: self,
         })
     }

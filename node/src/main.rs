@@ -287,8 +287,13 @@ pub(crate) async fn create_cluster(dd: &DataDir, args: &NodeArgs) -> Result<(Str
             let cluster = Cluster::start(p.setup, p.store, &root).await?;
             cluster.bootstrap().await?;
             let key = palisade_admin::auth::new_key(
-                Role::Owner,
-                "created by palisade init",
+                palisade_admin::auth::KeySpec {
+                    role: Role::Owner,
+                    project: None,
+                    expires_at: None,
+                    description: "created by palisade init",
+                    created_by: "init",
+                },
                 palisade_raft::now_ms(),
             );
             let resp = cluster

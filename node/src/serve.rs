@@ -113,13 +113,23 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
         cluster.clone(),
         edge.view.clone(),
         cfg.rule_sweep_interval,
+        crate::sweep::Retention {
+            max_age: cfg.admin.audit_max_age,
+            max_entries: cfg.admin.audit_max_entries,
+        },
         stop_rx.clone(),
     ));
-    let state = Arc::new(AdminState {
-        cluster: cluster.clone(),
-        view: edge.view.clone(),
-        metrics: palisade_admin::metrics_handle(),
-    });
+    if cfg.raw.admin.allow_public {
+        tracing::warn!(
+            admin = %cfg.admin_listen,
+            "admin.allow_public is set: the admin API may be reachable from public networks; keep admin.allowed_ips tight"
+        );
+    }
+    let state = Arc::new(AdminState::new(
+        cluster.clone(),
+        edge.view.clone(),
+        cfg.admin.clone(),
+    ));
     let admin = tokio::spawn(serve_admin(state, admin_listener, stop_rx));
     if !p.node_file.joined {
         tokio::spawn(finish_join(

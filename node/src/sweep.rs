@@ -1,6 +1,9 @@
-//! The sweep of expired IP rules. Expired entries already stop matching on every node at their
-//! expiry (the edge compares against the clock); this only removes them from the store, from the
-//! leader, with an audit entry naming the node.
+//! The leader's housekeeping: expired IP rules and old audit entries.
+//!
+//! Expired IP rules already stop matching on every node at their expiry (the edge compares
+//! against the clock); the sweep only removes them from the store, with an audit entry naming
+//! the node. The audit log is kept within `admin.audit_max_age_days` and
+//! `admin.audit_max_entries`, oldest entries first.
 //!
 //! An allow list whose entries have all expired is left alone: emptying it would open the
 //! project to everyone, and an allow list that lapses must fail closed until an operator acts.
@@ -12,17 +15,25 @@ use palisade_edge::view::LiveView;
 use palisade_raft::cluster::Cluster;
 use palisade_raft::command::{Command, Request};
 use palisade_raft::ids::{Cidr, ProjectId};
-use palisade_raft::model::{AuditEntry, RecordKey, RuleList};
+use palisade_raft::model::{prefix, AuditEntry, Record, RecordKey, RuleList};
 use palisade_raft::now_ms;
 use tokio::sync::watch;
 
 /// Keys per log entry, well under the entry size limit.
 const BATCH: usize = 2_000;
 
+/// How much audit log to keep.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub max_entries: u64,
+}
+
 pub async fn run(
     cluster: Arc<Cluster>,
     view: Arc<LiveView>,
     every: Duration,
+    retention: Retention,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -34,6 +45,9 @@ pub async fn run(
             continue;
         }
         let now = now_ms();
+        if let Err(e) = prune_audit(&cluster, retention, now).await {
+            tracing::warn!(error = %e, "pruning the audit log failed; next round retries");
+        }
         for (project, list, cidrs) in expired(&view, now) {
             for batch in cidrs.chunks(BATCH) {
                 let keys = batch
@@ -68,6 +82,44 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+/// Entries per prune command: one apply stays short.
+const PRUNE_BATCH: u32 = 10_000;
+
+async fn prune_audit(cluster: &Cluster, keep: Retention, now: u64) -> anyhow::Result<()> {
+    let before = now.saturating_sub(keep.max_age.as_millis() as u64);
+    loop {
+        let count = cluster.reader.count(prefix::AUDIT)?;
+        let excess = count.saturating_sub(keep.max_entries);
+        let below_seq = match excess {
+            0 => 0,
+            n => cluster
+                .reader
+                .scan(prefix::AUDIT, None, n.min(u64::from(PRUNE_BATCH)) as usize)?
+                .last()
+                .map(|r| r.key())
+                .and_then(|k| match k {
+                    RecordKey::Audit { seq } => Some(seq + 1),
+                    _ => None,
+                })
+                .unwrap_or(0),
+        };
+        let oldest_expired = cluster
+            .reader
+            .scan(prefix::AUDIT, None, 1)?
+            .first()
+            .is_some_and(|r| matches!(r, Record::Audit(a) if a.at < before));
+        if below_seq == 0 && !oldest_expired {
+            return Ok(());
+        }
+        let cmd = Command::PruneAudit {
+            before,
+            below_seq,
+            limit: PRUNE_BATCH,
+        };
+        cluster.write(Request::new(cmd)).await?;
     }
 }
 

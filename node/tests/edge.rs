@@ -510,18 +510,8 @@ fn websocket_and_large_bodies_stream_through() {
 /// Start `palisade dev`, run the curl line it prints, stop it; returns curl's output.
 fn dev_run_and_curl(dir: &Path) -> String {
     use std::io::{BufRead, BufReader};
-    let port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .to_string()
-    };
-    let cluster = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let port = || format!("127.0.0.1:{}", palisade_bench::harness::free_port());
+    let cluster = port();
     let mut child = std::process::Command::new(bin())
         .args(["dev", "--data-dir", dir.to_str().unwrap()])
         .args([

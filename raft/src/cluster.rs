@@ -39,6 +39,8 @@ pub enum ClusterError {
     Transport(#[from] TransportError),
     #[error("{0}")]
     Setup(String),
+    #[error("the write at index {index} is committed, but voters {missing:?} did not confirm applying it in time")]
+    NotApplied { index: u64, missing: Vec<NodeId> },
     #[error("a write of {0} bytes exceeds the limit of {max} bytes per log entry; split it", max = MAX_ENTRY_BYTES)]
     TooLarge(usize),
 }
@@ -405,6 +407,90 @@ impl Cluster {
         .await
     }
 
+    /// Wait until every voter has applied `index` (a write's commit index), asking them all at
+    /// once. The error names the voters that did not confirm within `timeout`.
+    pub async fn wait_applied_everywhere(
+        &self,
+        index: u64,
+        timeout: Duration,
+    ) -> Result<(), ClusterError> {
+        let membership = self.membership();
+        let waits = membership.voter_ids().map(|id| {
+            let node = membership.get_node(&id).cloned();
+            async move {
+                let reached = if id == self.node_id {
+                    matches!(
+                        tokio::time::timeout(timeout, self.reader.wait_applied(index)).await,
+                        Ok(true)
+                    )
+                } else if let Some(node) = node {
+                    let rpc = Rpc::WaitApplied {
+                        index,
+                        timeout_ms: timeout.as_millis() as u64,
+                    };
+                    self.transport
+                        .call::<u64>(id, &node.cluster_addr, &rpc, timeout + RETRY_PAUSE)
+                        .await
+                        .is_ok_and(|applied| applied >= index)
+                } else {
+                    false
+                };
+                (id, reached)
+            }
+        });
+        let missing: Vec<NodeId> = futures::future::join_all(waits)
+            .await
+            .into_iter()
+            .filter(|(_, reached)| !reached)
+            .map(|(id, _)| id)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(ClusterError::NotApplied { index, missing })
+        }
+    }
+
+    /// Make voter `to` the leader, and wait (up to `timeout`) until it is.
+    pub async fn transfer_leadership(
+        &self,
+        to: NodeId,
+        timeout: Duration,
+    ) -> Result<(), ClusterError> {
+        if !self.membership().voter_ids().any(|v| v == to) {
+            return Err(ClusterError::Refused(format!("node {to} is not a voter")));
+        }
+        self.on_leader(Rpc::TransferLeadership { to }, timeout, || async {
+            if self.node_id == to {
+                return Ok(());
+            }
+            self.raft
+                .trigger()
+                .transfer_leader(to)
+                .await
+                .map_err(|e| RemoteError::Failed {
+                    message: e.to_string(),
+                })
+        })
+        .await?;
+        let mut metrics = self.raft.metrics();
+        let became = tokio::time::timeout(timeout, async {
+            loop {
+                if metrics.borrow_watched().current_leader == Some(to) {
+                    return true;
+                }
+                if metrics.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await;
+        match became {
+            Ok(true) => Ok(()),
+            _ => Err(ClusterError::Unavailable(timeout)),
+        }
+    }
+
     /// Ask member `via` (id, cluster address) to add this node; for a node that is not yet a
     /// member and so does not know the leader.
     pub async fn join_via(&self, via: (NodeId, String)) -> Result<(), ClusterError> {
@@ -765,6 +851,24 @@ impl Cluster {
             }
             Rpc::RemoveMember { id } => reply!(self.remove_member(id).await.map_err(remote_error)),
             Rpc::Status => reply!(Ok::<_, RemoteError>(self.local_status())),
+            Rpc::WaitApplied { index, timeout_ms } => {
+                let limit = Duration::from_millis(timeout_ms.min(60_000));
+                let _ = tokio::time::timeout(limit, self.reader.wait_applied(index)).await;
+                reply!(Ok::<_, RemoteError>(self.reader.applied_index()))
+            }
+            Rpc::TransferLeadership { to } => {
+                let r =
+                    if !self.is_leader() {
+                        Err(RemoteError::NotLeader { leader: None })
+                    } else {
+                        self.raft.trigger().transfer_leader(to).await.map_err(|e| {
+                            RemoteError::Failed {
+                                message: e.to_string(),
+                            }
+                        })
+                    };
+                reply!(r)
+            }
             Rpc::Join(j) => reply!(self.handle_join(j).await),
             Rpc::Ping { from } => match claim_ok(from) {
                 Ok(()) => reply!(Ok::<_, RemoteError>(self.pong(Some(peer_id)))),

@@ -32,6 +32,11 @@ pub enum Command {
         keys: Vec<RecordKey>,
         at: Millis,
     },
+    /// Record when API keys were last used (the later of the stored time and this one); keys
+    /// deleted meanwhile are skipped.
+    TouchKeys {
+        used: Vec<(Name, Millis)>,
+    },
     /// Take, renew or steal an expired lease. Granted leases carry the log index as fencing token.
     AcquireLease {
         name: Name,
@@ -59,9 +64,14 @@ pub enum Command {
     ConsumeJoinToken {
         hash: String,
     },
-    /// Drop audit entries older than `before`.
+    /// Drop, oldest first and at most `limit` of them, the audit entries written before `before`
+    /// or with a sequence number below `below_seq`.
     PruneAudit {
         before: Millis,
+        #[serde(default)]
+        below_seq: u64,
+        #[serde(default = "default_prune_limit")]
+        limit: u32,
     },
     /// Change nothing: the request's audit entry alone is the point (membership changes, which
     /// are Raft entries of their own).
@@ -150,4 +160,8 @@ impl Response {
             other => other,
         }
     }
+}
+
+fn default_prune_limit() -> u32 {
+    10_000
 }

@@ -159,6 +159,11 @@ impl Cidr {
         self.0
     }
 
+    /// Whether `ip` lies in this range (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        self.net().contains(&ip.to_canonical())
+    }
+
     pub fn from_net(net: ipnet::IpNet) -> Cidr {
         Cidr(canonical_net(net))
     }

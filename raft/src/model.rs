@@ -283,6 +283,17 @@ pub enum Role {
     Owner,
 }
 
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKey {
     pub id: Name,
@@ -300,6 +311,12 @@ pub struct ApiKey {
     pub revoked: bool,
     #[serde(default)]
     pub description: String,
+    /// When a node last saw the key used (flushed about once a minute, so approximate).
+    #[serde(default)]
+    pub last_used_at: Option<Millis>,
+    /// Who made it: `key:{id}` or `init`.
+    #[serde(default)]
+    pub created_by: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

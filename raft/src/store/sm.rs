@@ -248,6 +248,18 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
             }
             applied
         }
+        Command::TouchKeys { used } => {
+            for (id, when) in used {
+                let key = RecordKey::ApiKey { id: id.clone() };
+                if let Some(Record::ApiKey(mut k)) = txn.get_record(&key)? {
+                    if k.last_used_at.is_none_or(|t| t < *when) {
+                        k.last_used_at = Some(*when);
+                        txn.put_record(Record::ApiKey(k));
+                    }
+                }
+            }
+            applied
+        }
         Command::AcquireLease {
             name,
             holder,
@@ -337,34 +349,33 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
             }
         }
         Command::AuditOnly => applied,
-        Command::PruneAudit { before } => {
-            for r in txn_scan(txn, prefix::AUDIT)? {
-                if let Record::Audit(a) = r {
-                    if a.at >= *before {
-                        break;
-                    }
-                    txn.delete_record(RecordKey::Audit { seq: a.seq });
+        Command::PruneAudit {
+            before,
+            below_seq,
+            limit,
+        } => {
+            let pfx = prefix::AUDIT.as_bytes();
+            let it = txn.db.iterator_cf(
+                txn.cf(),
+                rocksdb::IteratorMode::From(pfx, rocksdb::Direction::Forward),
+            );
+            let mut doomed = Vec::new();
+            for item in it.take(*limit as usize) {
+                let (k, v) = item.map_err(io_err)?;
+                if !k.starts_with(pfx) {
+                    break;
                 }
+                match decode::<Record>(&v)? {
+                    Record::Audit(a) if a.at < *before || a.seq < *below_seq => doomed.push(a.seq),
+                    _ => break,
+                }
+            }
+            for seq in doomed {
+                txn.delete_record(RecordKey::Audit { seq });
             }
             applied
         }
     })
-}
-
-fn txn_scan(txn: &Txn<'_>, pfx: &str) -> io::Result<Vec<Record>> {
-    let mut out = Vec::new();
-    let it = txn.db.iterator_cf(
-        txn.cf(),
-        rocksdb::IteratorMode::From(pfx.as_bytes(), rocksdb::Direction::Forward),
-    );
-    for item in it {
-        let (k, v) = item.map_err(io_err)?;
-        if !k.starts_with(pfx.as_bytes()) {
-            break;
-        }
-        out.push(decode(&v)?);
-    }
-    Ok(out)
 }
 
 /// Records that only their own commands may write.

@@ -53,6 +53,15 @@ pub enum Rpc {
     Status,
     /// A node without a certificate asks to join (the only RPC allowed without one).
     Join(JoinRequest),
+    /// Wait until this node has applied `index` (at most `timeout_ms`); answers the applied index.
+    WaitApplied {
+        index: u64,
+        timeout_ms: u64,
+    },
+    /// Sent to the leader: hand leadership to voter `to`.
+    TransferLeadership {
+        to: NodeId,
+    },
     /// Reachability and identity check.
     Ping {
         from: NodeId,
@@ -74,6 +83,8 @@ impl Rpc {
             Rpc::Status => "status",
             Rpc::Join(_) => "join",
             Rpc::Ping { .. } => "ping",
+            Rpc::WaitApplied { .. } => "wait_applied",
+            Rpc::TransferLeadership { .. } => "transfer_leadership",
         }
     }
 }

@@ -1,0 +1,305 @@
+//! Request plumbing every admin route shares: who is calling, JSON bodies read under a size limit
+//! with errors that name the field, and the one error shape.
+//!
+//! Every error is `{"code", "field", "message", "error"}`: `code` is stable and machine-readable,
+//! `field` names the input at fault (`null` when none does), `message` says what is wrong with
+//! it, and `error` is the two joined for people.
+
+use std::net::IpAddr;
+
+use poem::http::{HeaderMap, Method, StatusCode};
+use poem::web::Json;
+use poem::{FromRequest, IntoResponse, Request, RequestBody};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+
+/// The largest JSON body any route reads; bulk data (IP rule imports) is streamed instead.
+pub const MAX_JSON_BODY: usize = 1 << 20;
+
+fn code(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "invalid",
+        401 => "unauthenticated",
+        403 => "forbidden",
+        404 => "not_found",
+        409 => "conflict",
+        413 => "too_large",
+        415 => "unsupported_media_type",
+        503 => "unavailable",
+        504 => "timeout",
+        _ => "internal",
+    }
+}
+
+fn fail(status: StatusCode, field: Option<&str>, message: impl std::fmt::Display) -> poem::Error {
+    let message = message.to_string();
+    let joined = match field {
+        Some(f) => format!("{f}: {message}"),
+        None => message.clone(),
+    };
+    let body = json!({ "code": code(status), "field": field, "message": message, "error": joined });
+    poem::Error::from_response((status, Json(body)).into_response())
+}
+
+/// An error that no single input field caused.
+pub(crate) fn error(status: StatusCode, message: impl std::fmt::Display) -> poem::Error {
+    fail(status, None, message)
+}
+
+/// 400 for one bad input: `field` names it (a body path such as `upstreams[1]`, a query
+/// parameter, or a path segment).
+pub(crate) fn invalid(field: &str, message: impl std::fmt::Display) -> poem::Error {
+    fail(StatusCode::BAD_REQUEST, Some(field), message)
+}
+
+pub(crate) fn too_large(field: &str, message: impl std::fmt::Display) -> poem::Error {
+    fail(StatusCode::PAYLOAD_TOO_LARGE, Some(field), message)
+}
+
+/// The caller of a request: source address, method and path, headers, and whether it asked a
+/// write to wait until every voter has applied it (`?wait=all`).
+pub struct Caller {
+    pub ip: Option<IpAddr>,
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub wait_all: bool,
+}
+
+impl Caller {
+    pub fn source(&self) -> String {
+        self.ip.map(|ip| ip.to_string()).unwrap_or_default()
+    }
+
+    /// The bearer token, trimmed; empty when there is none.
+    pub fn bearer(&self) -> &str {
+        self.headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("")
+    }
+}
+
+impl<'a> FromRequest<'a> for Caller {
+    async fn from_request(req: &'a Request, _: &mut RequestBody) -> poem::Result<Self> {
+        let mut wait_all = false;
+        for pair in req.uri().query().unwrap_or("").split('&') {
+            if let Some(v) = pair.strip_prefix("wait=") {
+                wait_all = match v {
+                    "all" => true,
+                    "leader" => false,
+                    other => {
+                        return Err(invalid(
+                            "wait",
+                            format!("must be all or leader, not {other:?}"),
+                        ))
+                    }
+                };
+            }
+        }
+        Ok(Caller {
+            ip: req
+                .remote_addr()
+                .as_socket_addr()
+                .map(|a| a.ip().to_canonical()),
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            headers: req.headers().clone(),
+            wait_all,
+        })
+    }
+}
+
+/// A JSON body read under [`MAX_JSON_BODY`] and parsed into `T`; a parse error names the path of
+/// the field at fault (`upstreams[2]`, `headers.hsts_max_age`) and an unknown field names itself.
+pub struct JsonBody<T>(pub T);
+
+/// Like [`JsonBody`], but an empty body is `None` (every field defaulted).
+pub struct OptionalJsonBody<T>(pub Option<T>);
+
+async fn read_json<T: DeserializeOwned + serde::Serialize>(
+    req: &Request,
+    body: &mut RequestBody,
+) -> poem::Result<Option<T>> {
+    let declared = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_JSON_BODY as u64) {
+        return Err(too_large(
+            "body",
+            format!("a JSON body may hold at most {MAX_JSON_BODY} bytes"),
+        ));
+    }
+    if let Some(ct) = req.content_type() {
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case("application/json") && !essence.ends_with("+json") {
+            return Err(fail(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Some("content-type"),
+                format!("must be application/json, not {essence:?}"),
+            ));
+        }
+    }
+    let mut bytes = Vec::new();
+    body.take()?
+        .into_async_read()
+        .take(MAX_JSON_BODY as u64 + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| invalid("body", format!("could not be read: {e}")))?;
+    if bytes.len() > MAX_JSON_BODY {
+        return Err(too_large(
+            "body",
+            format!("a JSON body may hold at most {MAX_JSON_BODY} bytes"),
+        ));
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    match serde_path_to_error::deserialize::<_, T>(de) {
+        Ok(v) => {
+            // Types shared with the store accept fields they do not know (a record written by a
+            // newer version must stay readable); a request must not. Whatever the input holds
+            // that the parsed value does not is a field nobody will act on.
+            let given: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| invalid("body", e))?;
+            let kept = serde_json::to_value(&v)
+                .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+            if let Some(field) = first_unknown(&given, &kept, "") {
+                return Err(invalid(&field, "unknown field"));
+            }
+            Ok(Some(v))
+        }
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.to_string();
+            let field = match unknown_field(&message) {
+                Some(name) if path == "." => name.to_string(),
+                Some(name) => format!("{path}.{name}"),
+                None if path == "." => "body".to_string(),
+                None => path,
+            };
+            Err(invalid(&field, message))
+        }
+    }
+}
+
+/// The path of the first object key in `given` that `kept` (the parsed value written back) lacks.
+fn first_unknown(
+    given: &serde_json::Value,
+    kept: &serde_json::Value,
+    path: &str,
+) -> Option<String> {
+    use serde_json::Value;
+    match (given, kept) {
+        (Value::Object(g), Value::Object(k)) => g.iter().find_map(|(name, v)| {
+            let here = if path.is_empty() {
+                name.clone()
+            } else {
+                format!("{path}.{name}")
+            };
+            match k.get(name) {
+                None => Some(here),
+                Some(kv) => first_unknown(v, kv, &here),
+            }
+        }),
+        (Value::Array(g), Value::Array(k)) => g
+            .iter()
+            .zip(k)
+            .enumerate()
+            .find_map(|(i, (gv, kv))| first_unknown(gv, kv, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
+/// The name in serde's "unknown field `x`, expected …".
+fn unknown_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("unknown field `")?
+        .split_once('`')
+        .map(|(name, _)| name)
+}
+
+impl<'a, T: DeserializeOwned + serde::Serialize> FromRequest<'a> for JsonBody<T> {
+    async fn from_request(req: &'a Request, body: &mut RequestBody) -> poem::Result<Self> {
+        read_json(req, body)
+            .await?
+            .map(JsonBody)
+            .ok_or_else(|| invalid("body", "a JSON body is required"))
+    }
+}
+
+impl<'a, T: DeserializeOwned + serde::Serialize> FromRequest<'a> for OptionalJsonBody<T> {
+    async fn from_request(req: &'a Request, body: &mut RequestBody) -> poem::Result<Self> {
+        read_json(req, body).await.map(OptionalJsonBody)
+    }
+}
+
+/// Query parameters parsed into `T`; a bad value is a 400 naming the parameter.
+pub struct QueryParams<T>(pub T);
+
+impl<'a, T: DeserializeOwned> FromRequest<'a> for QueryParams<T> {
+    async fn from_request(req: &'a Request, _: &mut RequestBody) -> poem::Result<Self> {
+        let query = req.uri().query().unwrap_or("");
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(QueryParams)
+            .map_err(|e| {
+                let field = e.path().to_string();
+                let field = if field == "." {
+                    "query".to_string()
+                } else {
+                    field
+                };
+                invalid(&field, e.into_inner())
+            })
+    }
+}
+
+/// One CSV field, quoted when it must be.
+pub(crate) fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// A path segment parsed into its type, or 400 naming the segment.
+pub(crate) fn path_param<T: std::str::FromStr>(name: &str, value: &str) -> poem::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .parse()
+        .map_err(|e| invalid(name, format!("{value:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_named() {
+        assert_eq!(
+            unknown_field("unknown field `colour`, expected one of `name`"),
+            Some("colour")
+        );
+        assert_eq!(unknown_field("invalid type: string"), None);
+        let given =
+            json!({"name": "a", "headers": {"hsts": 1, "nosniff": true}, "list": [{"x": 1}]});
+        let kept = json!({"name": "a", "headers": {"nosniff": true}, "list": [{"x": 1}]});
+        assert_eq!(
+            first_unknown(&given, &kept, ""),
+            Some("headers.hsts".into())
+        );
+        assert_eq!(first_unknown(&kept, &kept, ""), None);
+    }
+}
