@@ -121,7 +121,7 @@ pub fn routes(state: Arc<AdminState>) -> impl Endpoint {
                 // a path that matches no route, before authentication or any other work.
                 let source = req.remote_addr().as_socket_addr().map(|a| a.ip());
                 if !allowed.is_empty() && !source.is_some_and(|ip| admitted(&allowed, ip)) {
-                    return Ok(StatusCode::NOT_FOUND.into_response());
+                    return Err(poem::error::NotFoundError.into());
                 }
                 let started = std::time::Instant::now();
                 let method = req.method().to_string();
@@ -604,7 +604,10 @@ fn check_headers(h: &HeaderPolicy) -> poem::Result<()> {
 }
 
 pub(crate) fn check_bot(field: &str, b: &BotPolicy) -> poem::Result<()> {
-    let bad = |name: &str, why: String| invalid(&format!("{field}.{name}"), why);
+    let bad = |name: &str, why: String| match field {
+        "" => invalid(name, why),
+        _ => invalid(&format!("{field}.{name}"), why),
+    };
     if !(8..=28).contains(&b.difficulty_bits) {
         return Err(bad(
             "difficulty_bits",
@@ -858,7 +861,7 @@ async fn put_bot(
     let id: ProjectId = path_param("id", &id)?;
     let p = authorize(&state, &caller, Role::Operator, Within::Project(&id)).await?;
     let bot = body.0;
-    check_bot("body", &bot)?;
+    check_bot("", &bot)?;
     let mut project = project(&state, &id)?;
     project.bot = bot;
     let entry = audit(&p, &caller, "bot.policy.put", &format!("project/{id}"));

@@ -16,6 +16,9 @@ use tokio::io::AsyncReadExt;
 
 /// The largest JSON body any route reads; bulk data (IP rule imports) is streamed instead.
 pub const MAX_JSON_BODY: usize = 1 << 20;
+/// An oversized body up to this size is read and dropped before the 413, so the client sees
+/// the answer; a larger one gets the 413 at once and the connection is closed.
+const DRAIN_LIMIT: u64 = 64 << 20;
 
 fn code(status: StatusCode) -> &'static str {
     match status.as_u16() {
@@ -129,11 +132,14 @@ async fn read_json<T: DeserializeOwned + serde::Serialize>(
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_JSON_BODY as u64) {
-        return Err(too_large(
+    let over = || {
+        too_large(
             "body",
             format!("a JSON body may hold at most {MAX_JSON_BODY} bytes"),
-        ));
+        )
+    };
+    if declared.is_some_and(|n| n > DRAIN_LIMIT) {
+        return Err(over());
     }
     if let Some(ct) = req.content_type() {
         let essence = ct.split(';').next().unwrap_or("").trim();
@@ -145,18 +151,21 @@ async fn read_json<T: DeserializeOwned + serde::Serialize>(
             ));
         }
     }
+    let mut reader = body.take()?.into_async_read();
     let mut bytes = Vec::new();
-    body.take()?
-        .into_async_read()
+    (&mut reader)
         .take(MAX_JSON_BODY as u64 + 1)
         .read_to_end(&mut bytes)
         .await
         .map_err(|e| invalid("body", format!("could not be read: {e}")))?;
     if bytes.len() > MAX_JSON_BODY {
-        return Err(too_large(
-            "body",
-            format!("a JSON body may hold at most {MAX_JSON_BODY} bytes"),
-        ));
+        // Read the rest (within reason) before answering, so the client, still sending, gets
+        // the 413 rather than a reset connection.
+        let mut rest = reader.take(DRAIN_LIMIT);
+        let mut sink = tokio::io::sink();
+        let drain = tokio::io::copy(&mut rest, &mut sink);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+        return Err(over());
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
@@ -180,11 +189,13 @@ async fn read_json<T: DeserializeOwned + serde::Serialize>(
             let path = e.path().to_string();
             let inner = e.into_inner();
             let message = inner.to_string();
+            // The path of an unknown field ends with its name already.
             let field = match unknown_field(&message) {
                 Some(name) if path == "." => name.to_string(),
-                Some(name) => format!("{path}.{name}"),
-                None if path == "." => "body".to_string(),
-                None => path,
+                Some(name) if !path.ends_with(name) => format!("{path}.{name}"),
+                // `.` is the whole body; `?` marks where the JSON itself broke.
+                _ if path == "." || path.contains('?') => "body".to_string(),
+                _ => path,
             };
             Err(invalid(&field, message))
         }

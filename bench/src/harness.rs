@@ -407,21 +407,37 @@ impl TestCluster {
         body: Option<Value>,
         idempotency_key: Option<&str>,
     ) -> Result<Reply> {
-        let mut req = ureq::http::Request::builder()
-            .method(method)
-            .uri(self.url(idx, path))
-            .header("Authorization", format!("Bearer {}", self.key));
+        let mut headers = vec![("Authorization", format!("Bearer {}", self.key))];
         if let Some(k) = idempotency_key {
-            req = req.header("Idempotency-Key", k);
+            headers.push(("Idempotency-Key", k.to_string()));
         }
         let bytes = match body {
             Some(v) => {
-                req = req.header("Content-Type", "application/json");
+                headers.push(("Content-Type", "application/json".into()));
                 serde_json::to_vec(&v)?
             }
             None => Vec::new(),
         };
-        let (status, text) = run(req.body(bytes)?)?;
+        self.call(idx, method, path, &headers, bytes)
+    }
+
+    /// Any call to node `idx`'s admin API: the headers given (no key unless among them) and a
+    /// raw body. For tests of roles, keys and bad input.
+    pub fn call(
+        &self,
+        idx: usize,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<Reply> {
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(idx, path));
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let (status, text) = run(req.body(body)?)?;
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
         Ok(Reply { status, body })
     }

@@ -1,0 +1,1179 @@
+//! The admin control plane through real node processes: keys, roles and scopes, validation,
+//! the audit log on every node, the private surface, probes, metrics and `?wait=all`.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use palisade_bench::harness::{Reply, TestCluster};
+use serde_json::{json, Value};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_palisade"))
+}
+
+/// A call to node `idx` as `key` (none when empty) with a JSON body (none when `Null`).
+fn call(c: &TestCluster, idx: usize, method: &str, path: &str, key: &str, body: Value) -> Reply {
+    let mut headers = Vec::new();
+    if !key.is_empty() {
+        headers.push(("Authorization", format!("Bearer {key}")));
+    }
+    let bytes = if body.is_null() {
+        Vec::new()
+    } else {
+        headers.push(("Content-Type", "application/json".to_string()));
+        serde_json::to_vec(&body).unwrap()
+    };
+    c.call(idx, method, path, &headers, bytes).unwrap()
+}
+
+fn make_key(c: &TestCluster, idx: usize, as_key: &str, body: Value) -> (String, String) {
+    let r = call(c, idx, "POST", "/v1/keys", as_key, body.clone());
+    assert_eq!(r.status, 201, "{body} -> {}", r.body);
+    let secret = r.body["secret"].as_str().unwrap().to_string();
+    assert!(
+        secret.starts_with("pal_") && secret.len() > 40,
+        "{}",
+        r.body
+    );
+    (r.body["id"].as_str().unwrap().to_string(), secret)
+}
+
+fn project(c: &TestCluster, idx: usize, id: &str) {
+    let r = c
+        .post(idx, "/v1/projects", json!({ "id": id, "name": id }), None)
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn roles_scopes_and_the_life_of_a_key() {
+    let c = TestCluster::start(bin(), 3, &[("PALISADE_ADMIN_LAST_USED_FLUSH_MS", "200")]).unwrap();
+    let owner = c.key.clone();
+    project(&c, 0, "alpha");
+    project(&c, 0, "beta");
+
+    // The only owner key cannot be revoked: nobody could manage the cluster after it.
+    let init_id = owner[4..].split('_').next().unwrap().to_string();
+    let r = call(
+        &c,
+        1,
+        "DELETE",
+        &format!("/v1/keys/{init_id}"),
+        &owner,
+        Value::Null,
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+
+    // Keys made on one node work at once on another (which may not have applied them yet).
+    let mut keys = BTreeMap::new();
+    for (i, role) in ["viewer", "operator", "admin", "owner"].iter().enumerate() {
+        let (_, secret) = make_key(
+            &c,
+            i % 3,
+            &owner,
+            json!({ "role": role, "description": role }),
+        );
+        keys.insert(*role, secret);
+    }
+    for (i, role) in ["viewer", "operator", "admin", "owner"].iter().enumerate() {
+        let r = call(
+            &c,
+            (i + 1) % 3,
+            "GET",
+            "/v1/projects/alpha",
+            &keys[role],
+            Value::Null,
+        );
+        assert_eq!(r.status, 200, "{role}: {}", r.body);
+    }
+
+    // The role x action matrix: each action with the least role that may do it.
+    let rank = |role: &str| {
+        ["viewer", "operator", "admin", "owner"]
+            .iter()
+            .position(|r| *r == role)
+            .unwrap()
+    };
+    for (k, role) in ["viewer", "operator", "admin", "owner"].iter().enumerate() {
+        let key = &keys[role];
+        let actions: Vec<(&str, String, Value, &str)> = vec![
+            ("GET", "/v1/projects".into(), Value::Null, "viewer"),
+            ("GET", "/v1/projects/alpha".into(), Value::Null, "viewer"),
+            (
+                "GET",
+                "/v1/projects/alpha/ip-rules?list=block".into(),
+                Value::Null,
+                "viewer",
+            ),
+            (
+                "GET",
+                "/v1/projects/alpha/bot".into(),
+                Value::Null,
+                "viewer",
+            ),
+            ("GET", "/v1/domains".into(), Value::Null, "viewer"),
+            ("GET", "/v1/certificates".into(), Value::Null, "viewer"),
+            ("GET", "/v1/audit?limit=5".into(), Value::Null, "viewer"),
+            ("GET", "/v1/cluster/status".into(), Value::Null, "viewer"),
+            ("GET", "/v1/settings".into(), Value::Null, "viewer"),
+            ("GET", "/metrics".into(), Value::Null, "viewer"),
+            (
+                "POST",
+                "/v1/projects/alpha/ip-rules".into(),
+                json!({ "list": "block", "cidr": format!("10.77.{k}.0/24") }),
+                "operator",
+            ),
+            (
+                "PUT",
+                format!("/v1/domains/{role}.alpha.test"),
+                json!({ "project": "alpha", "upstreams": ["127.0.0.1:9"] }),
+                "operator",
+            ),
+            (
+                "PUT",
+                "/v1/projects/alpha/bot".into(),
+                json!({ "mode": "always_on", "difficulty_bits": 16 }),
+                "operator",
+            ),
+            (
+                "POST",
+                "/v1/projects".into(),
+                json!({ "id": format!("by-{role}"), "name": "x" }),
+                "admin",
+            ),
+            (
+                "PATCH",
+                "/v1/projects/beta".into(),
+                json!({ "name": format!("beta by {role}") }),
+                "admin",
+            ),
+            (
+                "POST",
+                "/v1/keys".into(),
+                json!({ "role": "viewer" }),
+                "admin",
+            ),
+            ("GET", "/v1/keys".into(), Value::Null, "admin"),
+            (
+                "POST",
+                "/v1/cluster/ip-rules".into(),
+                json!({ "cidr": format!("192.0.2.{k}") }),
+                "admin",
+            ),
+            (
+                "POST",
+                "/v1/cluster/join-tokens".into(),
+                json!({ "ttl_seconds": 60 }),
+                "owner",
+            ),
+            (
+                "PUT",
+                "/v1/settings".into(),
+                json!({ "values": { "min_tls": "1.2" } }),
+                "owner",
+            ),
+            (
+                "POST",
+                "/v1/keys".into(),
+                json!({ "role": "admin" }),
+                "owner",
+            ),
+            (
+                "POST",
+                "/v1/cluster/members/1/promote".into(),
+                Value::Null,
+                "owner",
+            ),
+        ];
+        for (method, path, body, least) in actions {
+            let r = call(&c, k % 3, method, &path, key, body);
+            if rank(role) >= rank(least) {
+                assert!(
+                    (200..300).contains(&r.status),
+                    "{role} may {method} {path}: {} {}",
+                    r.status,
+                    r.body
+                );
+            } else {
+                assert_eq!(r.status, 403, "{role} may not {method} {path}: {}", r.body);
+                assert_eq!(r.body["code"], "forbidden", "{}", r.body);
+            }
+        }
+    }
+
+    // A key scoped to a project touches that project only.
+    let (_, op_alpha) = make_key(
+        &c,
+        0,
+        &owner,
+        json!({ "role": "operator", "project": "alpha" }),
+    );
+    let (_, admin_alpha) = make_key(
+        &c,
+        0,
+        &owner,
+        json!({ "role": "admin", "project": "alpha" }),
+    );
+    let ok = |r: &Reply| (200..300).contains(&r.status);
+    let r = call(
+        &c,
+        1,
+        "POST",
+        "/v1/projects/alpha/ip-rules",
+        &op_alpha,
+        json!({ "list": "allow", "cidr": "10.1.0.0/16" }),
+    );
+    assert!(ok(&r), "{}", r.body);
+    for (method, path, body) in [
+        (
+            "POST",
+            "/v1/projects/beta/ip-rules",
+            json!({ "list": "allow", "cidr": "10.1.0.0/16" }),
+        ),
+        ("GET", "/v1/projects/beta", Value::Null),
+        (
+            "PUT",
+            "/v1/domains/x.beta.test",
+            json!({ "project": "beta", "upstreams": ["127.0.0.1:9"] }),
+        ),
+        ("GET", "/v1/cluster/status", Value::Null),
+        ("GET", "/v1/audit", Value::Null),
+        (
+            "POST",
+            "/v1/cluster/ip-rules",
+            json!({ "cidr": "192.0.2.99" }),
+        ),
+    ] {
+        let r = call(&c, 2, method, path, &op_alpha, body);
+        assert_eq!(
+            r.status, 403,
+            "scoped operator: {method} {path}: {}",
+            r.body
+        );
+    }
+    let r = call(&c, 2, "GET", "/v1/projects", &op_alpha, Value::Null);
+    let ids: Vec<&str> = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["alpha"], "{}", r.body);
+    let r = call(&c, 2, "GET", "/v1/domains", &op_alpha, Value::Null);
+    assert!(
+        r.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["project"] == "alpha"),
+        "{}",
+        r.body
+    );
+    // A scoped admin makes keys below admin, in its own project only.
+    let r = call(
+        &c,
+        0,
+        "POST",
+        "/v1/keys",
+        &admin_alpha,
+        json!({ "role": "viewer", "project": "beta" }),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = call(
+        &c,
+        0,
+        "POST",
+        "/v1/keys",
+        &admin_alpha,
+        json!({ "role": "viewer" }),
+    );
+    assert_eq!(
+        r.status, 403,
+        "an unscoped key from a scoped admin: {}",
+        r.body
+    );
+    let r = call(
+        &c,
+        0,
+        "POST",
+        "/v1/keys",
+        &admin_alpha,
+        json!({ "role": "admin", "project": "alpha" }),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    make_key(
+        &c,
+        0,
+        &admin_alpha,
+        json!({ "role": "viewer", "project": "alpha" }),
+    );
+    // An admin cannot revoke an owner key.
+    let owner2_id = keys["owner"][4..].split('_').next().unwrap().to_string();
+    let r = call(
+        &c,
+        0,
+        "DELETE",
+        &format!("/v1/keys/{owner2_id}"),
+        &keys["admin"],
+        Value::Null,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    // Revoked, with ?wait=all: refused by every node the moment the answer arrives.
+    let (victim_id, victim) = make_key(&c, 0, &owner, json!({ "role": "operator" }));
+    let r = call(
+        &c,
+        1,
+        "DELETE",
+        &format!("/v1/keys/{victim_id}?wait=all"),
+        &owner,
+        Value::Null,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "revoked");
+    for idx in 0..3 {
+        let r = call(
+            &c,
+            idx,
+            "GET",
+            "/v1/projects?consistency=local",
+            &victim,
+            Value::Null,
+        );
+        assert_eq!(r.status, 401, "node index {idx}: {}", r.body);
+        assert_eq!(r.body["code"], "unauthenticated");
+        assert!(
+            r.body["message"].as_str().unwrap().contains("revoked"),
+            "{}",
+            r.body
+        );
+    }
+
+    // Expired: works until its expiry, then 401 everywhere.
+    let (_, brief) = make_key(&c, 2, &owner, json!({ "role": "viewer", "ttl_seconds": 2 }));
+    let r = call(&c, 0, "GET", "/v1/projects", &brief, Value::Null);
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_until("the key to expire", Duration::from_secs(10), || {
+        call(&c, 1, "GET", "/v1/projects", &brief, Value::Null).status == 401
+    });
+    let r = call(&c, 2, "GET", "/v1/projects", &brief, Value::Null);
+    assert!(
+        r.body["message"].as_str().unwrap().contains("expired"),
+        "{}",
+        r.body
+    );
+
+    // Listings show the prefix and when a key was last used, never the secret or its hash.
+    wait_until("last use to be recorded", Duration::from_secs(10), || {
+        let r = call(&c, 0, "GET", "/v1/keys", &owner, Value::Null);
+        r.body["items"].as_array().unwrap().iter().any(|k| {
+            k["role"] == "viewer" && k["description"] == "viewer" && k["last_used_at"].is_u64()
+        })
+    });
+    let r = call(&c, 0, "GET", "/v1/keys?all=true", &owner, Value::Null);
+    let text = r.body.to_string();
+    for secret in keys.values() {
+        assert!(!text.contains(&secret[20..]), "a listing shows a secret");
+    }
+    assert!(!text.contains("hash"), "{text}");
+    assert!(r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["status"] == "revoked"));
+    assert!(r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["status"] == "expired"));
+}
+
+/// `(method, path, content type, body, status, field)`: what is sent and what must come back.
+type Case = (
+    &'static str,
+    String,
+    &'static str,
+    Vec<u8>,
+    u16,
+    &'static str,
+);
+
+fn j(v: Value) -> Vec<u8> {
+    serde_json::to_vec(&v).unwrap()
+}
+
+#[test]
+fn bad_input_is_refused_naming_the_field_and_odd_text_is_kept_verbatim() {
+    let c = TestCluster::start(bin(), 1, &[]).unwrap();
+    project(&c, 0, "alpha");
+    const JSON: &str = "application/json";
+    let huge = j(json!({ "id": "big", "name": "x".repeat(2 << 20) }));
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            "/v1/projects".into(),
+            JSON,
+            j(json!({ "id": "Bad Id!", "name": "x" })),
+            400,
+            "id",
+        ),
+        (
+            "POST",
+            "/v1/projects".into(),
+            JSON,
+            j(json!({ "id": "ok1", "name": "" })),
+            400,
+            "name",
+        ),
+        (
+            "POST",
+            "/v1/projects".into(),
+            JSON,
+            j(json!({ "id": "ok1", "name": "   " })),
+            400,
+            "name",
+        ),
+        (
+            "POST",
+            "/v1/projects".into(),
+            JSON,
+            j(json!({ "id": "ok2", "name": "x", "colour": "red" })),
+            400,
+            "colour",
+        ),
+        (
+            "POST",
+            "/v1/projects".into(),
+            JSON,
+            j(json!({ "id": "ok3", "name": "x", "headers": { "hsts_max_age": "long" } })),
+            400,
+            "headers.hsts_max_age",
+        ),
+        (
+            "POST",
+            "/v1/projects".into(),
+            JSON,
+            j(json!({ "id": "ok4", "name": "x", "headers": { "nosniff": true, "extra": 1 } })),
+            400,
+            "headers.extra",
+        ),
+        (
+            "POST",
+            "/v1/projects".into(),
+            JSON,
+            j(json!({ "id": 5, "name": "x" })),
+            400,
+            "id",
+        ),
+        (
+            "POST",
+            "/v1/projects".into(),
+            JSON,
+            b"{not json".to_vec(),
+            400,
+            "body",
+        ),
+        ("POST", "/v1/projects".into(), JSON, Vec::new(), 400, "body"),
+        ("POST", "/v1/projects".into(), JSON, huge, 413, "body"),
+        (
+            "POST",
+            "/v1/projects".into(),
+            "text/plain",
+            j(json!({ "id": "ok5", "name": "x" })),
+            415,
+            "content-type",
+        ),
+        (
+            "POST",
+            "/v1/projects?wait=sometimes".into(),
+            JSON,
+            j(json!({ "id": "ok6", "name": "x" })),
+            400,
+            "wait",
+        ),
+        (
+            "PUT",
+            "/v1/domains/bad..host".into(),
+            JSON,
+            j(json!({ "project": "alpha", "upstreams": ["127.0.0.1:80"] })),
+            400,
+            "host",
+        ),
+        (
+            "PUT",
+            "/v1/domains/ok.test".into(),
+            JSON,
+            j(json!({ "project": "alpha", "upstreams": ["nope"] })),
+            400,
+            "upstreams[0]",
+        ),
+        (
+            "PUT",
+            "/v1/domains/ok.test".into(),
+            JSON,
+            j(json!({ "project": "alpha", "upstreams": ["127.0.0.1:80", "h:0"] })),
+            400,
+            "upstreams[1]",
+        ),
+        (
+            "PUT",
+            "/v1/domains/ok.test".into(),
+            JSON,
+            j(json!({ "project": "alpha", "upstreams": [] })),
+            400,
+            "upstreams",
+        ),
+        (
+            "PUT",
+            "/v1/domains/ok.test".into(),
+            JSON,
+            j(json!({ "project": "alpha", "upstreams": ["a:1"], "tls": "sometimes" })),
+            400,
+            "tls",
+        ),
+        (
+            "PUT",
+            "/v1/domains/ok.test".into(),
+            JSON,
+            j(json!({ "project": "", "upstreams": ["a:1"] })),
+            400,
+            "project",
+        ),
+        (
+            "POST",
+            "/v1/projects/alpha/ip-rules".into(),
+            JSON,
+            j(json!({ "list": "block", "cidr": "10.0.0.0/33" })),
+            400,
+            "cidr",
+        ),
+        (
+            "POST",
+            "/v1/projects/alpha/ip-rules".into(),
+            JSON,
+            j(json!({ "list": "block", "cidr": "::1/129" })),
+            400,
+            "cidr",
+        ),
+        (
+            "POST",
+            "/v1/projects/alpha/ip-rules".into(),
+            JSON,
+            j(json!({ "list": "block", "cidr": "" })),
+            400,
+            "cidr",
+        ),
+        (
+            "POST",
+            "/v1/projects/alpha/ip-rules".into(),
+            JSON,
+            j(json!({ "list": "maybe", "cidr": "10.0.0.1" })),
+            400,
+            "list",
+        ),
+        (
+            "POST",
+            "/v1/projects/alpha/ip-rules".into(),
+            JSON,
+            j(json!({ "list": "block", "cidr": "10.0.0.1", "ttl_seconds": 0 })),
+            400,
+            "ttl_seconds",
+        ),
+        (
+            "POST",
+            "/v1/keys".into(),
+            JSON,
+            j(json!({ "role": "superuser" })),
+            400,
+            "role",
+        ),
+        (
+            "POST",
+            "/v1/keys".into(),
+            JSON,
+            j(json!({ "role": "viewer", "ttl_seconds": -5 })),
+            400,
+            "ttl_seconds",
+        ),
+        (
+            "POST",
+            "/v1/keys".into(),
+            JSON,
+            j(json!({ "role": "viewer", "project": "nope!" })),
+            400,
+            "project",
+        ),
+        (
+            "PUT",
+            "/v1/projects/alpha/bot".into(),
+            JSON,
+            j(json!({ "difficulty_bits": 40 })),
+            400,
+            "difficulty_bits",
+        ),
+        (
+            "PUT",
+            "/v1/projects/alpha/bot".into(),
+            JSON,
+            j(json!({ "mode": "sometimes" })),
+            400,
+            "mode",
+        ),
+        (
+            "GET",
+            "/v1/audit?limit=0".into(),
+            JSON,
+            Vec::new(),
+            400,
+            "limit",
+        ),
+        (
+            "GET",
+            "/v1/audit?since=yesterday".into(),
+            JSON,
+            Vec::new(),
+            400,
+            "since",
+        ),
+        (
+            "GET",
+            "/v1/audit?format=xml".into(),
+            JSON,
+            Vec::new(),
+            400,
+            "format",
+        ),
+        (
+            "POST",
+            "/v1/cluster/join-tokens".into(),
+            JSON,
+            j(json!({ "ttl_seconds": 0 })),
+            400,
+            "ttl_seconds",
+        ),
+        (
+            "PUT",
+            "/v1/settings".into(),
+            JSON,
+            j(json!({ "values": { "min_tls": "1.1" } })),
+            400,
+            "values.min_tls",
+        ),
+        (
+            "PUT",
+            "/v1/settings".into(),
+            JSON,
+            j(json!({ "values": { "colour": "red" } })),
+            400,
+            "values.colour",
+        ),
+        (
+            "GET",
+            "/v1/projects/Not%20An%20Id".into(),
+            JSON,
+            Vec::new(),
+            400,
+            "id",
+        ),
+        (
+            "POST",
+            "/v1/cluster/leader".into(),
+            JSON,
+            j(json!({ "node_id": 99 })),
+            400,
+            "node_id",
+        ),
+    ];
+    assert!(cases.len() >= 20);
+    for (method, path, ct, body, status, field) in cases {
+        let headers = vec![
+            ("Authorization", format!("Bearer {}", c.key)),
+            ("Content-Type", ct.to_string()),
+        ];
+        let shown = String::from_utf8_lossy(&body[..body.len().min(120)]).to_string();
+        let r = c.call(0, method, &path, &headers, body).unwrap();
+        assert_eq!(r.status, status, "{method} {path} {shown}: {}", r.body);
+        assert_eq!(
+            r.body["field"], field,
+            "{method} {path} {shown}: {}",
+            r.body
+        );
+        let message = r.body["message"].as_str().unwrap_or("");
+        assert!(!message.is_empty(), "{}", r.body);
+        assert!(r.body["code"].is_string(), "{}", r.body);
+    }
+    // A bad value is named in the message too.
+    let r = call(
+        &c,
+        0,
+        "POST",
+        "/v1/projects/alpha/ip-rules",
+        &c.key,
+        json!({ "list": "block", "cidr": "10.0.0.0/33" }),
+    );
+    assert!(
+        r.body["message"].as_str().unwrap().contains("10.0.0.0/33"),
+        "{}",
+        r.body
+    );
+    let r = c
+        .call(
+            0,
+            "POST",
+            "/v1/projects",
+            &[
+                ("Authorization", format!("Bearer {}", c.key)),
+                ("Idempotency-Key", "x".repeat(300)),
+            ],
+            j(json!({ "id": "idem", "name": "x" })),
+        )
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body["field"].as_str()),
+        (400, Some("idempotency-key")),
+        "{}",
+        r.body
+    );
+
+    // Nothing was written by any of them.
+    let r = c.get(0, "/v1/projects").unwrap();
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 1, "{}", r.body);
+
+    // Text that looks like an attack is data: stored as given, returned as JSON-escaped text.
+    let odd = "<script>alert(1)</script> '; DROP TABLE projects; -- \"quoted\" \\ ${jndi:x}";
+    let r = c
+        .post(0, "/v1/projects", json!({ "id": "odd", "name": odd }), None)
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let (status, raw) = c.get_text(0, "/v1/projects/odd").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        !raw.contains("\"quoted\""),
+        "quotes must be escaped in JSON: {raw}"
+    );
+    let v: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(v["name"], odd);
+}
+
+#[test]
+fn every_change_is_audited_on_every_node_and_exports_parse_back() {
+    let c = TestCluster::start(bin(), 3, &[]).unwrap();
+    let since = palisade_raft::now_ms();
+    project(&c, 1, "shop");
+    let r = c
+        .put(
+            2,
+            "/v1/domains/www.shop.test",
+            json!({ "project": "shop", "upstreams": ["127.0.0.1:9"] }),
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = c
+        .post(
+            0,
+            "/v1/projects/shop/ip-rules",
+            json!({ "list": "block", "cidr": "203.0.113.0/24", "note": "a, \"quoted\" note" }),
+            None,
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let (key_id, _) = make_key(&c, 1, &c.key, json!({ "role": "viewer" }));
+    let r = call(
+        &c,
+        2,
+        "DELETE",
+        &format!("/v1/keys/{key_id}"),
+        &c.key,
+        Value::Null,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = c.delete(0, "/v1/domains/www.shop.test").unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let owner_actor = format!("key:{} (owner)", c.key[4..].split('_').next().unwrap());
+    let wanted = [
+        ("project.create", "project/shop"),
+        ("domain.put", "domain/www.shop.test"),
+        ("ip_rule.add", "project/shop/ip-rules/block/203.0.113.0/24"),
+        ("key.create", &*format!("key/{key_id}")),
+        ("key.revoke", &*format!("key/{key_id}")),
+        ("domain.delete", "domain/www.shop.test"),
+    ];
+    let mut first: Option<Value> = None;
+    for idx in 0..3 {
+        let r = c
+            .get(idx, &format!("/v1/audit?since={since}&limit=1000"))
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        let items = r.body["items"].as_array().unwrap().clone();
+        for (action, target) in wanted {
+            let e = items
+                .iter()
+                .find(|e| {
+                    e["action"] == action && e["target"].as_str().unwrap().starts_with(target)
+                })
+                .unwrap_or_else(|| panic!("node index {idx}: no {action} {target} in {items:#?}"));
+            assert_eq!(e["actor"], owner_actor.as_str(), "{e}");
+            assert_eq!(e["source_ip"], "127.0.0.1", "{e}");
+            assert_eq!(e["outcome"], "ok", "{e}");
+        }
+        // Every node holds the same log.
+        let same: Vec<Value> = items.clone();
+        match &first {
+            None => first = Some(Value::Array(same)),
+            Some(f) => assert_eq!(f, &Value::Array(same), "node index {idx} disagrees"),
+        }
+    }
+    // Failed authentication: audited with the source, and slowed down after a few tries.
+    let bad = format!("pal_{}_wrongsecret", "ab12cd34ef56");
+    let mut took = Vec::new();
+    for _ in 0..6 {
+        let t = Instant::now();
+        let r = call(&c, 1, "GET", "/v1/projects", &bad, Value::Null);
+        took.push(t.elapsed());
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+    assert!(took[0] < Duration::from_millis(200), "{took:?}");
+    assert!(
+        took[4] >= Duration::from_millis(450) && took[5] >= Duration::from_millis(900),
+        "failures must be slowed: {took:?}"
+    );
+    let r = call(&c, 1, "GET", "/v1/projects", "", Value::Null);
+    assert_eq!(r.status, 401);
+
+    wait_until(
+        "auth failures in the audit log",
+        Duration::from_secs(10),
+        || {
+            let r = c.get(0, "/v1/audit?action=auth.failure&limit=100").unwrap();
+            let items = r.body["items"].as_array().unwrap();
+            items.len() >= 7
+                && items.iter().any(|e| {
+                    e["actor"] == "key:ab12cd34ef56"
+                        && e["source_ip"] == "127.0.0.1"
+                        && e["target"] == "GET /v1/projects"
+                })
+                && items.iter().any(|e| e["actor"] == "anonymous")
+        },
+    );
+    let failures = c
+        .get(0, "/v1/audit?action=auth.failure")
+        .unwrap()
+        .body
+        .to_string();
+    assert!(
+        !failures.contains("wrongsecret"),
+        "a presented secret reached the audit log"
+    );
+
+    // Queries: by actor, by action prefix, by target, by time.
+    let r = c
+        .get(2, &format!("/v1/audit?actor={}", urlencode(&owner_actor)))
+        .unwrap();
+    assert!(r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["actor"] == owner_actor.as_str()));
+    let r = c.get(2, "/v1/audit?action=domain.").unwrap();
+    let actions: Vec<&str> = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["domain.put", "domain.delete"], "{}", r.body);
+    let r = c.get(2, "/v1/audit?target=project/shop").unwrap();
+    assert!(r.body["items"].as_array().unwrap().len() >= 2, "{}", r.body);
+    let r = c.get(2, &format!("/v1/audit?until={since}")).unwrap();
+    assert!(r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["at"].as_u64().unwrap() < since));
+    // Pages: two halves make the whole.
+    let all = c.get(1, "/v1/audit?limit=1000").unwrap().body["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let half = all.len() / 2;
+    let p1 = c.get(1, &format!("/v1/audit?limit={half}")).unwrap();
+    let next = p1.body["next"].as_str().unwrap().to_string();
+    let p2 = c
+        .get(1, &format!("/v1/audit?limit=1000&after={next}"))
+        .unwrap();
+    let mut joined = p1.body["items"].as_array().unwrap().clone();
+    joined.extend(p2.body["items"].as_array().unwrap().iter().cloned());
+    assert_eq!(joined, all);
+
+    // The CSV export parses back to the JSON entries.
+    let (status, text) = c.get_text(1, "/v1/audit?limit=1000&format=csv").unwrap();
+    assert_eq!(status, 200);
+    let mut rd = csv::Reader::from_reader(text.as_bytes());
+    let header: Vec<String> = rd.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(
+        header,
+        [
+            "seq",
+            "at",
+            "actor",
+            "source_ip",
+            "action",
+            "target",
+            "outcome"
+        ]
+    );
+    let from_csv: Vec<Value> = rd
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            json!({
+                "seq": r[0].parse::<u64>().unwrap(), "at": r[1].parse::<u64>().unwrap(),
+                "actor": &r[2], "source_ip": &r[3], "action": &r[4], "target": &r[5], "outcome": &r[6],
+            })
+        })
+        .collect();
+    let all_now = c.get(1, "/v1/audit?limit=1000").unwrap().body["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(from_csv.len(), all_now.len());
+    assert_eq!(Value::Array(from_csv), Value::Array(all_now));
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A raw HTTP/1.1 GET from a chosen loopback source; the status and body.
+fn get_from(source: IpAddr, to: SocketAddr, path: &str, key: &str) -> (u16, String) {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::new(source, 0).into()).unwrap();
+    sock.connect(&to.into()).unwrap();
+    let mut s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn the_admin_surface_is_private() {
+    // Only 127.0.0.1 may reach it; 127.0.0.2 is a foreign source.
+    let mut c =
+        TestCluster::start(bin(), 1, &[("PALISADE_ADMIN_ALLOWED_IPS", "127.0.0.1/32")]).unwrap();
+    let admin: SocketAddr = c.nodes[0].admin_addr.parse().unwrap();
+    let inside: IpAddr = "127.0.0.1".parse().unwrap();
+    let outside: IpAddr = "127.0.0.2".parse().unwrap();
+    let (s, body) = get_from(inside, admin, "/v1/cluster/status", &c.key);
+    assert_eq!(s, 200, "{body}");
+    let (nowhere_status, nowhere_body) = get_from(inside, admin, "/no/such/route", &c.key);
+    assert_eq!(nowhere_status, 404);
+    for path in [
+        "/v1/cluster/status",
+        "/healthz",
+        "/metrics",
+        "/v1/keys",
+        "/no/such/route",
+    ] {
+        let (s, body) = get_from(outside, admin, path, &c.key);
+        assert_eq!(
+            (s, &body),
+            (404, &nowhere_body),
+            "{path} from a foreign source"
+        );
+    }
+    let before = c.get(0, "/v1/audit?action=auth.failure").unwrap();
+    assert_eq!(
+        before.body["items"].as_array().unwrap().len(),
+        0,
+        "a foreign source must not even reach authentication"
+    );
+
+    // The public listeners answer no admin route.
+    let public = c.nodes[0].http_addr.clone();
+    for path in [
+        "/v1/cluster/status",
+        "/v1/projects",
+        "/metrics",
+        "/healthz",
+        "/v1/keys",
+    ] {
+        let (s, body) = get_from(inside, public.parse().unwrap(), path, &c.key);
+        assert_ne!(s, 200, "{path} on the public listener: {body}");
+        assert!(
+            !body.contains("cluster_id") && !body.contains("\"items\""),
+            "{path}: {body}"
+        );
+    }
+
+    // A public or wildcard admin address is refused unless allowed, and then warned about.
+    let cfg_path = c.nodes[0].dir.join("palisade.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    let port = admin.port();
+    let wildcard = cfg.replace(&format!("127.0.0.1:{port}"), &format!("0.0.0.0:{port}"));
+    assert_ne!(wildcard, cfg, "the config names the admin address");
+    c.kill(0);
+    std::fs::write(&cfg_path, &wildcard).unwrap();
+    let out = c
+        .run_cli(&["run", "--config", cfg_path.to_str().unwrap()])
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("admin.listen") && err.contains("allow_public"),
+        "{err}"
+    );
+    let allowed = wildcard.replace("allow_public = false", "allow_public = true");
+    assert_ne!(allowed, wildcard, "the config spells out allow_public");
+    std::fs::write(&cfg_path, allowed).unwrap();
+    c.restart(0).unwrap();
+    c.wait_ready(0, Duration::from_secs(60)).unwrap();
+    let log = c.nodes[0].log_text();
+    assert!(log.contains("admin.allow_public is set"), "{log}");
+    let (s, _) = get_from(inside, admin, "/v1/cluster/status", &c.key);
+    assert_eq!(s, 200);
+}
+
+/// Prometheus text format, strictly enough to catch a broken exposition: every sample line is
+/// `name{labels} value` with a valid name and a float value; every `# TYPE` names a known type.
+fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (_, kind) = rest.rsplit_once(' ').unwrap();
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line}"
+            );
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == ':'),
+            "bad name: {line}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "{line}"
+            );
+        }
+        out.insert(series.to_string(), value);
+    }
+    out
+}
+
+#[test]
+fn probes_metrics_leadership_and_wait_all() {
+    let c = TestCluster::start(bin(), 3, &[]).unwrap();
+    for idx in 0..3 {
+        let r = call(&c, idx, "GET", "/healthz", "", Value::Null);
+        assert_eq!((r.status, &r.body["status"]), (200, &json!("ok")));
+        let r = call(&c, idx, "GET", "/readyz", "", Value::Null);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["ready"], true);
+    }
+
+    // ?wait=all: once the answer is in, every node has the write, without a barrier.
+    let leader = c.wait_leader(None, Duration::from_secs(30)).unwrap();
+    let follower = (0..3).find(|&i| c.nodes[i].id != leader).unwrap();
+    for n in 0..20 {
+        let id = format!("w{n}");
+        let r = c
+            .post(
+                follower,
+                "/v1/projects?wait=all",
+                json!({ "id": id, "name": id }),
+                None,
+            )
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert!(r.body["index"].as_u64().unwrap() > 0);
+        for idx in 0..3 {
+            let r = c
+                .get(idx, &format!("/v1/projects/{id}?consistency=local"))
+                .unwrap();
+            assert_eq!(
+                r.status, 200,
+                "node index {idx} lacks {id} after wait=all: {}",
+                r.body
+            );
+        }
+    }
+
+    // Metrics: valid Prometheus text with raft, edge and admin series.
+    let public: SocketAddr = c.nodes[0].http_addr.parse().unwrap();
+    let (s, _) = get_from("127.0.0.1".parse().unwrap(), public, "/", "");
+    assert!(s >= 400, "an unknown host on the public listener");
+    let (status, text) = c.get_text(0, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let m = parse_prometheus(&text);
+    for name in [
+        "palisade_raft_applied_index",
+        "palisade_raft_is_leader",
+        "palisade_raft_term",
+        "palisade_admin_requests_total",
+        "palisade_admin_request_seconds",
+        "palisade_requests_total",
+    ] {
+        assert!(
+            m.keys().any(|k| k.starts_with(name)),
+            "no {name} in:\n{text}"
+        );
+    }
+    assert!(m["palisade_raft_applied_index"] > 0.0);
+
+    // Leadership moves on request, and the cluster keeps taking writes.
+    let to = c.nodes[follower].id;
+    let r = c
+        .post(2, "/v1/cluster/leader", json!({ "node_id": to }), None)
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(c.status(0).unwrap()["leader"], to);
+    project(&c, 0, "after-transfer");
+    let r = c
+        .get(1, "/v1/audit?action=cluster.leader.transfer")
+        .unwrap();
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 1, "{}", r.body);
+}
