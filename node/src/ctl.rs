@@ -8,14 +8,67 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use serde_json::{json, Value};
 
+/// Where the admin API is and which key to use: flags, then the environment, then the client
+/// file (`--client-config`, `PALISADE_CLIENT_CONFIG`, or `~/.config/palisade/client.toml`), a
+/// TOML file with `admin = "10.0.0.5:7001"` and `key = "pal_…"`.
 #[derive(clap::Args)]
 pub(crate) struct ClientArgs {
-    /// Admin API address of any node.
-    #[arg(long, env = "PALISADE_ADMIN", default_value = "127.0.0.1:7001")]
-    pub(crate) admin: String,
+    /// Admin API address of any node (default 127.0.0.1:7001).
+    #[arg(long, env = "PALISADE_ADMIN")]
+    admin: Option<String>,
     /// API key (or PALISADE_API_KEY).
     #[arg(long, env = "PALISADE_API_KEY", hide_env_values = true)]
-    pub(crate) key: String,
+    key: Option<String>,
+    /// A client file holding `admin` and `key`.
+    #[arg(long, env = "PALISADE_CLIENT_CONFIG")]
+    client_config: Option<PathBuf>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ClientFile {
+    admin: Option<String>,
+    key: Option<String>,
+}
+
+impl ClientArgs {
+    fn file(&self) -> Result<ClientFile> {
+        let (path, explicit) = match &self.client_config {
+            Some(p) => (p.clone(), true),
+            None => match std::env::var_os("HOME") {
+                Some(h) => (PathBuf::from(h).join(".config/palisade/client.toml"), false),
+                None => return Ok(ClientFile::default()),
+            },
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                toml::from_str(&text).with_context(|| format!("client file {}", path.display()))
+            }
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(ClientFile::default())
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read client file {}", path.display())),
+        }
+    }
+
+    /// The admin address and key to use.
+    pub(crate) fn resolve(&self) -> Result<(String, String)> {
+        let need_file = self.admin.is_none() || self.key.is_none();
+        let file = if need_file {
+            self.file()?
+        } else {
+            ClientFile::default()
+        };
+        let admin = self
+            .admin
+            .clone()
+            .or(file.admin)
+            .unwrap_or_else(|| "127.0.0.1:7001".into());
+        let key = self.key.clone().or(file.key).context(
+            "no API key: give --key, set PALISADE_API_KEY, or put key = \"…\" in the client file",
+        )?;
+        Ok((admin, key))
+    }
 }
 
 /// A request body.
@@ -35,24 +88,22 @@ fn agent() -> ureq::Agent {
 
 /// Call the admin API; the body as text on success, the API's own error otherwise.
 pub(crate) fn call(method: &str, c: &ClientArgs, path: &str, body: Payload) -> Result<String> {
-    let url = format!("http://{}{path}", c.admin);
-    let auth = format!("Bearer {}", c.key);
-    let a = agent();
-    let resp = match (method, body) {
-        ("GET", _) => a.get(&url).header("Authorization", &auth).call(),
-        ("DELETE", _) => a.delete(&url).header("Authorization", &auth).call(),
-        (_, Payload::Raw(ctype, bytes)) => a
-            .post(&url)
-            .header("Authorization", &auth)
-            .content_type(ctype)
-            .send(&bytes[..]),
-        (_, Payload::Json(v)) => a.post(&url).header("Authorization", &auth).send_json(v),
-        (_, Payload::None) => a
-            .post(&url)
-            .header("Authorization", &auth)
-            .send_json(Value::Null),
+    let (admin, key) = c.resolve()?;
+    let url = format!("http://{admin}{path}");
+    let (ctype, bytes) = match body {
+        Payload::None => (None, Vec::new()),
+        Payload::Json(v) => (Some("application/json"), serde_json::to_vec(&v)?),
+        Payload::Raw(ctype, bytes) => (Some(ctype), bytes),
     };
-    let mut resp = resp.with_context(|| format!("cannot reach the admin API at {}", c.admin))?;
+    let mut req = ureq::http::Request::builder()
+        .method(method)
+        .uri(&url)
+        .header("Authorization", format!("Bearer {key}"));
+    if let Some(ct) = ctype {
+        req = req.header("Content-Type", ct);
+    }
+    let resp = agent().run(req.body(bytes)?);
+    let mut resp = resp.with_context(|| format!("cannot reach the admin API at {admin}"))?;
     let status = resp.status();
     let text = resp
         .body_mut()
@@ -83,7 +134,7 @@ pub(crate) fn call_json(method: &str, c: &ClientArgs, path: &str, body: Payload)
 }
 
 /// Percent-encode a query value.
-fn q(s: &str) -> String {
+pub(crate) fn q(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         match b {

@@ -6,6 +6,7 @@ mod config;
 mod ctl;
 mod datadir;
 mod dev;
+mod manage;
 mod serve;
 mod sweep;
 
@@ -70,6 +71,40 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ctl::IpCmd,
     },
+    /// Projects.
+    Project {
+        #[command(subcommand)]
+        cmd: manage::ProjectCmd,
+    },
+    /// Domains: host, project, upstreams, TLS mode, redirect, bot override.
+    Domain {
+        #[command(subcommand)]
+        cmd: manage::DomainCmd,
+    },
+    /// Bot protection policy per project.
+    Bot {
+        #[command(subcommand)]
+        cmd: manage::BotCmd,
+    },
+    /// Certificates.
+    Cert {
+        #[command(subcommand)]
+        cmd: manage::CertCmd,
+    },
+    /// API keys.
+    Key {
+        #[command(subcommand)]
+        cmd: manage::KeyCmd,
+    },
+    /// Query or export the audit log.
+    Audit(manage::AuditArgs),
+    /// The cluster: status, leadership, members.
+    Cluster {
+        #[command(subcommand)]
+        cmd: manage::ClusterCmd,
+    },
+    /// Any admin API call, printed as it comes back.
+    Api(manage::ApiArgs),
     /// A one-node cluster on this machine with a demo site, for trying Palisade out.
     Dev(dev::DevArgs),
     /// Check that a peer accepts this data dir's identity over the cluster transport.
@@ -161,6 +196,14 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Cmd::Status(c) => status(&c),
         Cmd::Ip { cmd } => ctl::ip(cmd),
+        Cmd::Project { cmd } => manage::project(cmd),
+        Cmd::Domain { cmd } => manage::domain(cmd),
+        Cmd::Bot { cmd } => manage::bot(cmd),
+        Cmd::Cert { cmd } => manage::cert(cmd),
+        Cmd::Key { cmd } => manage::key(cmd),
+        Cmd::Audit(a) => manage::audit(a),
+        Cmd::Cluster { cmd } => manage::cluster(cmd),
+        Cmd::Api(a) => manage::api(a),
         Cmd::Dev(args) => {
             init_logging("warn,palisade=info");
             runtime()?.block_on(dev::run(args))
@@ -365,7 +408,7 @@ fn admin_call(method: &str, c: &ClientArgs, path: &str, body: Option<Value>) -> 
     ctl::call_json(method, c, path, body)
 }
 
-fn status(c: &ClientArgs) -> Result<()> {
+pub(crate) fn status(c: &ClientArgs) -> Result<()> {
     let s = admin_call("GET", c, "/v1/cluster/status", None)?;
     let leader = s["leader"].as_u64();
     println!("cluster {}", s["cluster_id"].as_str().unwrap_or("?"));

@@ -1177,3 +1177,132 @@ fn probes_metrics_leadership_and_wait_all() {
         .unwrap();
     assert_eq!(r.body["items"].as_array().unwrap().len(), 1, "{}", r.body);
 }
+
+#[test]
+fn the_cli_drives_every_resource() {
+    let c = TestCluster::start(bin(), 1, &[]).unwrap();
+    let admin = c.nodes[0].admin_addr.clone();
+    // Address and key from a client file this time; flags and the environment work the same.
+    let client = c.dir.path().join("client.toml");
+    std::fs::write(
+        &client,
+        format!("admin = \"{admin}\"\nkey = \"{}\"\n", c.key),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| -> String {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--client-config", client.to_str().unwrap()]);
+        let out = c.run_cli(&all).unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    cli(&["project", "add", "shop", "--name", "The Shop"]);
+    let table = cli(&["project", "ls"]);
+    assert!(
+        table.lines().next().unwrap().starts_with("ID") && table.contains("The Shop"),
+        "{table}"
+    );
+    cli(&[
+        "domain",
+        "put",
+        "www.shop.test",
+        "-p",
+        "shop",
+        "--upstream",
+        "127.0.0.1:9",
+        "--upstream",
+        "127.0.0.1:10",
+        "--bot",
+        "always_on",
+    ]);
+    let v: Value = serde_json::from_str(&cli(&["domain", "ls", "--json"])).unwrap();
+    assert_eq!(
+        v["items"][0]["upstreams"],
+        json!(["127.0.0.1:9", "127.0.0.1:10"])
+    );
+    assert_eq!(v["items"][0]["bot_override"], "always_on");
+    cli(&[
+        "bot",
+        "set",
+        "-p",
+        "shop",
+        "--mode",
+        "off",
+        "--difficulty-bits",
+        "12",
+    ]);
+    let v: Value = serde_json::from_str(&cli(&["bot", "show", "-p", "shop"])).unwrap();
+    assert_eq!(
+        (v["mode"].as_str(), v["difficulty_bits"].as_u64()),
+        (Some("off"), Some(12))
+    );
+    let secret = cli(&[
+        "key",
+        "create",
+        "--role",
+        "viewer",
+        "-p",
+        "shop",
+        "--description",
+        "ci",
+    ]);
+    let secret = secret.trim();
+    assert!(secret.starts_with("pal_"), "{secret}");
+    let keys = cli(&["key", "ls"]);
+    assert!(
+        keys.contains("viewer") && keys.contains("shop") && !keys.contains(&secret[20..]),
+        "{keys}"
+    );
+    let id = secret[4..].split('_').next().unwrap();
+    cli(&["key", "revoke", id]);
+    let v: Value = serde_json::from_str(&cli(&["key", "ls", "--all", "--json"])).unwrap();
+    assert!(v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["id"] == id && k["status"] == "revoked"));
+    let status = cli(&["cluster", "status"]);
+    assert!(status.contains("leader  node 1"), "{status}");
+    let csv_text = cli(&["audit", "--export", "csv"]);
+    let mut rd = csv::Reader::from_reader(csv_text.as_bytes());
+    let actions: Vec<String> = rd.records().map(|r| r.unwrap()[4].to_string()).collect();
+    for a in [
+        "project.create",
+        "domain.put",
+        "bot.policy.put",
+        "key.create",
+        "key.revoke",
+    ] {
+        assert!(
+            actions.iter().any(|x| x == a),
+            "{a} missing from {actions:?}"
+        );
+    }
+    let json_text = cli(&["audit", "--export", "json", "--action", "key."]);
+    let v: Value = serde_json::from_str(&json_text).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
+    let raw = cli(&["api", "GET", "/v1/projects/shop"]);
+    assert!(raw.contains("The Shop"), "{raw}");
+    // An error is the API's, on one line, naming the field.
+    let out = c
+        .run_cli(&[
+            "project",
+            "add",
+            "Bad Id",
+            "--name",
+            "x",
+            "--client-config",
+            client.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("400") && err.contains("id:"), "{err}");
+    cli(&["domain", "rm", "www.shop.test"]);
+    cli(&["project", "rm", "shop"]);
+    assert!(!cli(&["project", "ls"]).contains("The Shop"));
+}
