@@ -27,9 +27,11 @@ use palisade_raft::model::{
     HeaderPolicy, Limits, Project, Record, RecordKey, Role, TlsMode,
 };
 use palisade_raft::now_ms;
-use poem::http::StatusCode;
+use poem::http::{Method, StatusCode};
 use poem::web::{Data, Json, Path};
-use poem::{delete, get, handler, post, Endpoint, EndpointExt, IntoResponse, Route};
+use poem::{handler, Endpoint, EndpointExt, IntoResponse};
+
+use crate::openapi::{op, Op};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -85,33 +87,202 @@ impl AdminState {
     }
 }
 
-pub fn routes(state: Arc<AdminState>) -> impl Endpoint {
-    let route = Route::new()
-        .at("/healthz", get(healthz))
-        .at("/readyz", get(readyz))
-        .at("/v1/health", get(health))
-        .at("/metrics", get(prometheus))
-        .at("/v1/cluster/status", get(cluster_status))
-        .at("/v1/cluster/join-tokens", post(create_join_token))
-        .at("/v1/cluster/members/:id", delete(remove_member))
-        .at("/v1/cluster/members/:id/promote", post(promote_member))
-        .at("/v1/cluster/leader", post(transfer_leader))
-        .at("/v1/projects", get(list_projects).post(create_project))
-        .at(
+/// Every operation: method, path, least role, summary, body and query types, handler.
+fn ops() -> Vec<Op> {
+    use Method as M;
+    let (viewer, operator, admin, owner) = (
+        Some(Role::Viewer),
+        Some(Role::Operator),
+        Some(Role::Admin),
+        Some(Role::Owner),
+    );
+    let mut ops = vec![
+        op(M::GET, "/healthz", None, "The process is up", healthz),
+        op(
+            M::GET,
+            "/readyz",
+            None,
+            "A member, caught up with the leader",
+            readyz,
+        ),
+        op(
+            M::GET,
+            "/v1/health",
+            None,
+            "This node's Raft view (200 when it knows a leader)",
+            health,
+        ),
+        op(
+            M::GET,
+            "/metrics",
+            viewer,
+            "Prometheus text: raft, edge and admin series",
+            prometheus,
+        ),
+        op(
+            M::GET,
+            "/v1/cluster/status",
+            viewer,
+            "Leader, members, roles, applied index and lag",
+            cluster_status,
+        ),
+        op(
+            M::POST,
+            "/v1/cluster/join-tokens",
+            owner,
+            "Create a one-use join token",
+            create_join_token,
+        )
+        .json::<TokenBody>(),
+        op(
+            M::DELETE,
+            "/v1/cluster/members/:id",
+            owner,
+            "Remove a member",
+            remove_member,
+        ),
+        op(
+            M::POST,
+            "/v1/cluster/members/:id/promote",
+            owner,
+            "Make a learner a voter",
+            promote_member,
+        ),
+        op(
+            M::POST,
+            "/v1/cluster/leader",
+            owner,
+            "Hand leadership to a voter",
+            transfer_leader,
+        )
+        .json::<LeaderBody>(),
+        op(
+            M::GET,
+            "/v1/projects",
+            viewer,
+            "List projects",
+            list_projects,
+        )
+        .query::<ListOpts>(),
+        op(
+            M::POST,
+            "/v1/projects",
+            admin,
+            "Create a project",
+            create_project,
+        )
+        .json::<NewProject>(),
+        op(
+            M::GET,
             "/v1/projects/:id",
-            get(get_project).patch(patch_project).delete(delete_project),
+            viewer,
+            "Show a project",
+            get_project,
         )
-        .at("/v1/projects/:id/bot", get(get_bot).put(put_bot))
-        .at("/v1/audit", get(list_audit))
-        .at("/v1/domains", get(list_domains))
-        .at(
+        .query::<ReadOpts>(),
+        op(
+            M::PATCH,
+            "/v1/projects/:id",
+            admin,
+            "Change a project's name, headers or limits",
+            patch_project,
+        )
+        .json::<ProjectPatch>(),
+        op(
+            M::DELETE,
+            "/v1/projects/:id",
+            admin,
+            "Delete a project without domains",
+            delete_project,
+        ),
+        op(
+            M::GET,
+            "/v1/projects/:id/bot",
+            viewer,
+            "A project's bot protection policy",
+            get_bot,
+        )
+        .query::<ReadOpts>(),
+        op(
+            M::PUT,
+            "/v1/projects/:id/bot",
+            operator,
+            "Set a project's bot protection policy",
+            put_bot,
+        )
+        .json::<BotPolicy>(),
+        op(
+            M::GET,
+            "/v1/audit",
+            viewer,
+            "Query or export (JSON, CSV) the audit log",
+            list_audit,
+        )
+        .query::<AuditQuery>(),
+        op(M::GET, "/v1/domains", viewer, "List domains", list_domains).query::<ListOpts>(),
+        op(
+            M::GET,
             "/v1/domains/:host",
-            get(get_domain).put(put_domain).delete(delete_domain),
+            viewer,
+            "Show a domain",
+            get_domain,
         )
-        .at("/v1/certificates", get(list_certs).post(upload_cert))
-        .at("/v1/settings", get(get_settings).put(put_settings));
-    let route = crate::keys::routes(route);
-    let route = crate::iprules::routes(route);
+        .query::<ReadOpts>(),
+        op(
+            M::PUT,
+            "/v1/domains/:host",
+            operator,
+            "Create or replace a domain",
+            put_domain,
+        )
+        .json::<DomainBody>(),
+        op(
+            M::DELETE,
+            "/v1/domains/:host",
+            operator,
+            "Delete a domain",
+            delete_domain,
+        ),
+        op(
+            M::GET,
+            "/v1/certificates",
+            viewer,
+            "List certificates: names, issuer, expiry, status",
+            list_certs,
+        )
+        .query::<ListOpts>(),
+        op(
+            M::POST,
+            "/v1/certificates",
+            admin,
+            "Upload a certificate and key (manual TLS)",
+            upload_cert,
+        )
+        .json::<CertBody>(),
+        op(
+            M::GET,
+            "/v1/settings",
+            viewer,
+            "Cluster settings",
+            get_settings,
+        ),
+        op(
+            M::PUT,
+            "/v1/settings",
+            owner,
+            "Change cluster settings",
+            put_settings,
+        )
+        .json::<ClusterSettings>(),
+    ];
+    ops.extend(crate::keys::ops());
+    ops.extend(crate::iprules::ops());
+    ops.extend(crate::config::ops());
+    ops
+}
+
+pub fn routes(state: Arc<AdminState>) -> impl Endpoint {
+    let route = crate::openapi::router(ops());
     let allowed = state.options.allowed_ips.clone();
     let cluster = state.cluster.clone();
     route
@@ -261,7 +432,7 @@ pub(crate) fn audit(p: &Principal, caller: &Caller, action: &str, target: &str) 
     }
 }
 
-#[derive(Deserialize, Serialize, Default)]
+#[derive(Deserialize, Serialize, Default, schemars::JsonSchema)]
 pub(crate) struct ReadOpts {
     /// `linearizable` (default) or `local`.
     pub(crate) consistency: Option<String>,
@@ -436,7 +607,7 @@ async fn cluster_status(state: Data<&Arc<AdminState>>, caller: Caller) -> ApiRes
     Ok(Json(state.cluster.status().await).into_response())
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, schemars::JsonSchema)]
 struct TokenBody {
     #[serde(default = "default_token_ttl")]
     ttl_seconds: u64,
@@ -533,7 +704,7 @@ async fn promote_member(
     Ok(Json(json!({ "promoted": id })).into_response())
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, schemars::JsonSchema)]
 struct LeaderBody {
     node_id: NodeId,
 }
@@ -569,7 +740,7 @@ async fn transfer_leader(
 
 // ---- projects ------------------------------------------------------------------------------
 
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct NewProject {
     id: String,
@@ -681,7 +852,7 @@ async fn create_project(
     .await
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ProjectPatch {
     name: Option<String>,
@@ -761,7 +932,7 @@ async fn delete_project(
     apply(&state, &caller, command, entry, false, json!({})).await
 }
 
-#[derive(Deserialize, Serialize, Default)]
+#[derive(Deserialize, Serialize, Default, schemars::JsonSchema)]
 struct ListOpts {
     consistency: Option<String>,
     after: Option<String>,
@@ -888,7 +1059,7 @@ async fn put_bot(
 
 // ---- audit ---------------------------------------------------------------------------------
 
-#[derive(Deserialize, Serialize, Default)]
+#[derive(Deserialize, Serialize, Default, schemars::JsonSchema)]
 struct AuditQuery {
     consistency: Option<String>,
     after: Option<String>,
@@ -999,7 +1170,7 @@ async fn list_audit(
 
 // ---- domains -------------------------------------------------------------------------------
 
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct DomainBody {
     project: String,
@@ -1165,7 +1336,7 @@ async fn list_domains(
 
 // ---- certificates --------------------------------------------------------------------------
 
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct CertBody {
     name: String,

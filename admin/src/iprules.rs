@@ -25,10 +25,10 @@ use palisade_raft::command::{Command, Request, Response as WriteResponse};
 use palisade_raft::ids::{Cidr, ProjectId, RequestId};
 use palisade_raft::model::{ip_rule_prefix, IpRule, Millis, Record, RecordKey, Role, RuleList};
 use palisade_raft::now_ms;
-use poem::http::StatusCode;
+use poem::http::{Method, StatusCode};
 use poem::web::{Data, Json};
-use poem::{get, handler, post, Body, FromRequest, IntoResponse, Route};
-use serde::Deserialize;
+use poem::{handler, Body, FromRequest, IntoResponse};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
@@ -37,7 +37,8 @@ use crate::api::{
     Within,
 };
 use crate::auth::Principal;
-use crate::http::{csv_field, Caller, QueryParams};
+use crate::http::{csv_field, Caller, JsonBody, QueryParams};
+use crate::openapi::{op, Op};
 
 /// Lines one import may hold.
 pub const MAX_IMPORT_LINES: usize = 1_000_000;
@@ -53,23 +54,85 @@ const MAX_NOTE: usize = 256;
 
 const _: () = assert!(IMPORT_BATCH * 400 < MAX_ENTRY_BYTES);
 
-pub(crate) fn routes(r: Route) -> Route {
-    r.at(
-        "/v1/projects/:id/ip-rules",
-        get(list_rules).post(add_rule).delete(remove_rule),
-    )
-    .at("/v1/projects/:id/ip-rules/import", post(import_rules))
-    .at("/v1/projects/:id/ip-rules/export", get(export_rules))
-    .at("/v1/projects/:id/ip-rules/check", get(check))
-    .at(
-        "/v1/cluster/ip-rules",
-        get(list_rules).post(add_rule).delete(remove_rule),
-    )
-    .at("/v1/cluster/ip-rules/import", post(import_rules))
-    .at("/v1/cluster/ip-rules/export", get(export_rules))
+pub(crate) fn ops() -> Vec<Op> {
+    let mut ops = scope_ops(
+        [
+            "/v1/projects/:id/ip-rules",
+            "/v1/projects/:id/ip-rules/import",
+            "/v1/projects/:id/ip-rules/export",
+        ],
+        Role::Operator,
+    );
+    ops.extend(scope_ops(
+        [
+            "/v1/cluster/ip-rules",
+            "/v1/cluster/ip-rules/import",
+            "/v1/cluster/ip-rules/export",
+        ],
+        Role::Admin,
+    ));
+    ops.push(
+        op(
+            Method::GET,
+            "/v1/projects/:id/ip-rules/check",
+            Some(Role::Viewer),
+            "Would this address pass for this project, and by which entry?",
+            check,
+        )
+        .query::<RuleQuery>(),
+    );
+    ops
 }
 
-/// 400 with `{code, field, message}` naming what was wrong.
+/// The same verbs on a project's lists and on the cluster-wide one (`write` is the role that
+/// changes them).
+fn scope_ops([list, import, export]: [&'static str; 3], write: Role) -> Vec<Op> {
+    let read = Some(Role::Viewer);
+    vec![
+        op(
+            Method::GET,
+            list,
+            read,
+            "List entries (paginated)",
+            list_rules,
+        )
+        .query::<RuleQuery>(),
+        op(
+            Method::POST,
+            list,
+            Some(write),
+            "Add an address or CIDR",
+            add_rule,
+        )
+        .json::<NewRule>(),
+        op(
+            Method::DELETE,
+            list,
+            Some(write),
+            "Remove an entry",
+            remove_rule,
+        )
+        .query::<RuleQuery>(),
+        op(
+            Method::POST,
+            import,
+            Some(write),
+            "Bulk import of up to 1,000,000 lines of text or CSV",
+            import_rules,
+        )
+        .query::<RuleQuery>()
+        .raw(&["text/plain", "text/csv"]),
+        op(
+            Method::GET,
+            export,
+            read,
+            "Export as CSV or JSON",
+            export_rules,
+        )
+        .query::<RuleQuery>(),
+    ]
+}
+
 /// Whose lists a request is about: `/v1/projects/{id}/…` or the cluster's.
 struct Scope(Option<ProjectId>);
 
@@ -147,7 +210,7 @@ impl Scope {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Serialize, Default, schemars::JsonSchema)]
 struct RuleQuery {
     list: Option<String>,
     cidr: Option<String>,
@@ -232,7 +295,7 @@ async fn list_rules(
     Ok(Json(json!({ "items": items, "next": next.flatten() })).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct NewRule {
     list: Option<String>,
@@ -249,10 +312,9 @@ async fn add_rule(
     state: Data<&Arc<AdminState>>,
     caller: Caller,
     scope: Scope,
-    body: poem::Result<Json<NewRule>>,
+    JsonBody(body): JsonBody<NewRule>,
 ) -> poem::Result<poem::Response> {
     let p = scope.authorize(&state, &caller, Role::Operator).await?;
-    let Json(body) = body.map_err(|e| invalid("body", e))?;
     let list = scope.list(body.list.as_deref())?;
     let cidr = parse_cidr("cidr", &body.cidr)?;
     check_note("note", &body.note)?;

@@ -12,9 +12,11 @@ use palisade_raft::command::Command;
 use palisade_raft::ids::{Name, ProjectId};
 use palisade_raft::model::{prefix, ApiKey, Millis, Record, RecordKey, Role};
 use palisade_raft::now_ms;
-use poem::http::StatusCode;
+use poem::http::{Method, StatusCode};
 use poem::web::{Data, Json, Path};
-use poem::{get, handler, IntoResponse, Route};
+use poem::{handler, IntoResponse};
+
+use crate::openapi::{op, Op};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -25,15 +27,47 @@ use crate::api::{
 use crate::auth::{new_key, KeySpec, Principal};
 use crate::http::{path_param, Caller, JsonBody, QueryParams};
 
-pub(crate) fn routes(r: Route) -> Route {
-    r.at("/v1/keys", get(list_keys).post(create_key))
-        .at("/v1/keys/:id", get(get_key).delete(revoke_key))
+pub(crate) fn ops() -> Vec<Op> {
+    let admin = Some(Role::Admin);
+    vec![
+        op(
+            Method::GET,
+            "/v1/keys",
+            admin,
+            "List API keys (never a secret)",
+            list_keys,
+        )
+        .query::<KeyQuery>(),
+        op(
+            Method::POST,
+            "/v1/keys",
+            admin,
+            "Create an API key; its secret is shown once",
+            create_key,
+        )
+        .json::<NewKeyBody>(),
+        op(
+            Method::GET,
+            "/v1/keys/:id",
+            admin,
+            "Show an API key",
+            get_key,
+        )
+        .query::<ReadOpts>(),
+        op(
+            Method::DELETE,
+            "/v1/keys/:id",
+            admin,
+            "Revoke an API key",
+            revoke_key,
+        ),
+    ]
 }
 
 /// Longest lifetime a key may be given.
 const MAX_TTL_SECONDS: u64 = 10 * 365 * 86_400;
 
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct NewKeyBody {
     role: Role,
@@ -177,7 +211,7 @@ fn key(state: &AdminState, id: &Name) -> poem::Result<ApiKey> {
     }
 }
 
-#[derive(Deserialize, Serialize, Default)]
+#[derive(Deserialize, Serialize, Default, schemars::JsonSchema)]
 struct KeyQuery {
     consistency: Option<String>,
     /// Include revoked and expired keys (default: only active ones).

@@ -9,6 +9,8 @@
 //! - [`api`]: the probes, `/metrics`, and the `/v1` routes for the cluster, projects, bot policy,
 //!   domains, certificates, settings and the audit log, with the role each needs;
 //! - [`keys`]: API keys: create (secret shown once), list, revoke;
+//! - [`config`]: export of the whole configuration, and import into an empty cluster;
+//! - [`openapi`]: one table of operations makes both the router and `/openapi.json`;
 //! - [`iprules`]: IP allow and block lists: add, remove, list, bulk import and export, and the
 //!   "would this address pass?" check.
 //!
@@ -19,10 +21,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod config;
 pub mod guard;
 pub mod http;
 pub mod iprules;
 pub mod keys;
+pub mod openapi;
 
 pub use api::{routes, AdminOptions, AdminState};
 

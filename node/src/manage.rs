@@ -186,7 +186,7 @@ pub(crate) enum DomainCmd {
         /// An upstream HOST:PORT; repeat for several.
         #[arg(long = "upstream", required = true)]
         upstreams: Vec<String>,
-        /// auto (ACME), manual (uploaded certificate) or off.
+        /// acme (automatic certificates), manual (uploaded certificate) or off.
         #[arg(long)]
         tls: Option<String>,
         /// Do not redirect HTTP to HTTPS.

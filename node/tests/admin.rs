@@ -1,5 +1,8 @@
 //! The admin control plane through real node processes: keys, roles and scopes, validation,
-//! the audit log on every node, the private surface, probes, metrics and `?wait=all`.
+//! the audit log on every node, the private surface, probes, metrics and `?wait=all`, the
+//! OpenAPI document, configuration export and import, and the CLI.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -965,6 +968,17 @@ fn urlencode(s: &str) -> String {
 
 /// A raw HTTP/1.1 GET from a chosen loopback source; the status and body.
 fn get_from(source: IpAddr, to: SocketAddr, path: &str, key: &str) -> (u16, String) {
+    request_from(source, to, "GET", path, key)
+}
+
+/// A raw HTTP/1.1 request without a body from a chosen loopback source; the status and body.
+fn request_from(
+    source: IpAddr,
+    to: SocketAddr,
+    method: &str,
+    path: &str,
+    key: &str,
+) -> (u16, String) {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.bind(&SocketAddr::new(source, 0).into()).unwrap();
     sock.connect(&to.into()).unwrap();
@@ -972,7 +986,7 @@ fn get_from(source: IpAddr, to: SocketAddr, path: &str, key: &str) -> (u16, Stri
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {key}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();
@@ -1305,4 +1319,254 @@ fn the_cli_drives_every_resource() {
     cli(&["domain", "rm", "www.shop.test"]);
     cli(&["project", "rm", "shop"]);
     assert!(!cli(&["project", "ls"]).contains("The Shop"));
+}
+
+#[test]
+fn the_openapi_document_validates_and_matches_the_routes() {
+    let c = TestCluster::start(bin(), 1, &[]).unwrap();
+    let r = call(&c, 0, "GET", "/openapi.json", "", Value::Null);
+    assert_eq!(r.status, 200);
+    let raw = r.body;
+    let doc: openapiv3::OpenAPI =
+        serde_json::from_value(raw.clone()).expect("a valid OpenAPI 3.0 document");
+    assert!(doc.openapi.starts_with("3.0"));
+
+    // Every reference resolves.
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r.clone());
+                }
+                m.values().for_each(|x| refs(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&raw, &mut all);
+    assert!(!all.is_empty());
+    for r in &all {
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("odd $ref {r}"));
+        assert!(
+            raw["components"]["schemas"][name].is_object(),
+            "{r} does not resolve"
+        );
+    }
+
+    // Every documented operation is served: open ones answer, keyed ones ask for a key (each
+    // from its own loopback source, so no source collects enough failures to be slowed down).
+    let admin: SocketAddr = c.nodes[0].admin_addr.parse().unwrap();
+    let mut n = 0;
+    for (path, item) in &doc.paths.paths {
+        let item = item.as_item().unwrap();
+        for (method, op) in item.iter() {
+            let declared: Vec<String> = op
+                .parameters
+                .iter()
+                .filter_map(|p| p.as_item())
+                .filter_map(|p| match p {
+                    openapiv3::Parameter::Path { parameter_data, .. } => {
+                        Some(parameter_data.name.clone())
+                    }
+                    _ => None,
+                })
+                .collect();
+            let templated: Vec<String> = path
+                .split('/')
+                .filter_map(|seg| seg.strip_prefix('{').and_then(|x| x.strip_suffix('}')))
+                .map(String::from)
+                .collect();
+            assert_eq!(declared, templated, "{method} {path}: path parameters");
+            let concrete = path.replace("{id}", "1").replace("{host}", "a.example");
+            n += 1;
+            let source: IpAddr = format!("127.0.0.{}", 10 + n).parse().unwrap();
+            let (status, body) = request_from(source, admin, &method.to_uppercase(), &concrete, "");
+            let keyed = op.security.as_ref().is_some_and(|s| !s.is_empty());
+            if keyed {
+                assert_eq!(status, 401, "{method} {path} without a key: {body}");
+                assert!(raw["paths"][path][method]["x-palisade-role"].is_string());
+            } else {
+                assert!(
+                    ![401, 404, 405].contains(&status),
+                    "{method} {path}: {status} {body}"
+                );
+            }
+        }
+    }
+    assert!(n >= 40, "only {n} operations documented");
+    // A method the document does not list is not served either.
+    let (status, _) = request_from("127.0.0.9".parse().unwrap(), admin, "PATCH", "/v1/keys", "");
+    assert_eq!(status, 405);
+    // The interactive page reads the document.
+    let (status, page) = c.get_text(0, "/docs").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("/openapi.json") && page.contains("<script>"),
+        "{page}"
+    );
+}
+
+#[test]
+fn a_configuration_export_restores_into_an_empty_cluster() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (up, _task) = rt.block_on(common::upstream("restored"));
+    let a = TestCluster::start(bin(), 1, &[]).unwrap();
+    project(&a, 0, "shop");
+    let r = a
+        .put(
+            0,
+            "/v1/domains/shop.test",
+            json!({ "project": "shop", "upstreams": [up.to_string()] }),
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    for cidr in ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"] {
+        let r = a
+            .post(
+                0,
+                "/v1/projects/shop/ip-rules",
+                json!({ "list": "block", "cidr": cidr }),
+                None,
+            )
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let pki = common::pki(&["shop.test"]);
+    let r = a
+        .post(
+            0,
+            "/v1/certificates",
+            json!({ "name": "shop", "chain_pem": pki.chain_pem, "key_pem": pki.key_pem }),
+            None,
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let (_, kept_key) = make_key(
+        &a,
+        0,
+        &a.key,
+        json!({ "role": "operator", "project": "shop" }),
+    );
+
+    let r = call(
+        &a,
+        0,
+        "POST",
+        "/v1/config/export",
+        &a.key,
+        json!({ "passphrase": "short" }),
+    );
+    assert_eq!(
+        (r.status, r.body["field"].as_str()),
+        (400, Some("passphrase")),
+        "{}",
+        r.body
+    );
+    let pass = "correct horse battery staple";
+    let r = call(
+        &a,
+        0,
+        "POST",
+        "/v1/config/export",
+        &a.key,
+        json!({ "passphrase": pass }),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let export = r.body;
+    let text = export.to_string();
+    assert!(
+        !text.contains("PRIVATE KEY"),
+        "a certificate key left the cluster in the clear"
+    );
+    let kinds: Vec<&str> = export["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    for k in ["project", "domain", "ip_rule", "cert", "api_key"] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+
+    let b = TestCluster::start(bin(), 1, &[]).unwrap();
+    let import = |pass: &str| {
+        b.call(
+            0,
+            "POST",
+            "/v1/config/import",
+            &[
+                ("Authorization", format!("Bearer {}", b.key)),
+                ("Content-Type", "application/json".into()),
+                ("X-Palisade-Passphrase", pass.into()),
+            ],
+            serde_json::to_vec(&export).unwrap(),
+        )
+        .unwrap()
+    };
+    let r = import("the wrong passphrase entirely");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body["field"].as_str().unwrap().starts_with("records["),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        b.get(0, "/v1/projects").unwrap().body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0,
+        "nothing written"
+    );
+    let r = import(pass);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["imported"].as_u64().unwrap() as usize, kinds.len());
+
+    // B now holds A's configuration, and A's certificate opens under B's master key.
+    for path in ["/v1/projects/shop", "/v1/domains/shop.test"] {
+        assert_eq!(
+            b.get(0, path).unwrap().body,
+            a.get(0, path).unwrap().body,
+            "{path}"
+        );
+    }
+    let rules =
+        |c: &TestCluster| c.get(0, "/v1/projects/shop/ip-rules").unwrap().body["items"].clone();
+    assert_eq!(rules(&b), rules(&a));
+    let r = call(&b, 0, "GET", "/v1/projects/shop", &kept_key, Value::Null);
+    assert_eq!(r.status, 200, "a key of A works on B: {}", r.body);
+    let https = b.nodes[0].https_addr.clone();
+    let ca = pki.ca_pem.clone();
+    let served = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(a) = common::https_get(&https, "shop.test", "/", &ca).await {
+                return a.status;
+            }
+            if Instant::now() > deadline {
+                return 0;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    assert_eq!(
+        served, 200,
+        "B serves shop.test with the imported certificate"
+    );
+    let r = import(pass);
+    assert_eq!(
+        r.status, 409,
+        "an import only restores into an empty cluster: {}",
+        r.body
+    );
+    let r = b.get(0, "/v1/audit?action=config.import").unwrap();
+    assert!(!r.body["items"].as_array().unwrap().is_empty());
 }

@@ -37,6 +37,9 @@ pub fn sha256_hex(data: &[u8]) -> String {
 #[derive(Clone)]
 pub struct MasterKey([u8; 32]);
 
+/// PBKDF2 rounds for [`MasterKey::from_passphrase`] (OWASP's 2023 figure for SHA-256).
+pub const PASSPHRASE_ROUNDS: u32 = 600_000;
+
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("MasterKey(..)")
@@ -58,6 +61,21 @@ impl MasterKey {
 
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
+    }
+
+    /// A key derived from a passphrase (PBKDF2-HMAC-SHA256, `PASSPHRASE_ROUNDS` rounds) and a
+    /// random salt stored beside what it seals: for secrets that leave the cluster (a
+    /// configuration export) and must stay encrypted outside it.
+    pub fn from_passphrase(passphrase: &str, salt: &[u8]) -> Self {
+        let mut k = [0u8; 32];
+        ring::pbkdf2::derive(
+            ring::pbkdf2::PBKDF2_HMAC_SHA256,
+            std::num::NonZeroU32::new(PASSPHRASE_ROUNDS).expect("non-zero"),
+            salt,
+            passphrase.as_bytes(),
+            &mut k,
+        );
+        MasterKey(k)
     }
 
     fn key(&self) -> LessSafeKey {

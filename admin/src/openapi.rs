@@ -1,0 +1,327 @@
+//! One table of operations makes both the router and the OpenAPI document, so the document
+//! cannot name a route that does not exist or miss one that does.
+//!
+//! Each [`Op`] carries its method, path, the least role it needs, a summary, the schema of its
+//! body and query (derived from the same Rust types the handler parses, with `schemars`), and the
+//! endpoint. `GET /openapi.json` serves the document (OpenAPI 3.0.3); `GET /docs` is a page that
+//! reads it and lets an operator try each call with their key.
+
+use std::collections::BTreeMap;
+
+use palisade_raft::model::Role;
+use poem::endpoint::BoxEndpoint;
+use poem::http::Method;
+use poem::{Endpoint, EndpointExt, FromRequest, IntoEndpoint, IntoResponse, Route, RouteMethod};
+use schemars::gen::{SchemaGenerator, SchemaSettings};
+use schemars::schema::Schema;
+use schemars::JsonSchema;
+use serde_json::{json, Map, Value};
+
+type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+/// What a route takes in its body.
+enum Body {
+    None,
+    Json(SchemaFn),
+    /// Raw bytes of these media types (bulk imports).
+    Raw(&'static [&'static str]),
+}
+
+pub(crate) struct Op {
+    method: Method,
+    /// Poem syntax: `/v1/projects/:id`.
+    path: &'static str,
+    /// `None`: no key needed.
+    role: Option<Role>,
+    summary: &'static str,
+    body: Body,
+    query: Option<SchemaFn>,
+    ep: BoxEndpoint<'static>,
+}
+
+pub(crate) fn op<E>(
+    method: Method,
+    path: &'static str,
+    role: Option<Role>,
+    summary: &'static str,
+    ep: E,
+) -> Op
+where
+    E: IntoEndpoint,
+    E::Endpoint: 'static,
+{
+    Op {
+        method,
+        path,
+        role,
+        summary,
+        body: Body::None,
+        query: None,
+        ep: ep.into_endpoint().map_to_response().boxed(),
+    }
+}
+
+impl Op {
+    /// The route reads a JSON body of type `T`.
+    pub(crate) fn json<T: JsonSchema>(mut self) -> Self {
+        self.body = Body::Json(|g| g.subschema_for::<T>());
+        self
+    }
+
+    /// The route reads a raw body of one of these media types.
+    pub(crate) fn raw(mut self, types: &'static [&'static str]) -> Self {
+        self.body = Body::Raw(types);
+        self
+    }
+
+    /// The route reads query parameters into `T`.
+    pub(crate) fn query<T: JsonSchema>(mut self) -> Self {
+        self.query = Some(|g| g.root_schema_for::<T>().schema.into());
+        self
+    }
+}
+
+/// OpenAPI's `{id}` for poem's `:id`.
+fn openapi_path(path: &str) -> String {
+    path.split('/')
+        .map(|seg| match seg.strip_prefix(':') {
+            Some(name) => format!("{{{name}}}"),
+            None => seg.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn parameters(op: &Op, g: &mut SchemaGenerator) -> Vec<Value> {
+    let mut out: Vec<Value> = op
+        .path
+        .split('/')
+        .filter_map(|seg| seg.strip_prefix(':'))
+        .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+        .collect();
+    if let Some(query) = op.query {
+        let schema = serde_json::to_value(query(g)).unwrap_or(Value::Null);
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        for (name, s) in schema["properties"].as_object().into_iter().flatten() {
+            let mut s = s.clone();
+            let description = s.as_object_mut().and_then(|o| o.remove("description"));
+            let mut p = json!({
+                "name": name, "in": "query", "required": required.contains(&name.as_str()),
+                "schema": s,
+            });
+            if let Some(d) = description {
+                p["description"] = d;
+            }
+            out.push(p);
+        }
+    }
+    if !op.method.is_safe() {
+        out.push(json!({
+            "name": "Idempotency-Key", "in": "header", "required": false,
+            "description": "A retry with the same key is applied once.",
+            "schema": { "type": "string", "maxLength": 128 },
+        }));
+        out.push(json!({
+            "name": "wait", "in": "query", "required": false,
+            "description": "`all`: answer once every voter has applied the write.",
+            "schema": { "type": "string", "enum": ["all", "leader"] },
+        }));
+    }
+    out
+}
+
+fn operation(op: &Op, g: &mut SchemaGenerator) -> Value {
+    let mut o = json!({
+        "summary": op.summary,
+        "operationId": format!("{}_{}", op.method.as_str().to_lowercase(), op.path.trim_start_matches('/').replace(['/', ':', '-'], "_")),
+        "tags": [op.path.split('/').nth(if op.path.starts_with("/v1/") { 2 } else { 1 }).unwrap_or("")],
+        "parameters": parameters(op, g),
+        "responses": {
+            "2XX": { "description": "Done." },
+            "default": {
+                "description": "An error: `field` names the input at fault.",
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } },
+            },
+        },
+    });
+    match &op.role {
+        Some(role) => {
+            o["security"] = json!([{ "bearer": [] }]);
+            o["x-palisade-role"] = json!(role.as_str());
+            o["description"] = json!(format!(
+                "Needs a key with role `{}` or above.",
+                role.as_str()
+            ));
+        }
+        None => o["security"] = json!([]),
+    }
+    match &op.body {
+        Body::None => {}
+        Body::Json(schema) => {
+            let s = serde_json::to_value(schema(g)).unwrap_or(Value::Null);
+            o["requestBody"] =
+                json!({ "required": true, "content": { "application/json": { "schema": s } } });
+        }
+        Body::Raw(types) => {
+            let content: Map<String, Value> = types
+                .iter()
+                .map(|t| (t.to_string(), json!({ "schema": { "type": "string" } })))
+                .collect();
+            o["requestBody"] = json!({ "required": true, "content": content });
+        }
+    }
+    o
+}
+
+/// The document for `ops`.
+fn document(ops: &[Op]) -> Value {
+    let mut g = SchemaSettings::openapi3().into_generator();
+    let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for op in ops {
+        let o = operation(op, &mut g);
+        paths
+            .entry(openapi_path(op.path))
+            .or_default()
+            .insert(op.method.as_str().to_lowercase(), o);
+    }
+    let mut schemas: Map<String, Value> = g
+        .take_definitions()
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::to_value(v).unwrap_or(Value::Null)))
+        .collect();
+    schemas.insert(
+        "Error".into(),
+        json!({
+            "type": "object",
+            "required": ["code", "message", "error"],
+            "properties": {
+                "code": { "type": "string", "description": "Stable: invalid, unauthenticated, forbidden, not_found, conflict, too_large, unavailable, …" },
+                "field": { "type": "string", "nullable": true, "description": "The input at fault: a body path, query parameter, header or path segment." },
+                "message": { "type": "string" },
+                "error": { "type": "string", "description": "`field: message`, for people." },
+            },
+        }),
+    );
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Palisade admin API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "The control plane of a Palisade cluster, served by every node on its private admin address. Writes go to the leader from any node; reads are linearizable unless `consistency=local`.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "description": "An API key: `pal_{id}_{secret}`." } },
+        },
+    })
+}
+
+/// The router for `ops`, plus `/openapi.json` and `/docs`.
+pub(crate) fn router(ops: Vec<Op>) -> Route {
+    let doc = document(&ops).to_string();
+    let mut by_path: Vec<(&'static str, RouteMethod)> = Vec::new();
+    for mut op in ops {
+        if let Some(role) = op.role {
+            op.ep = authenticated(op.ep, role);
+        }
+        match by_path.iter_mut().find(|(p, _)| *p == op.path) {
+            Some((_, rm)) => *rm = std::mem::take(rm).method(op.method, op.ep),
+            None => by_path.push((op.path, RouteMethod::new().method(op.method, op.ep))),
+        }
+    }
+    let mut route = Route::new();
+    for (path, rm) in by_path {
+        route = route.at(path, rm);
+    }
+    route
+        .at(
+            "/openapi.json",
+            poem::get(poem::endpoint::make_sync(move |_| {
+                poem::Response::builder()
+                    .content_type("application/json")
+                    .body(doc.clone())
+            })),
+        )
+        .at(
+            "/docs",
+            poem::get(poem::endpoint::make_sync(|_| {
+                poem::web::Html(DOCS_PAGE).into_response()
+            })),
+        )
+}
+
+/// Check the key (and its role) before the endpoint reads anything, so a caller without one
+/// learns nothing about the route's input and costs no body parsing. The handler checks the
+/// key's scope against what it touches.
+fn authenticated(ep: BoxEndpoint<'static>, role: Role) -> BoxEndpoint<'static> {
+    ep.around(move |ep, req| async move {
+        let state = req
+            .data::<std::sync::Arc<crate::api::AdminState>>()
+            .cloned()
+            .ok_or_else(|| crate::api::internal("admin state missing"))?;
+        let (req, mut body) = req.split();
+        let caller = crate::http::Caller::from_request(&req, &mut body).await?;
+        crate::api::authorize(&state, &caller, role, crate::api::Within::Listing).await?;
+        ep.call(poem::Request::from_parts(req.into_parts().0, body.take()?))
+            .await
+    })
+    .boxed()
+}
+
+/// A self-contained page (no outside scripts: the admin network may have no internet) that lists
+/// the operations of `/openapi.json` and sends any of them with the key typed in.
+const DOCS_PAGE: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Palisade admin API</title>
+<style>
+body{font:14px system-ui,sans-serif;margin:2em;max-width:70em}
+details{border:1px solid #ccc;border-radius:4px;margin:.3em 0;padding:.3em .6em}
+summary{cursor:pointer}code{background:#f4f4f4;padding:0 .2em}
+.m{display:inline-block;width:4.5em;font-weight:bold}.role{color:#666;font-size:90%}
+textarea,input{font:13px monospace;width:100%;box-sizing:border-box}pre{background:#f4f4f4;padding:.5em;overflow:auto}
+</style></head><body>
+<h1>Palisade admin API</h1>
+<p>API key: <input id="key" type="password" placeholder="pal_…" autocomplete="off"></p>
+<div id="ops">Loading /openapi.json…</div>
+<script>
+const el=(t,a={},...k)=>{const e=document.createElement(t);Object.assign(e,a);k.forEach(c=>e.append(c));return e};
+fetch('/openapi.json').then(r=>r.json()).then(doc=>{
+  const root=document.getElementById('ops');root.textContent='';
+  for(const [path,methods] of Object.entries(doc.paths)){
+    for(const [method,op] of Object.entries(methods)){
+      const url=el('input',{value:path});
+      const body=el('textarea',{rows:4,placeholder:op.requestBody?'request body':'(no body)'});
+      const out=el('pre');
+      const send=el('button',{textContent:'Send',onclick:async()=>{
+        const h={};const k=document.getElementById('key').value;if(k)h['Authorization']='Bearer '+k;
+        if(body.value)h['Content-Type']='application/json';
+        const r=await fetch(url.value,{method:method.toUpperCase(),headers:h,body:body.value||undefined});
+        const t=await r.text();let shown=t;try{shown=JSON.stringify(JSON.parse(t),null,2)}catch(e){}
+        out.textContent=r.status+' '+r.statusText+'\n'+shown;}});
+      const params=(op.parameters||[]).map(p=>p.name+' ('+p.in+')').join(', ');
+      root.append(el('details',{},
+        el('summary',{},el('span',{className:'m',textContent:method.toUpperCase()}),el('code',{textContent:path}),' ',op.summary||'',
+          el('span',{className:'role',textContent:op['x-palisade-role']?'  · '+op['x-palisade-role']:'  · no key'})),
+        el('p',{textContent:params?'Parameters: '+params:'No parameters.'}),
+        el('p',{},'URL (fill in path and query): ',url),body,send,out));
+    }
+  }
+});
+</script></body></html>"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_use_openapi_templates() {
+        assert_eq!(
+            openapi_path("/v1/projects/:id/ip-rules"),
+            "/v1/projects/{id}/ip-rules"
+        );
+        assert_eq!(openapi_path("/healthz"), "/healthz");
+    }
+}
