@@ -286,7 +286,7 @@ fn lists_decide_exactly_at_their_boundaries_in_order_on_every_node() {
         ),
         (
             json!({ "list": "block", "cidr": "10.0.0.1", "colour": "red" }),
-            "body",
+            "colour",
         ),
     ] {
         let r = c
