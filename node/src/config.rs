@@ -227,7 +227,8 @@ impl Config {
     /// field (for example `PALISADE_RAFT_SNAPSHOT_EVERY=500`), the edge's header-read and
     /// upstream-response timeouts and rule sweep interval, `PALISADE_EDGE_TRUSTED_PROXIES`
     /// (comma-separated), `PALISADE_EDGE_PROXY_PROTOCOL`, `PALISADE_ADMIN_ALLOWED_IPS`
-    /// (comma-separated), `PALISADE_ADMIN_LAST_USED_FLUSH_MS`, and `PALISADE_LOG`.
+    /// (comma-separated), `PALISADE_ADMIN_LAST_USED_FLUSH_MS`, `PALISADE_ADMIN_AUDIT_MAX_ENTRIES`, and
+    /// `PALISADE_LOG`.
     pub fn apply_env(mut self) -> Result<Config, ConfigError> {
         let num = |var: &'static str, slot: &mut u64| -> Result<(), ConfigError> {
             if let Ok(v) = std::env::var(var) {
@@ -266,6 +267,10 @@ impl Config {
         num(
             "PALISADE_ADMIN_LAST_USED_FLUSH_MS",
             &mut self.admin.last_used_flush_ms,
+        )?;
+        num(
+            "PALISADE_ADMIN_AUDIT_MAX_ENTRIES",
+            &mut self.admin.audit_max_entries,
         )?;
         if let Ok(v) = std::env::var("PALISADE_ADMIN_ALLOWED_IPS") {
             self.admin.allowed_ips = v

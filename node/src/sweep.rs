@@ -92,7 +92,12 @@ async fn prune_audit(cluster: &Cluster, keep: Retention, now: u64) -> anyhow::Re
     let before = now.saturating_sub(keep.max_age.as_millis() as u64);
     loop {
         let count = cluster.reader.count(prefix::AUDIT)?;
-        let excess = count.saturating_sub(keep.max_entries);
+        // Over the limit, prune to 1% under it, so that the entry recording the prune does not
+        // start the next one.
+        let excess = match count > keep.max_entries {
+            true => count - keep.max_entries * 99 / 100,
+            false => 0,
+        };
         let below_seq = match excess {
             0 => 0,
             n => cluster
@@ -119,7 +124,20 @@ async fn prune_audit(cluster: &Cluster, keep: Retention, now: u64) -> anyhow::Re
             below_seq,
             limit: PRUNE_BATCH,
         };
-        cluster.write(Request::new(cmd)).await?;
+        let entry = AuditEntry {
+            seq: 0,
+            at: now,
+            actor: format!("node:{}", cluster.node_id),
+            source_ip: String::new(),
+            action: "audit.prune".into(),
+            target: format!(
+                "audit (entries older than {} days or beyond the newest {})",
+                keep.max_age.as_secs() / 86_400,
+                keep.max_entries
+            ),
+            outcome: "ok".into(),
+        };
+        cluster.write(Request::new(cmd).with_audit(entry)).await?;
     }
 }
 

@@ -1570,3 +1570,62 @@ fn a_configuration_export_restores_into_an_empty_cluster() {
     let r = b.get(0, "/v1/audit?action=config.import").unwrap();
     assert!(!r.body["items"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn the_audit_log_is_kept_within_its_limit_by_the_leader() {
+    let c = TestCluster::start(
+        bin(),
+        1,
+        &[
+            ("PALISADE_ADMIN_AUDIT_MAX_ENTRIES", "1000"),
+            ("PALISADE_EDGE_RULE_SWEEP_INTERVAL_MS", "300"),
+        ],
+    )
+    .unwrap();
+    project(&c, 0, "busy");
+    // 1,100 audited changes, each a write of its own.
+    for i in 0..1100u32 {
+        let cidr = format!("10.{}.{}.0/24", i / 256, i % 256);
+        let r = c
+            .post(
+                0,
+                "/v1/projects/busy/ip-rules",
+                json!({ "list": "block", "cidr": cidr }),
+                None,
+            )
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let count = || {
+        let r = c.get(0, "/v1/audit?limit=10000").unwrap();
+        r.body["items"].as_array().unwrap().clone()
+    };
+    wait_until(
+        "the audit log to be pruned",
+        Duration::from_secs(30),
+        || count().len() <= 1000,
+    );
+    let items = count();
+    // The newest entries stay, oldest first out, and the prune itself is on record.
+    assert!(items.len() >= 980, "pruned too far: {}", items.len());
+    let last = items.last().unwrap();
+    assert!(
+        last["action"] == "audit.prune"
+            || items
+                .iter()
+                .rev()
+                .take(5)
+                .any(|e| e["action"] == "audit.prune"),
+        "{last}"
+    );
+    assert!(
+        items
+            .iter()
+            .any(|e| e["target"].as_str().unwrap().ends_with("10.4.75.0/24")),
+        "the newest change is kept"
+    );
+    assert!(
+        !items.iter().any(|e| e["action"] == "project.create"),
+        "the oldest entry went first"
+    );
+}
