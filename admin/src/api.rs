@@ -463,10 +463,10 @@ pub(crate) async fn read_barrier(
 pub(crate) async fn commit(
     state: &AdminState,
     caller: &Caller,
-    command: Command,
+    command: impl Into<Command>,
     audit: AuditEntry,
 ) -> poem::Result<(u64, bool)> {
-    let req = Request::new(command)
+    let req = Request::new(command.into())
         .with_id(request_id(caller)?)
         .with_audit(audit);
     let (index, duplicate) = match state.cluster.write(req).await.map_err(cluster_error)? {
@@ -490,7 +490,7 @@ const WAIT_ALL_TIMEOUT: Duration = Duration::from_secs(10);
 async fn apply(
     state: &AdminState,
     caller: &Caller,
-    command: Command,
+    command: impl Into<Command>,
     audit: AuditEntry,
     created: bool,
     extra: serde_json::Value,
@@ -838,13 +838,10 @@ async fn create_project(
         created_at: now_ms(),
     };
     let entry = audit(&p, &caller, "project.create", &format!("project/{id}"));
-    let command = Command::Put {
-        record: Record::Project(project.clone()),
-    };
     apply(
         &state,
         &caller,
-        command,
+        Record::Project(project.clone()),
         entry,
         true,
         json!({ "project": project }),
@@ -884,13 +881,10 @@ async fn patch_project(
         project.limits = l;
     }
     let entry = audit(&p, &caller, "project.update", &format!("project/{id}"));
-    let command = Command::Put {
-        record: Record::Project(project.clone()),
-    };
     apply(
         &state,
         &caller,
-        command,
+        Record::Project(project.clone()),
         entry,
         false,
         json!({ "project": project }),
@@ -1043,13 +1037,10 @@ async fn put_bot(
     let mut project = project(&state, &id)?;
     project.bot = bot;
     let entry = audit(&p, &caller, "bot.policy.put", &format!("project/{id}"));
-    let command = Command::Put {
-        record: Record::Project(project.clone()),
-    };
     apply(
         &state,
         &caller,
-        command,
+        Record::Project(project.clone()),
         entry,
         false,
         json!({ "bot": project.bot }),
@@ -1256,13 +1247,10 @@ async fn put_domain(
         bot_override: body.bot_override,
     };
     let entry = audit(&p, &caller, "domain.put", &format!("domain/{host}"));
-    let command = Command::Put {
-        record: Record::Domain(domain.clone()),
-    };
     apply(
         &state,
         &caller,
-        command,
+        Record::Domain(domain.clone()),
         entry,
         true,
         json!({ "domain": domain }),
@@ -1404,13 +1392,10 @@ async fn upload_cert(
         source: CertSource::Manual,
     };
     let entry = audit(&p, &caller, "certificate.upload", &format!("cert/{name}"));
-    let command = Command::Put {
-        record: Record::Cert(cert),
-    };
     apply(
         &state,
         &caller,
-        command,
+        Record::Cert(cert),
         entry,
         true,
         json!({ "name": name }),
@@ -1481,8 +1466,13 @@ async fn put_settings(
         }
     }
     let entry = audit(&p, &caller, "settings.put", "settings");
-    let command = Command::Put {
-        record: Record::Settings(settings),
-    };
-    apply(&state, &caller, command, entry, false, json!({})).await
+    apply(
+        &state,
+        &caller,
+        Record::Settings(settings),
+        entry,
+        false,
+        json!({}),
+    )
+    .await
 }

@@ -283,6 +283,35 @@ pub(crate) fn csv_field(s: &str) -> String {
     }
 }
 
+/// The longest lifetime anything given an expiry through the API may have.
+pub(crate) const MAX_TTL_SECONDS: u64 = 10 * 365 * 86_400;
+
+/// When something given `expires_at` (Unix ms) or `ttl_seconds` (not both) expires; `None`
+/// for never.
+pub(crate) fn expiry(
+    expires_at: Option<u64>,
+    ttl_seconds: Option<u64>,
+    now: u64,
+) -> poem::Result<Option<u64>> {
+    match (expires_at, ttl_seconds) {
+        (Some(_), Some(_)) => Err(invalid(
+            "ttl_seconds",
+            "give expires_at or ttl_seconds, not both",
+        )),
+        (Some(at), None) if at <= now => Err(invalid(
+            "expires_at",
+            format!("{at} is not in the future (now is {now}, Unix ms)"),
+        )),
+        (Some(at), None) => Ok(Some(at)),
+        (None, Some(ttl)) if ttl == 0 || ttl > MAX_TTL_SECONDS => Err(invalid(
+            "ttl_seconds",
+            format!("{ttl} is not between 1 and {MAX_TTL_SECONDS}"),
+        )),
+        (None, Some(ttl)) => Ok(Some(now + ttl * 1000)),
+        (None, None) => Ok(None),
+    }
+}
+
 /// A path segment parsed into its type, or 400 naming the segment.
 pub(crate) fn path_param<T: std::str::FromStr>(name: &str, value: &str) -> poem::Result<T>
 where

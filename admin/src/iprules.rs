@@ -37,7 +37,7 @@ use crate::api::{
     Within,
 };
 use crate::auth::Principal;
-use crate::http::{csv_field, Caller, JsonBody, QueryParams};
+use crate::http::{csv_field, expiry, Caller, JsonBody, QueryParams};
 use crate::openapi::{op, Op};
 
 /// Lines one import may hold.
@@ -245,16 +245,6 @@ fn check_note(field: &str, note: &str) -> poem::Result<()> {
     Ok(())
 }
 
-fn check_expiry(field: &str, at: Millis, now: Millis) -> poem::Result<()> {
-    if at <= now {
-        return Err(invalid(
-            field,
-            format!("{at} is not in the future (now is {now}, Unix ms)"),
-        ));
-    }
-    Ok(())
-}
-
 #[handler]
 async fn list_rules(
     state: Data<&Arc<AdminState>>,
@@ -319,27 +309,7 @@ async fn add_rule(
     let cidr = parse_cidr("cidr", &body.cidr)?;
     check_note("note", &body.note)?;
     let now = now_ms();
-    let expires_at = match (body.expires_at, body.ttl_seconds) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "ttl_seconds",
-                "give expires_at or ttl_seconds, not both",
-            ))
-        }
-        (Some(at), None) => {
-            check_expiry("expires_at", at, now)?;
-            Some(at)
-        }
-        (None, Some(0)) => return Err(invalid("ttl_seconds", "must be above 0")),
-        (None, Some(ttl)) if ttl > 10 * 365 * 86_400 => {
-            return Err(invalid(
-                "ttl_seconds",
-                format!("{ttl} is more than ten years"),
-            ))
-        }
-        (None, Some(ttl)) => Some(now + ttl * 1000),
-        (None, None) => None,
-    };
+    let expires_at = expiry(body.expires_at, body.ttl_seconds, now)?;
     scope.ensure_exists(&state)?;
     let rule = IpRule {
         project: scope.0.clone(),
@@ -352,10 +322,7 @@ async fn add_rule(
     };
     let target = format!("{}/ip-rules/{}/{cidr}", scope.label(), list.as_str());
     let entry = audit(&p, &caller, "ip_rule.add", &target);
-    let command = Command::Put {
-        record: Record::IpRule(rule.clone()),
-    };
-    let (index, duplicate) = commit(&state, &caller, command, entry).await?;
+    let (index, duplicate) = commit(&state, &caller, Record::IpRule(rule.clone()), entry).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "rule": rule, "index": index, "duplicate": duplicate })),

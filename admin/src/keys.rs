@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use palisade_raft::command::Command;
 use palisade_raft::ids::{Name, ProjectId};
 use palisade_raft::model::{prefix, ApiKey, Millis, Record, RecordKey, Role};
 use palisade_raft::now_ms;
@@ -25,7 +24,7 @@ use crate::api::{
     ReadOpts, Within,
 };
 use crate::auth::{new_key, KeySpec, Principal};
-use crate::http::{path_param, Caller, JsonBody, QueryParams};
+use crate::http::{expiry, path_param, Caller, JsonBody, QueryParams};
 
 pub(crate) fn ops() -> Vec<Op> {
     let admin = Some(Role::Admin);
@@ -63,9 +62,6 @@ pub(crate) fn ops() -> Vec<Op> {
         ),
     ]
 }
-
-/// Longest lifetime a key may be given.
-const MAX_TTL_SECONDS: u64 = 10 * 365 * 86_400;
 
 #[derive(Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -153,29 +149,7 @@ async fn create_key(
         required_text("description", &body.description, 200)?;
     }
     let now = now_ms();
-    let expires_at = match (body.expires_at, body.ttl_seconds) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "ttl_seconds",
-                "give expires_at or ttl_seconds, not both",
-            ))
-        }
-        (Some(at), None) if at <= now => {
-            return Err(invalid(
-                "expires_at",
-                format!("{at} is not in the future (now is {now}, Unix ms)"),
-            ))
-        }
-        (Some(at), None) => Some(at),
-        (None, Some(ttl)) if ttl == 0 || ttl > MAX_TTL_SECONDS => {
-            return Err(invalid(
-                "ttl_seconds",
-                format!("{ttl} is not between 1 and {MAX_TTL_SECONDS}"),
-            ))
-        }
-        (None, Some(ttl)) => Some(now + ttl * 1000),
-        (None, None) => None,
-    };
+    let expires_at = expiry(body.expires_at, body.ttl_seconds, now)?;
     let made = new_key(
         KeySpec {
             role: body.role,
@@ -188,10 +162,8 @@ async fn create_key(
     );
     let id = made.record.id.clone();
     let entry = audit(&p, &caller, "key.create", &format!("key/{id}"));
-    let command = Command::Put {
-        record: Record::ApiKey(made.record.clone()),
-    };
-    let (index, duplicate) = commit(&state, &caller, command, entry).await?;
+    let (index, duplicate) =
+        commit(&state, &caller, Record::ApiKey(made.record.clone()), entry).await?;
     let mut body = public(&made.record, now);
     body["secret"] = json!(made.secret);
     body["index"] = json!(index);
@@ -298,10 +270,7 @@ async fn revoke_key(
     }
     k.revoked = true;
     let entry = audit(&p, &caller, "key.revoke", &format!("key/{id}"));
-    let command = Command::Put {
-        record: Record::ApiKey(k.clone()),
-    };
-    let (index, duplicate) = commit(&state, &caller, command, entry).await?;
+    let (index, duplicate) = commit(&state, &caller, Record::ApiKey(k.clone()), entry).await?;
     let mut body = public(&k, now_ms());
     body["index"] = json!(index);
     body["duplicate"] = json!(duplicate);

@@ -11,6 +11,7 @@
 //! - [`keys`]: API keys: create (secret shown once), list, revoke;
 //! - [`config`]: export of the whole configuration, and import into an empty cluster;
 //! - [`openapi`]: one table of operations makes both the router and `/openapi.json`;
+//! - [`tls`]: optional TLS on the admin listener with a certificate from the cluster CA;
 //! - [`iprules`]: IP allow and block lists: add, remove, list, bulk import and export, and the
 //!   "would this address pass?" check.
 //!
@@ -27,6 +28,7 @@ pub mod http;
 pub mod iprules;
 pub mod keys;
 pub mod openapi;
+pub mod tls;
 
 pub use api::{routes, AdminOptions, AdminState};
 
@@ -58,6 +60,7 @@ pub fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
 pub async fn serve(
     state: Arc<AdminState>,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> std::io::Result<()> {
@@ -67,8 +70,16 @@ pub async fn serve(
             .clone()
             .run(state.cluster.clone(), state.options.last_used_flush),
     );
-    let acceptor = poem::listener::TcpAcceptor::from_tokio(listener)?;
-    poem::Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(routes(state), stop, Some(drain))
-        .await
+    match tls {
+        Some(config) => {
+            poem::Server::new_with_acceptor(tls::TlsAcceptor::new(listener, config)?)
+                .run_with_graceful_shutdown(routes(state), stop, Some(drain))
+                .await
+        }
+        None => {
+            poem::Server::new_with_acceptor(poem::listener::TcpAcceptor::from_tokio(listener)?)
+                .run_with_graceful_shutdown(routes(state), stop, Some(drain))
+                .await
+        }
+    }
 }

@@ -68,6 +68,9 @@ pub struct AdminSection {
     /// When not empty, only these sources (addresses or CIDRs) reach the admin API; any other
     /// gets the same 404 as a path that does not exist.
     pub allowed_ips: Vec<String>,
+    /// Serve the admin API over TLS (1.3) with a certificate from the cluster CA; clients
+    /// trust `DATA_DIR/tls/ca.pem`.
+    pub tls: bool,
     /// How often a node records when API keys were last used.
     pub last_used_flush_ms: u64,
     /// Audit entries older than this are pruned by the leader.
@@ -119,6 +122,7 @@ impl Default for AdminSection {
             listen: "127.0.0.1:7001".into(),
             allow_public: false,
             allowed_ips: Vec::new(),
+            tls: false,
             last_used_flush_ms: 60_000,
             audit_max_age_days: 365,
             audit_max_entries: 1_000_000,

@@ -19,7 +19,10 @@ pub(crate) struct ClientArgs {
     /// API key (or PALISADE_API_KEY).
     #[arg(long, env = "PALISADE_API_KEY", hide_env_values = true)]
     key: Option<String>,
-    /// A client file holding `admin` and `key`.
+    /// The cluster CA (`DATA_DIR/tls/ca.pem`) of an admin API served over TLS.
+    #[arg(long, env = "PALISADE_ADMIN_CA")]
+    ca: Option<PathBuf>,
+    /// A client file holding `admin`, `key` and optionally `ca`.
     #[arg(long, env = "PALISADE_CLIENT_CONFIG")]
     client_config: Option<PathBuf>,
 }
@@ -29,6 +32,15 @@ pub(crate) struct ClientArgs {
 struct ClientFile {
     admin: Option<String>,
     key: Option<String>,
+    ca: Option<PathBuf>,
+}
+
+/// Where and how to reach the admin API.
+pub(crate) struct Target {
+    admin: String,
+    key: String,
+    /// The CA's PEM when the API is served over TLS.
+    ca_pem: Option<String>,
 }
 
 impl ClientArgs {
@@ -51,9 +63,9 @@ impl ClientArgs {
         }
     }
 
-    /// The admin address and key to use.
-    pub(crate) fn resolve(&self) -> Result<(String, String)> {
-        let need_file = self.admin.is_none() || self.key.is_none();
+    /// The admin address, key and CA to use.
+    pub(crate) fn resolve(&self) -> Result<Target> {
+        let need_file = self.admin.is_none() || self.key.is_none() || self.ca.is_none();
         let file = if need_file {
             self.file()?
         } else {
@@ -67,7 +79,14 @@ impl ClientArgs {
         let key = self.key.clone().or(file.key).context(
             "no API key: give --key, set PALISADE_API_KEY, or put key = \"…\" in the client file",
         )?;
-        Ok((admin, key))
+        let ca_pem = match self.ca.clone().or(file.ca) {
+            None => None,
+            Some(path) => Some(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read the CA {}", path.display()))?,
+            ),
+        };
+        Ok(Target { admin, key, ca_pem })
     }
 }
 
@@ -78,18 +97,32 @@ pub(crate) enum Payload {
     Raw(&'static str, Vec<u8>),
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
+/// An HTTP client; with `ca_pem`, one that speaks TLS and trusts only that CA.
+fn agent(ca_pem: Option<&str>) -> Result<ureq::Agent> {
+    let mut config = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(600)))
-        .build()
-        .into()
+        .timeout_global(Some(Duration::from_secs(600)));
+    if let Some(pem) = ca_pem {
+        use rustls_pki_types::pem::PemObject;
+        let roots = rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+            .map(|c| c.map(|c| ureq::tls::Certificate::from_der(&c).to_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .context("the CA file holds no readable certificate")?;
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .provider(ureq::tls::TlsProvider::Rustls)
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
+                .build(),
+        );
+    }
+    Ok(config.build().into())
 }
 
 /// Call the admin API; the body as text on success, the API's own error otherwise.
 pub(crate) fn call(method: &str, c: &ClientArgs, path: &str, body: Payload) -> Result<String> {
-    let (admin, key) = c.resolve()?;
-    let url = format!("http://{admin}{path}");
+    let Target { admin, key, ca_pem } = c.resolve()?;
+    let scheme = if ca_pem.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{admin}{path}");
     let (ctype, bytes) = match body {
         Payload::None => (None, Vec::new()),
         Payload::Json(v) => (Some("application/json"), serde_json::to_vec(&v)?),
@@ -102,7 +135,7 @@ pub(crate) fn call(method: &str, c: &ClientArgs, path: &str, body: Payload) -> R
     if let Some(ct) = ctype {
         req = req.header("Content-Type", ct);
     }
-    let resp = agent().run(req.body(bytes)?);
+    let resp = agent(ca_pem.as_deref())?.run(req.body(bytes)?);
     let mut resp = resp.with_context(|| format!("cannot reach the admin API at {admin}"))?;
     let status = resp.status();
     let text = resp

@@ -130,7 +130,11 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
         edge.view.clone(),
         cfg.admin.clone(),
     ));
-    let admin = tokio::spawn(serve_admin(state, admin_listener, stop_rx));
+    let admin_tls = match cfg.raw.admin.tls {
+        true => Some(admin_tls(&p.data_dir, cfg)?),
+        false => None,
+    };
+    let admin = tokio::spawn(serve_admin(state, admin_listener, admin_tls, stop_rx));
     if !p.node_file.joined {
         tokio::spawn(finish_join(
             cluster.clone(),
@@ -203,16 +207,39 @@ pub async fn run(cfg: Validated) -> Result<()> {
     start(&cfg).await?.until_signal().await
 }
 
+/// The admin listener's TLS: a certificate for its address (the advertised cluster address and
+/// loopback when it listens on a wildcard) from the cluster CA, made afresh at each start.
+fn admin_tls(dd: &DataDir, cfg: &Validated) -> Result<Arc<rustls::ServerConfig>> {
+    let ca = dd.ca()?;
+    let listen = cfg.admin_listen.ip();
+    let ips = match listen.is_unspecified() {
+        false => vec![listen],
+        true => {
+            let mut ips = vec![std::net::IpAddr::from([127, 0, 0, 1])];
+            if let Ok(adv) = cfg.cluster_advertise.parse::<std::net::SocketAddr>() {
+                ips.push(adv.ip());
+            }
+            ips
+        }
+    };
+    let (cert, key) = ca
+        .admin_server_cert(&ips, &[])
+        .map_err(|e| anyhow::anyhow!("admin TLS certificate: {e}"))?;
+    let chain = format!("{cert}{}", ca.cert_pem);
+    palisade_admin::tls::server_config(&chain, &key).map_err(|e| anyhow::anyhow!(e))
+}
+
 async fn serve_admin(
     state: Arc<AdminState>,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let addr = listener.local_addr()?;
     let stop = async move {
         let _ = stop.wait_for(|s| *s).await.map(|_| ());
     };
-    palisade_admin::serve(state, listener, stop, DRAIN)
+    palisade_admin::serve(state, listener, tls, stop, DRAIN)
         .await
         .with_context(|| format!("admin API on {addr}"))
 }

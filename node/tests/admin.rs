@@ -1629,3 +1629,64 @@ fn the_audit_log_is_kept_within_its_limit_by_the_leader() {
         "the oldest entry went first"
     );
 }
+
+#[test]
+fn the_admin_api_can_be_served_over_tls_with_the_cluster_ca() {
+    let mut c = TestCluster::start(bin(), 1, &[]).unwrap();
+    let cfg_path = c.nodes[0].dir.join("palisade.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    let with_tls = cfg.replace("tls = false", "tls = true");
+    assert_ne!(with_tls, cfg, "the config spells out admin.tls");
+    c.kill(0);
+    std::fs::write(&cfg_path, with_tls).unwrap();
+    c.restart(0).unwrap();
+
+    let ca = c.nodes[0].dir.join("tls/ca.pem");
+    let admin = c.nodes[0].admin_addr.clone();
+    let cli = |extra: &[&str]| {
+        let mut args = vec![
+            "api",
+            "GET",
+            "/v1/cluster/status",
+            "--admin",
+            &admin,
+            "--key",
+            &c.key,
+        ];
+        args.extend(extra);
+        c.run_cli(&args).unwrap()
+    };
+    let ca_arg = ca.to_str().unwrap();
+    wait_until("the admin API over TLS", Duration::from_secs(60), || {
+        cli(&["--ca", ca_arg]).status.success()
+    });
+    let out = cli(&["--ca", ca_arg]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cluster_id"));
+
+    // Plain HTTP gets no answer from it.
+    let mut s = std::net::TcpStream::connect(&admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = write!(
+        s,
+        "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let status = String::from_utf8_lossy(&out)
+        .get(9..12)
+        .and_then(|x| x.parse::<u16>().ok())
+        .unwrap_or(0);
+    assert_eq!(
+        status, 0,
+        "plain HTTP must not be answered on a TLS listener"
+    );
+
+    // A client that trusts another CA refuses the node.
+    let other = common::pki(&["elsewhere.test"]);
+    let other_ca = c.dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca, other.ca_pem).unwrap();
+    let out = cli(&["--ca", other_ca.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach the admin API"), "{err}");
+}

@@ -78,6 +78,13 @@ pub enum Command {
     AuditOnly,
 }
 
+impl From<Record> for Command {
+    /// Create or replace `record`.
+    fn from(record: Record) -> Self {
+        Command::Put { record }
+    }
+}
+
 /// One client write: the command, when it was proposed, an optional audit entry that is written
 /// atomically with it, and an id under which a retry is recognised and applied once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -184,6 +184,30 @@ impl CaMaterial {
         Ok(csr.signed_by(&issuer).map_err(cert_err)?.pem())
     }
 
+    /// A fresh key and a server certificate for the admin API at `ips` (and DNS `names`),
+    /// valid for a year: clients that trust the cluster CA can reach any node's admin address
+    /// over TLS. Each node makes its own at start; nothing is stored.
+    pub fn admin_server_cert(
+        &self,
+        ips: &[std::net::IpAddr],
+        names: &[String],
+    ) -> Result<(String, String), CryptoError> {
+        let key = rcgen::KeyPair::generate().map_err(cert_err)?;
+        let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(cert_err)?;
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip)));
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "palisade admin API");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(365);
+        let cert = params.signed_by(&key, &self.issuer()?).map_err(cert_err)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
     fn issuer(&self) -> Result<rcgen::Issuer<'static, rcgen::KeyPair>, CryptoError> {
         let key = rcgen::KeyPair::from_pem(&self.key_pem).map_err(cert_err)?;
         rcgen::Issuer::from_ca_cert_pem(&self.cert_pem, key).map_err(cert_err)
