@@ -919,6 +919,18 @@ async fn delete_project(
             format!("project {id} still has domains {domains:?}; delete them first"),
         ));
     }
+    // Its IP rules would apply again to a new project of the same id.
+    let rules = state
+        .cluster
+        .reader
+        .count(&palisade_raft::model::ip_rule_prefix(Some(&id)))
+        .map_err(internal)?;
+    if rules > 0 {
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!("project {id} still has {rules} IP rules; clear its lists first (DELETE …/ip-rules?list=allow|block&all=true)"),
+        ));
+    }
     let entry = audit(&p, &caller, "project.delete", &format!("project/{id}"));
     let command = Command::Delete {
         key: RecordKey::Project { id },

@@ -219,6 +219,8 @@ struct RuleQuery {
     consistency: Option<String>,
     format: Option<String>,
     partial: Option<bool>,
+    /// With `DELETE` and no `cidr`: remove every entry of the list.
+    all: Option<bool>,
     ip: Option<String>,
 }
 
@@ -339,6 +341,11 @@ async fn remove_rule(
 ) -> poem::Result<poem::Response> {
     let p = scope.authorize(&state, &caller, Role::Operator).await?;
     let list = scope.list(q.list.as_deref())?;
+    match (q.all, q.cidr.as_deref()) {
+        (Some(true), None) => return clear(&state, &caller, &p, &scope, list).await,
+        (Some(true), Some(_)) => return Err(invalid("all", "give cidr or all=true, not both")),
+        _ => {}
+    }
     let cidr = parse_cidr("cidr", q.cidr.as_deref().unwrap_or(""))?;
     let key = RecordKey::IpRule {
         project: scope.0.clone(),
@@ -359,6 +366,58 @@ async fn remove_rule(
     let entry = audit(&p, &caller, "ip_rule.remove", &target);
     let (index, duplicate) = commit(&state, &caller, Command::Delete { key }, entry).await?;
     Ok(Json(json!({ "index": index, "duplicate": duplicate })).into_response())
+}
+
+/// Remove every entry of one list, in batches of [`IMPORT_BATCH`] keys per log entry, each with
+/// its audit entry. Entries added meanwhile may survive: the list is read once, at the start.
+async fn clear(
+    state: &AdminState,
+    caller: &Caller,
+    p: &Principal,
+    scope: &Scope,
+    list: RuleList,
+) -> poem::Result<poem::Response> {
+    let base = format!("{}{}/", ip_rule_prefix(scope.0.as_ref()), list.as_str());
+    let mut keys = Vec::new();
+    state
+        .cluster
+        .reader
+        .for_each(&base, |r| keys.push(r.key()))
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let total = keys.len();
+    let mut removed = 0usize;
+    let mut index = 0u64;
+    for batch in keys.chunks(IMPORT_BATCH) {
+        let target = format!(
+            "{}/ip-rules/{} (all: entries {}-{} of {total})",
+            scope.label(),
+            list.as_str(),
+            removed + 1,
+            removed + batch.len()
+        );
+        let req = Request::new(Command::DeleteMany {
+            keys: batch.to_vec(),
+        })
+        .with_audit(audit(p, caller, "ip_rule.clear", &target));
+        match state.cluster.write(req).await {
+            Ok(WriteResponse::Applied { index: i, .. }) => index = i,
+            Ok(other) => {
+                return Err(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{removed} of {total} removed before an unexpected answer {other:?}"),
+                ))
+            }
+            Err(e) => {
+                let e = cluster_error(e);
+                return Err(error(
+                    e.status(),
+                    format!("{removed} of {total} removed before: {e}; repeat to finish"),
+                ));
+            }
+        }
+        removed += batch.len();
+    }
+    Ok(Json(json!({ "removed": removed, "index": index })).into_response())
 }
 
 /// One bad import line.

@@ -224,6 +224,15 @@ pub(crate) enum IpCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Remove every entry of a list.
+    Clear {
+        #[command(flatten)]
+        scope: Scope,
+        #[arg(long)]
+        list: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List entries (first page; `--after` continues).
     Ls {
         #[command(flatten)]
@@ -330,6 +339,15 @@ pub(crate) fn ip(cmd: IpCmd) -> Result<()> {
                 "removed {cidr} from the {list} list (log index {})",
                 v["index"]
             );
+        }
+        IpCmd::Clear {
+            scope,
+            list,
+            client,
+        } => {
+            let path = format!("{}?list={}&all=true", scope.base(), q(&list));
+            let v = call_json("DELETE", &client, &path, Payload::None)?;
+            println!("removed {} entries from the {list} list", v["removed"]);
         }
         IpCmd::Ls {
             scope,

@@ -1690,3 +1690,88 @@ fn the_admin_api_can_be_served_over_tls_with_the_cluster_ca() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach the admin API"), "{err}");
 }
+
+#[test]
+fn a_project_with_ip_rules_is_not_deleted_until_its_lists_are_cleared() {
+    let c = TestCluster::start(bin(), 3, &[]).unwrap();
+    project(&c, 0, "gone");
+    let lines: String = (0..5000u32)
+        .map(|i| format!("10.{}.{}.0/24\n", i / 256, i % 256))
+        .collect();
+    let (status, body) = c
+        .post_raw(
+            1,
+            "/v1/projects/gone/ip-rules/import?list=block",
+            "text/plain",
+            lines.into_bytes(),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let r = c
+        .post(
+            2,
+            "/v1/projects/gone/ip-rules",
+            json!({ "list": "allow", "cidr": "192.0.2.0/24" }),
+            None,
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = c.delete(0, "/v1/projects/gone").unwrap();
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("5001 IP rules"),
+        "{}",
+        r.body
+    );
+
+    let r = c
+        .delete(1, "/v1/projects/gone/ip-rules?list=block&all=true&wait=all")
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body["removed"].as_u64()),
+        (200, Some(5000)),
+        "{}",
+        r.body
+    );
+    let out = c
+        .run_cli(&[
+            "ip",
+            "clear",
+            "-p",
+            "gone",
+            "--list",
+            "allow",
+            "--admin",
+            &c.nodes[2].admin_addr,
+            "--key",
+            &c.key,
+        ])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 1 entries"));
+    for idx in 0..3 {
+        let r = c.get(idx, "/v1/projects/gone/ip-rules").unwrap();
+        assert_eq!(
+            r.body["items"].as_array().unwrap().len(),
+            0,
+            "node index {idx}: {}",
+            r.body
+        );
+    }
+    let r = c.delete(0, "/v1/projects/gone").unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = c.get(0, "/v1/audit?action=ip_rule.clear").unwrap();
+    assert_eq!(
+        r.body["items"].as_array().unwrap().len(),
+        4,
+        "3 batches of the block list, 1 of the allow list: {}",
+        r.body
+    );
+}
