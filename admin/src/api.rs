@@ -328,15 +328,37 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> poem::Error {
     error(StatusCode::INTERNAL_SERVER_ERROR, e)
 }
 
-pub(crate) fn cluster_error(e: ClusterError) -> poem::Error {
-    let status = match &e {
+fn status_of(e: &ClusterError) -> StatusCode {
+    match e {
         ClusterError::Refused(_) => StatusCode::CONFLICT,
         ClusterError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         ClusterError::NotApplied { .. } => StatusCode::GATEWAY_TIMEOUT,
         e if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+pub(crate) fn cluster_error(e: ClusterError) -> poem::Error {
+    error(status_of(&e), e)
+}
+
+/// What a client gets for the outcome of one write: its log index and whether it was a retry,
+/// or 409 when the state machine refused it, or the cluster error's status. For a write that is
+/// one batch of several, `done` (how far the operation got) leads the message.
+pub(crate) fn written(
+    outcome: Result<Response, ClusterError>,
+    done: Option<&str>,
+) -> poem::Result<(u64, bool)> {
+    let say = |m: String| match done {
+        Some(d) => format!("{d}: {m}"),
+        None => m,
     };
-    error(status, e)
+    match outcome {
+        Ok(Response::Applied { index, duplicate }) => Ok((index, duplicate)),
+        Ok(Response::Refused { reason }) => Err(error(StatusCode::CONFLICT, say(reason))),
+        Ok(other) => Err(internal(say(format!("unexpected answer {other:?}")))),
+        Err(e) => Err(error(status_of(&e), say(e.to_string()))),
+    }
 }
 
 /// What a route is about, for a project-scoped key.
@@ -354,12 +376,42 @@ pub(crate) enum Within<'a> {
 ///
 /// A key unknown to this node may have been created a moment ago through another node, so the
 /// node catches up with the leader once before it says no. A failure to authenticate is
-/// audited and answered later the more often the source has failed.
+/// audited and answered later the more often the source has failed. A key the route's
+/// operation already checked (see [`crate::openapi`]) is not checked again, only its role and
+/// scope against what the handler touches.
 pub(crate) async fn authorize(
     state: &AdminState,
     caller: &Caller,
     needs: Role,
     within: Within<'_>,
+) -> poem::Result<Principal> {
+    let p = match &caller.principal {
+        Some(p) if p.role < needs => Err(error(
+            StatusCode::FORBIDDEN,
+            format!("{}: it needs {}", AuthError::Forbidden, needs.as_str()),
+        )),
+        Some(p) => Ok(p.clone()),
+        None => authenticate_caller(state, caller, needs).await,
+    }?;
+    match (&p.project, within) {
+        (None, _) | (Some(_), Within::Listing) => Ok(p),
+        (Some(mine), Within::Project(wanted)) if mine == wanted => Ok(p),
+        (Some(mine), Within::Project(_)) => Err(error(
+            StatusCode::FORBIDDEN,
+            format!("this key is limited to project {mine}"),
+        )),
+        (Some(mine), Within::Cluster) => Err(error(
+            StatusCode::FORBIDDEN,
+            format!("this key is limited to project {mine}; this route is cluster-wide"),
+        )),
+    }
+}
+
+/// Authenticate the caller's key: the principal, or the 401/403 it gets.
+async fn authenticate_caller(
+    state: &AdminState,
+    caller: &Caller,
+    needs: Role,
 ) -> poem::Result<Principal> {
     let key = caller.bearer();
     let reader = &state.cluster.reader;
@@ -395,18 +447,7 @@ pub(crate) async fn authorize(
         }
     };
     state.guard.used(&p.key_id);
-    match (&p.project, within) {
-        (None, _) | (Some(_), Within::Listing) => Ok(p),
-        (Some(mine), Within::Project(wanted)) if mine == wanted => Ok(p),
-        (Some(mine), Within::Project(_)) => Err(error(
-            StatusCode::FORBIDDEN,
-            format!("this key is limited to project {mine}"),
-        )),
-        (Some(mine), Within::Cluster) => Err(error(
-            StatusCode::FORBIDDEN,
-            format!("this key is limited to project {mine}; this route is cluster-wide"),
-        )),
-    }
+    Ok(p)
 }
 
 pub(crate) fn request_id(caller: &Caller) -> poem::Result<RequestId> {
@@ -469,11 +510,7 @@ pub(crate) async fn commit(
     let req = Request::new(command.into())
         .with_id(request_id(caller)?)
         .with_audit(audit);
-    let (index, duplicate) = match state.cluster.write(req).await.map_err(cluster_error)? {
-        Response::Applied { index, duplicate } => (index, duplicate),
-        Response::Refused { reason } => return Err(error(StatusCode::CONFLICT, reason)),
-        other => return Err(internal(format!("unexpected answer {other:?}"))),
-    };
+    let (index, duplicate) = written(state.cluster.write(req).await, None)?;
     if caller.wait_all {
         state
             .cluster

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use palisade_raft::cluster::MAX_ENTRY_BYTES;
-use palisade_raft::command::{Command, Request, Response};
+use palisade_raft::command::{Command, Request};
 use palisade_raft::crypto::{fill_random, MasterKey};
 use palisade_raft::model::{prefix, Cert, Record, Role};
 use palisade_raft::now_ms;
@@ -293,21 +293,8 @@ async fn import(
             let records = std::mem::take(&mut batch);
             batch_bytes = 0;
             let req = Request::new(Command::PutMany { records }).with_audit(entry);
-            let index = match state.cluster.write(req).await {
-                Ok(Response::Applied { index, .. }) => index,
-                Ok(other) => {
-                    return Err(internal(format!(
-                        "{written} of {total} records written before an unexpected answer {other:?}"
-                    )))
-                }
-                Err(e) => {
-                    let e = crate::api::cluster_error(e);
-                    return Err(error(
-                        e.status(),
-                        format!("{written} of {total} records written before: {e}"),
-                    ));
-                }
-            };
+            let done = format!("{written} of {total} records written before");
+            let (index, _) = crate::api::written(state.cluster.write(req).await, Some(&done))?;
             written += n;
             last_index = index;
             continue;

@@ -68,6 +68,8 @@ pub struct Caller {
     pub path: String,
     pub headers: HeaderMap,
     pub wait_all: bool,
+    /// The key's owner, when the route's operation has checked the key already.
+    pub principal: Option<crate::auth::Principal>,
 }
 
 impl Caller {
@@ -112,6 +114,7 @@ impl<'a> FromRequest<'a> for Caller {
             path: req.uri().path().to_string(),
             headers: req.headers().clone(),
             wait_all,
+            principal: req.extensions().get::<crate::auth::Principal>().cloned(),
         })
     }
 }
@@ -170,14 +173,15 @@ async fn read_json<T: DeserializeOwned + serde::Serialize>(
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let de = &mut serde_json::Deserializer::from_slice(&bytes);
-    match serde_path_to_error::deserialize::<_, T>(de) {
+    // Parsed once into a tree: broken JSON is the body's fault; the typed value is read from the
+    // tree, which the unknown-field check below needs anyway.
+    let given: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| invalid("body", e))?;
+    match serde_path_to_error::deserialize::<_, T>(&given) {
         Ok(v) => {
             // Types shared with the store accept fields they do not know (a record written by a
             // newer version must stay readable); a request must not. Whatever the input holds
             // that the parsed value does not is a field nobody will act on.
-            let given: serde_json::Value =
-                serde_json::from_slice(&bytes).map_err(|e| invalid("body", e))?;
             let kept = serde_json::to_value(&v)
                 .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
             if let Some(field) = first_unknown(&given, &kept, "") {
@@ -187,14 +191,12 @@ async fn read_json<T: DeserializeOwned + serde::Serialize>(
         }
         Err(e) => {
             let path = e.path().to_string();
-            let inner = e.into_inner();
-            let message = inner.to_string();
+            let message = e.into_inner().to_string();
             // The path of an unknown field ends with its name already.
             let field = match unknown_field(&message) {
                 Some(name) if path == "." => name.to_string(),
                 Some(name) if !path.ends_with(name) => format!("{path}.{name}"),
-                // `.` is the whole body; `?` marks where the JSON itself broke.
-                _ if path == "." || path.contains('?') => "body".to_string(),
+                _ if path == "." => "body".to_string(),
                 _ => path,
             };
             Err(invalid(&field, message))

@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use palisade_edge::access::Reason;
 use palisade_raft::cluster::MAX_ENTRY_BYTES;
-use palisade_raft::command::{Command, Request, Response as WriteResponse};
+use palisade_raft::command::{Command, Request};
 use palisade_raft::ids::{Cidr, ProjectId, RequestId};
 use palisade_raft::model::{ip_rule_prefix, IpRule, Millis, Record, RecordKey, Role, RuleList};
 use palisade_raft::now_ms;
@@ -33,8 +33,8 @@ use serde_json::json;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use crate::api::{
-    audit, authorize, cluster_error, commit, error, invalid, read_barrier, request_id, AdminState,
-    Within,
+    audit, authorize, cluster_error, commit, error, invalid, read_barrier, request_id, written,
+    AdminState, Within,
 };
 use crate::auth::Principal;
 use crate::http::{csv_field, expiry, Caller, JsonBody, QueryParams};
@@ -399,22 +399,8 @@ async fn clear(
             keys: batch.to_vec(),
         })
         .with_audit(audit(p, caller, "ip_rule.clear", &target));
-        match state.cluster.write(req).await {
-            Ok(WriteResponse::Applied { index: i, .. }) => index = i,
-            Ok(other) => {
-                return Err(error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("{removed} of {total} removed before an unexpected answer {other:?}"),
-                ))
-            }
-            Err(e) => {
-                let e = cluster_error(e);
-                return Err(error(
-                    e.status(),
-                    format!("{removed} of {total} removed before: {e}; repeat to finish"),
-                ));
-            }
-        }
+        let done = format!("{removed} of {total} removed before (repeat to finish)");
+        index = written(state.cluster.write(req).await, Some(&done))?.0;
         removed += batch.len();
     }
     Ok(Json(json!({ "removed": removed, "index": index })).into_response())
@@ -675,7 +661,7 @@ async fn import_rules(
         let batch: Vec<_> = entries.by_ref().take(IMPORT_BATCH).collect();
         (!batch.is_empty()).then_some(batch)
     });
-    let mut written = 0usize;
+    let mut imported = 0usize;
     let mut last_index = 0u64;
     let mut results = futures::stream::iter(batches.enumerate())
         .map(|(i, batch)| {
@@ -721,31 +707,11 @@ async fn import_rules(
         })
         .buffered(IMPORT_IN_FLIGHT);
     while let Some((n, result)) = results.next().await {
-        match result {
-            Ok(WriteResponse::Applied { index, .. }) => {
-                written += n;
-                last_index = last_index.max(index);
-            }
-            Ok(WriteResponse::Refused { reason }) => {
-                return Err(error(
-                    StatusCode::CONFLICT,
-                    format!("refused after {written} of {total} entries: {reason}"),
-                ))
-            }
-            Ok(other) => {
-                return Err(error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("unexpected answer {other:?}"),
-                ))
-            }
-            Err(e) => {
-                let e = cluster_error(e);
-                return Err(error(
-                    e.status(),
-                    format!("{written} of {total} entries written before: {e}; the import is safe to repeat"),
-                ));
-            }
-        }
+        let done =
+            format!("{imported} of {total} entries written before (the import is safe to repeat)");
+        let (index, _) = written(result, Some(&done))?;
+        imported += n;
+        last_index = last_index.max(index);
     }
     if caller.wait_all && last_index > 0 {
         state
@@ -754,9 +720,9 @@ async fn import_rules(
             .await
             .map_err(cluster_error)?;
     }
-    tracing::info!(scope = %scope.label(), list = list.as_str(), entries = written, invalid = bad, ms = started.elapsed().as_millis() as u64, "IP rules imported");
+    tracing::info!(scope = %scope.label(), list = list.as_str(), entries = imported, invalid = bad, ms = started.elapsed().as_millis() as u64, "IP rules imported");
     Ok(Json(json!({
-        "imported": written, "invalid": bad, "errors": errors, "index": last_index,
+        "imported": imported, "invalid": bad, "errors": errors, "index": last_index,
         "elapsed_ms": started.elapsed().as_millis() as u64,
     }))
     .into_response())

@@ -258,16 +258,17 @@ pub(crate) fn router(ops: Vec<Op>) -> Route {
 /// learns nothing about the route's input and costs no body parsing. The handler checks the
 /// key's scope against what it touches.
 fn authenticated(ep: BoxEndpoint<'static>, role: Role) -> BoxEndpoint<'static> {
-    ep.around(move |ep, req| async move {
+    ep.around(move |ep, mut req| async move {
         let state = req
             .data::<std::sync::Arc<crate::api::AdminState>>()
             .cloned()
             .ok_or_else(|| crate::api::internal("admin state missing"))?;
-        let (req, mut body) = req.split();
-        let caller = crate::http::Caller::from_request(&req, &mut body).await?;
-        crate::api::authorize(&state, &caller, role, crate::api::Within::Listing).await?;
-        ep.call(poem::Request::from_parts(req.into_parts().0, body.take()?))
-            .await
+        let caller = crate::http::Caller::from_request_without_body(&req).await?;
+        let principal =
+            crate::api::authorize(&state, &caller, role, crate::api::Within::Listing).await?;
+        // The handler's own check reuses it instead of hashing the key again.
+        req.extensions_mut().insert(principal);
+        ep.call(req).await
     })
     .boxed()
 }
