@@ -23,7 +23,7 @@ use palisade_raft::cluster::{Cluster, ClusterError};
 use palisade_raft::command::{Command, Request, Response};
 use palisade_raft::ids::{Cidr, Hostname, Name, NodeId, ProjectId, RequestId};
 use palisade_raft::model::{
-    prefix, AuditEntry, BotMode, BotPolicy, Cert, CertSource, ClusterSettings, Domain,
+    prefix, AuditEntry, BotMode, BotPolicy, Cert, CertSource, CertStatus, ClusterSettings, Domain,
     HeaderPolicy, Limits, Project, Record, RecordKey, Role, TlsMode,
 };
 use palisade_raft::now_ms;
@@ -259,6 +259,21 @@ fn ops() -> Vec<Op> {
             upload_cert,
         )
         .json::<CertBody>(),
+        op(
+            M::GET,
+            "/v1/certificates/acme",
+            viewer,
+            "Automatic certificates: state, owner, failures, last error, next attempt per host",
+            list_acme,
+        )
+        .query::<ListOpts>(),
+        op(
+            M::POST,
+            "/v1/certificates/:host/renew",
+            admin,
+            "Ask for a new certificate for a host now",
+            renew_cert,
+        ),
         op(
             M::GET,
             "/v1/settings",
@@ -1381,32 +1396,6 @@ struct CertBody {
     key_pem: String,
 }
 
-/// Names and validity (Unix ms) of the first certificate of a PEM chain.
-fn cert_facts(chain_pem: &str) -> Result<(Vec<Hostname>, u64, u64, String), String> {
-    use rustls_pki_types::pem::PemObject;
-    let der = rustls_pki_types::CertificateDer::from_pem_slice(chain_pem.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| e.to_string())?;
-    let mut hosts = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for n in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
-                hosts.push(d.parse::<Hostname>().map_err(|e| e.to_string())?);
-            }
-        }
-    }
-    if hosts.is_empty() {
-        return Err("the certificate names no DNS host (subjectAltName)".into());
-    }
-    let ms = |t: x509_parser::time::ASN1Time| (t.timestamp().max(0) as u64) * 1000;
-    Ok((
-        hosts,
-        ms(cert.validity().not_before),
-        ms(cert.validity().not_after),
-        cert.issuer().to_string(),
-    ))
-}
-
 #[handler]
 async fn upload_cert(
     state: Data<&Arc<AdminState>>,
@@ -1420,7 +1409,7 @@ async fn upload_cert(
         .parse()
         .map_err(|e| invalid("name", format!("{:?}: {e}", body.name)))?;
     let (hosts, not_before, not_after, issuer) =
-        cert_facts(&body.chain_pem).map_err(|e| invalid("chain_pem", e))?;
+        palisade_raft::crypto::cert_facts(&body.chain_pem).map_err(|e| invalid("chain_pem", e))?;
     {
         use rustls_pki_types::pem::PemObject;
         rustls_pki_types::PrivateKeyDer::from_pem_slice(body.key_pem.as_bytes())
@@ -1466,15 +1455,90 @@ async fn list_certs(
     let items: Vec<_> = items
         .into_iter()
         .filter_map(|r| match r {
-            Record::Cert(c) => Some(json!({
-                "name": c.name, "hosts": c.hosts, "issuer": c.issuer, "not_before": c.not_before,
-                "not_after": c.not_after, "source": c.source,
-                "status": if c.not_after <= now { "expired" } else if c.not_before > now { "not_yet_valid" } else { "valid" },
-            })),
+            Record::Cert(c) => {
+                let acme = c
+                    .hosts
+                    .first()
+                    .and_then(|h| acme_status(&state, h))
+                    .map(|s| acme_json(&s));
+                Some(json!({
+                    "name": c.name, "hosts": c.hosts, "issuer": c.issuer, "not_before": c.not_before,
+                    "not_after": c.not_after, "source": c.source,
+                    "status": if c.not_after <= now { "expired" } else if c.not_before > now { "not_yet_valid" } else { "valid" },
+                    "acme": acme,
+                }))
+            }
             _ => None,
         })
         .collect();
     Ok(Json(json!({ "items": items, "next": next })).into_response())
+}
+
+fn acme_status(state: &AdminState, host: &Hostname) -> Option<CertStatus> {
+    match get_record(state, &RecordKey::CertStatus { host: host.clone() }) {
+        Ok(Some(Record::CertStatus(s))) => Some(s),
+        _ => None,
+    }
+}
+
+fn acme_json(s: &CertStatus) -> serde_json::Value {
+    json!({
+        "host": s.host, "state": s.state.as_str(), "owner": s.owner, "failures": s.failures,
+        "last_error": s.last_error, "last_attempt_at": s.last_attempt_at,
+        "last_success_at": s.last_success_at, "next_attempt_at": s.next_attempt_at,
+        "renew_requested_at": s.renew_requested_at, "orders": s.orders,
+    })
+}
+
+/// Where every automatic certificate stands, including hosts that have none yet.
+#[handler]
+async fn list_acme(
+    state: Data<&Arc<AdminState>>,
+    caller: Caller,
+    opts: QueryParams<ListOpts>,
+) -> ApiResult {
+    authorize(&state, &caller, Role::Viewer, Within::Cluster).await?;
+    read_barrier(&state, opts.0.consistency.as_deref()).await?;
+    let (items, next) = page(&state, prefix::CERT_STATUS, &opts.0, |_| true)?;
+    let items: Vec<_> = items
+        .iter()
+        .filter_map(|r| match r {
+            Record::CertStatus(s) => Some(acme_json(s)),
+            _ => None,
+        })
+        .collect();
+    Ok(Json(json!({ "items": items, "next": next })).into_response())
+}
+
+/// Renewal on request: the name's owner orders at its next pass, whatever the expiry.
+#[handler]
+async fn renew_cert(
+    state: Data<&Arc<AdminState>>,
+    caller: Caller,
+    Path(host): Path<String>,
+) -> ApiResult {
+    let host: Hostname = path_param("host", &host)?;
+    let p = authorize(&state, &caller, Role::Admin, Within::Cluster).await?;
+    let d = domain(&state, &host)?;
+    if d.tls != TlsMode::Acme {
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!(
+                "domain {host} does not use automatic certificates (tls = {:?}); upload a certificate instead",
+                d.tls
+            ),
+        ));
+    }
+    let entry = audit(&p, &caller, "certificate.renew", &format!("cert/{host}"));
+    apply(
+        &state,
+        &caller,
+        Command::RequestRenewal { host: host.clone() },
+        entry,
+        false,
+        json!({ "host": host }),
+    )
+    .await
 }
 
 // ---- settings ------------------------------------------------------------------------------
@@ -1506,12 +1570,19 @@ async fn put_settings(
                 ))
             }
             "min_tls" => {}
-            other => {
-                return Err(invalid(
-                    &format!("values.{other}"),
-                    "is not a setting (known: min_tls)",
-                ))
-            }
+            other => match palisade_edge::acme::check_setting(other, v) {
+                Some(Ok(())) => {}
+                Some(Err(why)) => return Err(invalid(&format!("values.{other}"), why)),
+                None => {
+                    let known: Vec<&str> = std::iter::once("min_tls")
+                        .chain(palisade_edge::acme::SETTINGS.iter().map(|(n, ..)| *n))
+                        .collect();
+                    return Err(invalid(
+                        &format!("values.{other}"),
+                        format!("is not a setting (known: {})", known.join(", ")),
+                    ));
+                }
+            },
         }
     }
     let entry = audit(&p, &caller, "settings.put", "settings");

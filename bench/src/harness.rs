@@ -49,6 +49,25 @@ pub struct TestCluster {
     /// The owner API key printed by `palisade init`.
     pub key: String,
     pub env: Vec<(String, String)>,
+    /// Where the public listeners go (see [`PublicNet`]); `None`: 127.0.0.1 with ports of their own.
+    pub public: Option<PublicNet>,
+}
+
+/// Public listeners that share two ports, one loopback address per node: what a CA (Pebble)
+/// needs, since it validates on fixed ports at whatever address DNS names. Node `i` (1-based)
+/// listens on `{prefix}{i + 1}`.
+#[derive(Debug, Clone)]
+pub struct PublicNet {
+    /// For example `127.0.20.`.
+    pub prefix: String,
+    pub http_port: u16,
+    pub https_port: u16,
+}
+
+impl PublicNet {
+    pub fn ip_of(&self, node_number: usize) -> String {
+        format!("{}{}", self.prefix, node_number + 1)
+    }
 }
 
 /// A loopback port free for both TCP and UDP, handed out once per process.
@@ -97,6 +116,16 @@ pub struct Reply {
 impl TestCluster {
     /// `palisade init` on node 1, run it, then join `n - 1` more nodes.
     pub fn start(bin: &Path, n: usize, env: &[(&str, &str)]) -> Result<TestCluster> {
+        Self::start_with(bin, n, env, None)
+    }
+
+    /// [`Self::start`] with the public listeners on `public`.
+    pub fn start_with(
+        bin: &Path,
+        n: usize,
+        env: &[(&str, &str)],
+        public: Option<PublicNet>,
+    ) -> Result<TestCluster> {
         let dir = tempfile::Builder::new()
             .prefix("palisade-test-")
             .tempdir()?;
@@ -109,6 +138,7 @@ impl TestCluster {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            public,
         };
         let first = c.new_node_slot(1);
         let out = c
@@ -152,6 +182,9 @@ impl TestCluster {
 
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.bin);
+        // Test and benchmark nodes never call a public CA; a test that wants ACME names its
+        // own directory (Pebble) in `env`.
+        cmd.env("PALISADE_ACME_DIRECTORY", "off");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -169,8 +202,14 @@ impl TestCluster {
             dir,
             cluster_addr: format!("127.0.0.1:{}", free_port()),
             admin_addr: format!("127.0.0.1:{}", free_port()),
-            http_addr: format!("127.0.0.1:{}", free_port()),
-            https_addr: format!("127.0.0.1:{}", free_port()),
+            http_addr: match &self.public {
+                Some(p) => format!("{}:{}", p.ip_of(self.nodes.len() + 1), p.http_port),
+                None => format!("127.0.0.1:{}", free_port()),
+            },
+            https_addr: match &self.public {
+                Some(p) => format!("{}:{}", p.ip_of(self.nodes.len() + 1), p.https_port),
+                None => format!("127.0.0.1:{}", free_port()),
+            },
             child: None,
         }
     }
@@ -282,6 +321,18 @@ impl TestCluster {
         if let Some(mut child) = self.nodes[idx].child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Send `sig` (`STOP`, `CONT`, ...) to node `idx`: a paused process is a real deposed leader
+    /// or lease holder, alive but silent.
+    pub fn signal(&self, idx: usize, sig: &str) -> Result<()> {
+        let pid = self.nodes[idx]
+            .pid()
+            .ok_or_else(|| anyhow!("node {idx} is not running"))?;
+        match send_signal(pid, sig) {
+            0 => Ok(()),
+            _ => bail!("kill -{sig} {pid} failed"),
         }
     }
 

@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`access`]: IP allow and block lists compiled into prefix tables;
+//! - [`acme`]: automatic certificates, one order per name cluster-wide (leases with fencing);
 //! - [`view`]: the compiled view of the replicated state (hosts, projects, certificates, IP lists) behind
 //!   `arc-swap`, kept current from the store's change events;
 //! - [`tls`]: certificates by SNI from that view;
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod acme;
 pub mod client_ip;
 pub mod pipeline;
 pub mod proxy;

@@ -102,6 +102,12 @@ pub async fn serve(
                     match tokio::time::timeout(limits.handshake_timeout, accept).await {
                         Ok(Ok(tls_stream)) => {
                             metrics::counter!("palisade_tls_handshakes_total").increment(1);
+                            // A TLS-ALPN-01 validation ends with the handshake (RFC 8737 §3).
+                            if tls_stream.get_ref().1.alpn_protocol()
+                                == Some(crate::tls::ACME_TLS_ALPN)
+                            {
+                                return;
+                            }
                             serve_conn(tls_stream, conn, pipeline, &limits, watcher).await;
                         }
                         Ok(Err(e)) => {

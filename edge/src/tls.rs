@@ -31,21 +31,33 @@ pub fn key_context(c: &Cert) -> String {
 }
 
 pub fn certified_key(c: &Cert, master: &MasterKey) -> Result<CertifiedKey, CertError> {
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(c.chain_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| CertError::Chain(e.to_string()))?;
+    certified_key_from(&c.chain_pem, &c.key, &key_context(c), master)
+}
+
+/// A chain and its sealed key (sealed under `context`) as rustls serves them.
+pub fn certified_key_from(
+    chain_pem: &str,
+    sealed_key: &palisade_raft::model::Sealed,
+    context: &str,
+    master: &MasterKey,
+) -> Result<CertifiedKey, CertError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| CertError::Chain(e.to_string()))?;
     if chain.is_empty() {
         return Err(CertError::Chain("no certificate in PEM".into()));
     }
     let key_pem = master
-        .open(&c.key, &key_context(c))
+        .open(sealed_key, context)
         .map_err(|e| CertError::Key(e.to_string()))?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| CertError::Key(e.to_string()))?;
     let signer = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| CertError::Key(e.to_string()))?;
     Ok(CertifiedKey::new(chain, signer))
 }
+
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 #[derive(Debug)]
 pub struct SniResolver {
@@ -61,6 +73,13 @@ impl std::fmt::Debug for LiveView {
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let name = hello.server_name()?.to_ascii_lowercase();
+        // RFC 8737: a validation handshake offers `acme-tls/1` alone and gets the validation
+        // certificate; nobody else ever sees it.
+        let mut alpn = hello.alpn().into_iter().flatten();
+        if alpn.next() == Some(ACME_TLS_ALPN) && alpn.next().is_none() {
+            metrics::counter!("palisade_acme_tls_alpn_handshakes_total").increment(1);
+            return self.view.get().alpn01(&name);
+        }
         let found = self.view.get().cert(&name);
         if found.is_none() {
             metrics::counter!("palisade_tls_handshake_failures_total", "reason" => "unknown_sni")
@@ -84,7 +103,7 @@ impl TlsConfigs {
                 .with_protocol_versions(versions)?
                 .with_no_client_auth()
                 .with_cert_resolver(Arc::new(SniResolver { view: view.clone() }));
-            cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
             Ok(Arc::new(cfg))
         };
         Ok(TlsConfigs {

@@ -33,6 +33,9 @@ pub struct View {
     certs_wildcard: HashMap<String, Arc<CertifiedKey>>,
     /// Which hosts each certificate record covers, for deletes.
     cert_hosts: HashMap<String, Vec<String>>,
+    /// TLS-ALPN-01 validation certificates by host (RFC 8737), shown only to a client that
+    /// offers nothing but `acme-tls/1`.
+    alpn01: HashMap<String, Arc<CertifiedKey>>,
     /// `min_tls = "1.3"` in the cluster settings.
     pub tls13_only: bool,
     /// Every IP allow and block list.
@@ -59,6 +62,10 @@ impl View {
 
     pub fn cert(&self, host: &str) -> Option<Arc<CertifiedKey>> {
         lookup(&self.certs_exact, &self.certs_wildcard, host).cloned()
+    }
+
+    pub fn alpn01(&self, host: &str) -> Option<Arc<CertifiedKey>> {
+        self.alpn01.get(host).cloned()
     }
 
     pub fn project(&self, id: &ProjectId) -> Option<&Arc<Project>> {
@@ -134,6 +141,23 @@ impl View {
             }
             Change::Put(Record::Cert(c)) => self.put_cert(c, master),
             Change::Delete(RecordKey::Cert { name }) => self.delete_cert(name.as_str()),
+            Change::Put(Record::Alpn01(a)) => {
+                let context = RecordKey::Alpn01 {
+                    host: a.host.clone(),
+                }
+                .encode();
+                match crate::tls::certified_key_from(&a.cert_pem, &a.key, &context, master) {
+                    Ok(k) => {
+                        self.alpn01.insert(a.host.to_string(), Arc::new(k));
+                    }
+                    Err(e) => {
+                        tracing::error!(host = %a.host, error = %e, "TLS-ALPN-01 certificate not usable")
+                    }
+                }
+            }
+            Change::Delete(RecordKey::Alpn01 { host }) => {
+                self.alpn01.remove(host.as_str());
+            }
             Change::Put(Record::Settings(s)) => {
                 self.tls13_only = s.values.get("min_tls").map(String::as_str) == Some("1.3");
             }
@@ -171,8 +195,10 @@ impl View {
                 v.put_domain(d, previous.as_ref());
             }
         }
-        for r in reader.scan(prefix::CERT, None, usize::MAX)? {
-            v.apply(&Change::Put(r), master);
+        for p in [prefix::CERT, prefix::ALPN01] {
+            for r in reader.scan(p, None, usize::MAX)? {
+                v.apply(&Change::Put(r), master);
+            }
         }
         reader.for_each(prefix::IPRULE, |r| {
             if let Record::IpRule(r) = r {
@@ -264,12 +290,14 @@ impl LiveView {
                     Record::Domain(_)
                         | Record::Project(_)
                         | Record::Cert(_)
+                        | Record::Alpn01(_)
                         | Record::Settings(_)
                         | Record::IpRule(_)
                 ) | Change::Delete(
                     RecordKey::Domain { .. }
                         | RecordKey::Project { .. }
                         | RecordKey::Cert { .. }
+                        | RecordKey::Alpn01 { .. }
                         | RecordKey::Settings
                         | RecordKey::IpRule { .. }
                 )

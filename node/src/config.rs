@@ -16,7 +16,48 @@ pub struct Config {
     pub public: PublicSection,
     pub raft: RaftTuning,
     pub edge: EdgeSection,
+    pub acme: AcmeSection,
     pub log: LogSection,
+}
+
+/// Automatic certificates for domains with `tls = "acme"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AcmeSection {
+    /// `letsencrypt`, `letsencrypt-staging`, an `https://` directory URL, or `off`.
+    pub directory: String,
+    /// Contact address for the CA's expiry and policy mail (optional).
+    pub email: String,
+    /// PEM file of the CAs of the directory's own HTTPS certificate (a private CA); empty: the
+    /// system's roots.
+    pub ca_bundle: String,
+    /// `http-01` or `tls-alpn-01`: the challenge offered first.
+    pub challenge: String,
+    /// How long a node owns a name's order without renewing its lease.
+    pub lease_ttl_ms: u64,
+    /// First wait after a failed attempt; doubles per failure up to `backoff_cap_ms`.
+    pub backoff_base_ms: u64,
+    pub backoff_cap_ms: u64,
+    /// How long the CA may take to validate and issue one order.
+    pub order_timeout_ms: u64,
+    /// Orders one node works on at once.
+    pub parallel: usize,
+}
+
+impl Default for AcmeSection {
+    fn default() -> Self {
+        AcmeSection {
+            directory: "letsencrypt".into(),
+            email: String::new(),
+            ca_bundle: String::new(),
+            challenge: "http-01".into(),
+            lease_ttl_ms: 60_000,
+            backoff_base_ms: 60_000,
+            backoff_cap_ms: 6 * 3_600_000,
+            order_timeout_ms: 120_000,
+            parallel: 4,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,6 +143,7 @@ impl Default for Config {
             public: PublicSection::default(),
             raft: RaftTuning::default(),
             edge: EdgeSection::default(),
+            acme: AcmeSection::default(),
             log: LogSection::default(),
         }
     }
@@ -182,6 +224,8 @@ pub struct Validated {
     pub edge: palisade_edge::EdgeSettings,
     pub rule_sweep_interval: std::time::Duration,
     pub admin: palisade_admin::AdminOptions,
+    /// `None` when `acme.directory = "off"`.
+    pub acme: Option<palisade_edge::acme::AcmeConfig>,
 }
 
 fn socket(name: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -231,8 +275,8 @@ impl Config {
     /// field (for example `PALISADE_RAFT_SNAPSHOT_EVERY=500`), the edge's header-read and
     /// upstream-response timeouts and rule sweep interval, `PALISADE_EDGE_TRUSTED_PROXIES`
     /// (comma-separated), `PALISADE_EDGE_PROXY_PROTOCOL`, `PALISADE_ADMIN_ALLOWED_IPS`
-    /// (comma-separated), `PALISADE_ADMIN_LAST_USED_FLUSH_MS`, `PALISADE_ADMIN_AUDIT_MAX_ENTRIES`, and
-    /// `PALISADE_LOG`.
+    /// (comma-separated), `PALISADE_ADMIN_LAST_USED_FLUSH_MS`, `PALISADE_ADMIN_AUDIT_MAX_ENTRIES`,
+    /// `PALISADE_ACME_<FIELD>` for each `[acme]` field, and `PALISADE_LOG`.
     pub fn apply_env(mut self) -> Result<Config, ConfigError> {
         let num = |var: &'static str, slot: &mut u64| -> Result<(), ConfigError> {
             if let Ok(v) = std::env::var(var) {
@@ -276,6 +320,29 @@ impl Config {
             "PALISADE_ADMIN_AUDIT_MAX_ENTRIES",
             &mut self.admin.audit_max_entries,
         )?;
+        num("PALISADE_ACME_LEASE_TTL_MS", &mut self.acme.lease_ttl_ms)?;
+        num(
+            "PALISADE_ACME_BACKOFF_BASE_MS",
+            &mut self.acme.backoff_base_ms,
+        )?;
+        num(
+            "PALISADE_ACME_BACKOFF_CAP_MS",
+            &mut self.acme.backoff_cap_ms,
+        )?;
+        num(
+            "PALISADE_ACME_ORDER_TIMEOUT_MS",
+            &mut self.acme.order_timeout_ms,
+        )?;
+        for (var, slot) in [
+            ("PALISADE_ACME_DIRECTORY", &mut self.acme.directory),
+            ("PALISADE_ACME_EMAIL", &mut self.acme.email),
+            ("PALISADE_ACME_CA_BUNDLE", &mut self.acme.ca_bundle),
+            ("PALISADE_ACME_CHALLENGE", &mut self.acme.challenge),
+        ] {
+            if let Ok(v) = std::env::var(var) {
+                *slot = v;
+            }
+        }
         if let Ok(v) = std::env::var("PALISADE_ADMIN_ALLOWED_IPS") {
             self.admin.allowed_ips = v
                 .split(',')
@@ -309,6 +376,72 @@ impl Config {
             self.log.level = v;
         }
         Ok(self)
+    }
+
+    fn acme_config(&self) -> Result<Option<palisade_edge::acme::AcmeConfig>, ConfigError> {
+        use palisade_edge::acme::{directory_url, AcmeConfig, ChallengeKind};
+        let a = &self.acme;
+        if a.directory == "off" {
+            return Ok(None);
+        }
+        let directory = directory_url(&a.directory)
+            .map_err(|why| field("acme.directory", &a.directory, why))?;
+        let challenge = ChallengeKind::parse(&a.challenge)
+            .map_err(|why| field("acme.challenge", &a.challenge, why))?;
+        let mut contact = Vec::new();
+        if !a.email.is_empty() {
+            let (user, domain) = a.email.split_once('@').unwrap_or(("", ""));
+            if user.is_empty() || domain.parse::<palisade_raft::ids::Hostname>().is_err() {
+                return Err(field("acme.email", &a.email, "is not an email address"));
+            }
+            contact.push(format!("mailto:{}", a.email));
+        }
+        let ca_bundle = match a.ca_bundle.as_str() {
+            "" => None,
+            path => {
+                let p = PathBuf::from(path);
+                if !p.is_file() {
+                    return Err(field("acme.ca_bundle", path, "is not a readable file"));
+                }
+                Some(p)
+            }
+        };
+        for (name, v) in [
+            ("acme.lease_ttl_ms", a.lease_ttl_ms),
+            ("acme.backoff_base_ms", a.backoff_base_ms),
+            ("acme.order_timeout_ms", a.order_timeout_ms),
+            ("acme.parallel", a.parallel as u64),
+        ] {
+            if v == 0 {
+                return Err(field(name, "0", "must be above 0"));
+            }
+        }
+        if a.lease_ttl_ms < 3000 {
+            return Err(field(
+                "acme.lease_ttl_ms",
+                &a.lease_ttl_ms.to_string(),
+                "must be at least 3000 (the lease is renewed every third of it)",
+            ));
+        }
+        if a.backoff_cap_ms < a.backoff_base_ms {
+            return Err(field(
+                "acme.backoff_cap_ms",
+                &a.backoff_cap_ms.to_string(),
+                "must be at least acme.backoff_base_ms",
+            ));
+        }
+        let ms = std::time::Duration::from_millis;
+        Ok(Some(AcmeConfig {
+            directory,
+            contact,
+            ca_bundle,
+            challenge,
+            lease_ttl: ms(a.lease_ttl_ms),
+            backoff_base: ms(a.backoff_base_ms),
+            backoff_cap: ms(a.backoff_cap_ms),
+            order_timeout: ms(a.order_timeout_ms),
+            parallel: a.parallel,
+        }))
     }
 
     pub fn validate(self) -> Result<Validated, ConfigError> {
@@ -420,6 +553,7 @@ impl Config {
             },
         };
         self.raft.validate().map_err(|why| field("raft", "", why))?;
+        let acme = self.acme_config()?;
         if self
             .log
             .level
@@ -448,6 +582,7 @@ impl Config {
                 ),
                 audit_max_entries: self.admin.audit_max_entries,
             },
+            acme,
             raw: self,
         })
     }

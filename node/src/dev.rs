@@ -61,7 +61,11 @@ pub async fn run(args: DevArgs) -> Result<()> {
         // Development only: a real cluster shows its first key once and keeps only the hash.
         dd.write_secret("dev-admin.key", &key)?;
     }
-    let cfg = Config::load(&config_path(&dd))?.apply_env()?.validate()?;
+    let mut cfg = Config::load(&config_path(&dd))?.apply_env()?.validate()?;
+    if std::env::var_os("PALISADE_ACME_DIRECTORY").is_none() {
+        // No public CA can reach a development machine; its names get the local CA's certificate.
+        cfg.acme = None;
+    }
     let upstream = demo_upstream().await?;
     let running = serve::start(&cfg).await?;
     let cluster = running.cluster.clone();

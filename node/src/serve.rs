@@ -119,6 +119,16 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
         },
         stop_rx.clone(),
     ));
+    match &cfg.acme {
+        Some(acme) => {
+            tracing::info!(directory = %acme.directory, challenge = ?acme.challenge, "automatic certificates on");
+            let worker = palisade_edge::acme::Acme::new(acme.clone(), cluster.clone());
+            tokio::spawn(worker.run(stop_rx.clone()));
+        }
+        None => tracing::warn!(
+            "acme.directory = \"off\": domains with tls = \"acme\" get no certificates from this node"
+        ),
+    }
     if cfg.raw.admin.allow_public {
         tracing::warn!(
             admin = %cfg.admin_listen,

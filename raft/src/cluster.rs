@@ -616,6 +616,11 @@ impl Cluster {
                     voter: voters.contains(id),
                     matched,
                     lag: matched.map(|x| last.saturating_sub(x)),
+                    last_ack_ms: m
+                        .heartbeat
+                        .as_ref()
+                        .and_then(|h| h.get(id).cloned().flatten())
+                        .map(|t| openraft::Instant::elapsed(&*t).as_millis() as u64),
                 }
             })
             .collect();

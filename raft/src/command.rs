@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Name, NodeId, RequestId};
+use crate::ids::{Hostname, Name, NodeId, RequestId};
 use crate::model::{AuditEntry, Lease, Millis, Record, RecordKey};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +53,22 @@ pub enum Command {
         lease: Name,
         token: u64,
         command: Box<Command>,
+    },
+    /// Create `record` only if nothing is stored under its key (refused otherwise): for what
+    /// must exist once, such as the ACME account of a directory.
+    Create {
+        record: Record,
+    },
+    /// Note one use of a limited thing at the command's time: refused, and nothing noted, when
+    /// `limit` uses already fall within the last `window_ms`.
+    Spend {
+        name: Name,
+        window_ms: u64,
+        limit: u32,
+    },
+    /// An operator asks for a new certificate for `host` now.
+    RequestRenewal {
+        host: Hostname,
     },
     /// Store a join token's hash.
     CreateJoinToken {

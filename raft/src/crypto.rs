@@ -260,3 +260,34 @@ mod tests {
         assert_eq!(node_id_of_cert(&der), Some(7));
     }
 }
+
+/// The DNS names, validity (Unix ms) and issuer of the first certificate of a PEM chain.
+pub fn cert_facts(
+    chain_pem: &str,
+) -> Result<(Vec<crate::ids::Hostname>, u64, u64, String), String> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(chain_pem.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| e.to_string())?;
+    let mut hosts = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                hosts.push(
+                    d.parse()
+                        .map_err(|e: crate::ids::InvalidId| e.to_string())?,
+                );
+            }
+        }
+    }
+    if hosts.is_empty() {
+        return Err("the certificate names no DNS host (subjectAltName)".into());
+    }
+    let ms = |t: x509_parser::time::ASN1Time| (t.timestamp().max(0) as u64) * 1000;
+    Ok((
+        hosts,
+        ms(cert.validity().not_before),
+        ms(cert.validity().not_after),
+        cert.issuer().to_string(),
+    ))
+}

@@ -235,6 +235,71 @@ pub struct Alpn01 {
     pub expires_at: Millis,
 }
 
+/// Where a domain's automatic certificate stands. The node working on the name writes it (fenced
+/// by its lease); operators read it, and ask for a renewal through [`Command::RequestRenewal`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertStatus {
+    pub host: Hostname,
+    pub state: CertState,
+    /// The node that last worked on the name.
+    #[serde(default)]
+    pub owner: Option<NodeId>,
+    /// Failed attempts since the last success (drives the back-off).
+    #[serde(default)]
+    pub failures: u32,
+    /// What went wrong last, in words an operator can act on.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub last_attempt_at: Option<Millis>,
+    #[serde(default)]
+    pub last_success_at: Option<Millis>,
+    /// No node starts an order for the name before this time (unless a renewal is requested).
+    #[serde(default)]
+    pub next_attempt_at: Millis,
+    /// An operator asked for a new certificate at this time.
+    #[serde(default)]
+    pub renew_requested_at: Option<Millis>,
+    /// ACME orders placed for the name, ever.
+    #[serde(default)]
+    pub orders: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CertState {
+    /// Waiting for its first order.
+    Pending,
+    /// A node holds the lease and is ordering.
+    Ordering,
+    /// Issued; renewed before it expires.
+    Valid,
+    /// The last attempt failed; the next one waits (see `next_attempt_at`).
+    Failing,
+    /// Will not be ordered as configured (a wildcard without DNS-01).
+    Refused,
+}
+
+impl CertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertState::Pending => "pending",
+            CertState::Ordering => "ordering",
+            CertState::Valid => "valid",
+            CertState::Failing => "failing",
+            CertState::Refused => "refused",
+        }
+    }
+}
+
+/// Times at which something limited happened (ACME orders of an account, failed validations of a
+/// name), kept for one window: the cluster-wide budget toward a CA's rate limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateWindow {
+    pub name: Name,
+    pub stamps: Vec<Millis>,
+}
+
 /// A lease on a piece of cluster work. `token` is the log index that granted it: a fencing token
 /// that only grows, so a deposed holder's writes can be told apart and refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -365,6 +430,8 @@ pub enum Record {
     AcmeAccount(AcmeAccount),
     Http01(Http01),
     Alpn01(Alpn01),
+    CertStatus(CertStatus),
+    RateWindow(RateWindow),
     Lease(Lease),
     BotKey(BotKey),
     Decision(Decision),
@@ -400,6 +467,12 @@ pub enum RecordKey {
     },
     Alpn01 {
         host: Hostname,
+    },
+    CertStatus {
+        host: Hostname,
+    },
+    RateWindow {
+        name: Name,
     },
     Lease {
         name: Name,
@@ -447,6 +520,12 @@ impl Record {
             Record::Alpn01(a) => RecordKey::Alpn01 {
                 host: a.host.clone(),
             },
+            Record::CertStatus(c) => RecordKey::CertStatus {
+                host: c.host.clone(),
+            },
+            Record::RateWindow(w) => RecordKey::RateWindow {
+                name: w.name.clone(),
+            },
             Record::Lease(l) => RecordKey::Lease {
                 name: l.name.clone(),
             },
@@ -474,6 +553,8 @@ pub mod prefix {
     pub const ACME_ACCOUNT: &str = "acme/account/";
     pub const HTTP01: &str = "acme/http01/";
     pub const ALPN01: &str = "acme/alpn01/";
+    pub const CERT_STATUS: &str = "acme/status/";
+    pub const RATE_WINDOW: &str = "acme/budget/";
     pub const LEASE: &str = "lease/";
     pub const BOTKEY: &str = "botkey/";
     pub const DECISION: &str = "decision/";
@@ -516,6 +597,8 @@ impl RecordKey {
             RecordKey::AcmeAccount { directory } => format!("{ACME_ACCOUNT}{directory}"),
             RecordKey::Http01 { token } => format!("{HTTP01}{token}"),
             RecordKey::Alpn01 { host } => format!("{ALPN01}{host}"),
+            RecordKey::CertStatus { host } => format!("{CERT_STATUS}{host}"),
+            RecordKey::RateWindow { name } => format!("{RATE_WINDOW}{name}"),
             RecordKey::Lease { name } => format!("{LEASE}{name}"),
             RecordKey::BotKey { kid } => format!("{BOTKEY}{kid}"),
             RecordKey::Decision { project, prefix } => format!("{DECISION}{project}/{prefix}"),

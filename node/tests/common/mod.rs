@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod pebble;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;

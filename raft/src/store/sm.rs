@@ -16,7 +16,10 @@ use super::reader::StateReader;
 use super::snapshot::{self, SnapshotBuilder, SnapshotFile};
 use super::{decode, encode, io_err, CF_SM_DATA, CF_SM_META};
 use crate::command::{Command, Request, Response};
-use crate::model::{prefix, AuditEntry, JoinToken, Lease, Millis, Record, RecordKey};
+use crate::model::{
+    prefix, AuditEntry, CertState, CertStatus, JoinToken, Lease, Millis, RateWindow, Record,
+    RecordKey,
+};
 use crate::types::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
 pub(crate) const KEY_APPLIED: &[u8] = b"last_applied";
@@ -260,6 +263,64 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
             }
             applied
         }
+        Command::Create { record } => {
+            if let Some(why) = not_puttable(record) {
+                return Ok(refused(why));
+            }
+            let key = record.key();
+            if txn.get_record(&key)?.is_some() {
+                return Ok(refused(format!("{} exists", key.encode())));
+            }
+            txn.put_record(record.clone());
+            applied
+        }
+        Command::Spend {
+            name,
+            window_ms,
+            limit,
+        } => {
+            let key = RecordKey::RateWindow { name: name.clone() };
+            let mut stamps = match txn.get_record(&key)? {
+                Some(Record::RateWindow(w)) => w.stamps,
+                _ => Vec::new(),
+            };
+            let since = at.saturating_sub(*window_ms);
+            stamps.retain(|&t| t > since);
+            if stamps.len() >= *limit as usize {
+                let free_at = stamps.iter().min().map_or(at, |t| t + window_ms);
+                return Ok(refused(format!(
+                    "budget {name} spent: {limit} in {window_ms} ms; the next use is possible at {free_at}"
+                )));
+            }
+            stamps.push(at);
+            txn.put_record(Record::RateWindow(RateWindow {
+                name: name.clone(),
+                stamps,
+            }));
+            applied
+        }
+        Command::RequestRenewal { host } => {
+            let key = RecordKey::CertStatus { host: host.clone() };
+            let mut status = match txn.get_record(&key)? {
+                Some(Record::CertStatus(s)) => s,
+                _ => CertStatus {
+                    host: host.clone(),
+                    state: CertState::Pending,
+                    owner: None,
+                    failures: 0,
+                    last_error: None,
+                    last_attempt_at: None,
+                    last_success_at: None,
+                    next_attempt_at: at,
+                    renew_requested_at: None,
+                    orders: 0,
+                },
+            };
+            status.renew_requested_at = Some(at);
+            status.next_attempt_at = at;
+            txn.put_record(Record::CertStatus(status));
+            applied
+        }
         Command::AcquireLease {
             name,
             holder,
@@ -384,6 +445,7 @@ fn not_puttable(r: &Record) -> Option<String> {
         Record::Lease(_) => Some("leases are written by lease commands only".into()),
         Record::Audit(_) => Some("audit entries are written with the change they record".into()),
         Record::JoinToken(_) => Some("join tokens are written by join-token commands only".into()),
+        Record::RateWindow(_) => Some("budgets are written by spend commands only".into()),
         _ => None,
     }
 }

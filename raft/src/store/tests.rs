@@ -299,3 +299,72 @@ async fn votes_and_logs_survive_reopen() {
     );
     let _ = Response::Internal;
 }
+
+#[tokio::test]
+async fn a_budget_refuses_uses_beyond_its_limit_until_the_window_moves_on() {
+    let dir = TempDir::new().unwrap();
+    let mut store = Store::open(dir.path(), "c1").unwrap();
+    let spend = |at| {
+        let mut r = Request::new(Command::Spend {
+            name: "orders".parse().unwrap(),
+            window_ms: 1000,
+            limit: 2,
+        });
+        r.at = at;
+        r
+    };
+    let stamps = |store: &Store| match store
+        .reader
+        .get(&RecordKey::RateWindow {
+            name: "orders".parse().unwrap(),
+        })
+        .unwrap()
+    {
+        Some(Record::RateWindow(w)) => w.stamps,
+        other => panic!("unexpected {other:?}"),
+    };
+    let entries = vec![
+        entry(1, spend(10_000)),
+        entry(2, spend(10_100)),
+        entry(3, spend(10_200)),
+    ];
+    apply(&mut store.state_machine, entries).await;
+    assert_eq!(
+        stamps(&store),
+        vec![10_000, 10_100],
+        "the third use is refused"
+    );
+    // A window later the first use has left it: one more fits.
+    apply(&mut store.state_machine, vec![entry(4, spend(11_050))]).await;
+    assert_eq!(stamps(&store), vec![10_100, 11_050]);
+}
+
+#[tokio::test]
+async fn create_does_not_replace_what_exists() {
+    let dir = TempDir::new().unwrap();
+    let mut store = Store::open(dir.path(), "c1").unwrap();
+    let mut second = project("p");
+    if let Record::Project(p) = &mut second {
+        p.name = "second".into();
+    }
+    let entries = vec![
+        entry(
+            1,
+            Request::new(Command::Create {
+                record: project("p"),
+            }),
+        ),
+        entry(2, Request::new(Command::Create { record: second })),
+    ];
+    apply(&mut store.state_machine, entries).await;
+    match store
+        .reader
+        .get(&RecordKey::Project {
+            id: "p".parse().unwrap(),
+        })
+        .unwrap()
+    {
+        Some(Record::Project(p)) => assert_eq!(p.name, "P"),
+        other => panic!("unexpected {other:?}"),
+    }
+}

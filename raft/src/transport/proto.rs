@@ -145,6 +145,9 @@ pub struct MemberStatus {
     /// Last log index known replicated to it (leader's view).
     pub matched: Option<u64>,
     pub lag: Option<u64>,
+    /// Milliseconds since it last acknowledged the leader (leader's view; `None`: unknown).
+    #[serde(default)]
+    pub last_ack_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
