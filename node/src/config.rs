@@ -654,6 +654,32 @@ mod tests {
     }
 
     #[test]
+    fn acme_settings_are_checked_and_off_turns_it_off() {
+        let v = parse("").unwrap();
+        let acme = v.acme.expect("on by default");
+        assert!(acme
+            .directory
+            .starts_with("https://acme-v02.api.letsencrypt.org"));
+        assert!(parse("[acme]\ndirectory = \"off\"").unwrap().acme.is_none());
+        for (toml, field) in [
+            ("directory = \"http://ca.test/dir\"", "acme.directory"),
+            ("challenge = \"dns-01\"", "acme.challenge"),
+            ("email = \"not-an-address\"", "acme.email"),
+            ("ca_bundle = \"/nonexistent/ca.pem\"", "acme.ca_bundle"),
+            ("lease_ttl_ms = 500", "acme.lease_ttl_ms"),
+            (
+                "backoff_cap_ms = 10\nbackoff_base_ms = 20",
+                "acme.backoff_cap_ms",
+            ),
+        ] {
+            let e = parse(&format!("[acme]\n{toml}")).unwrap_err().to_string();
+            assert!(e.contains(field), "{toml}: {e}");
+        }
+        let v = parse("[acme]\nemail = \"ops@example.com\"\nchallenge = \"tls-alpn-01\"").unwrap();
+        assert_eq!(v.acme.unwrap().contact, vec!["mailto:ops@example.com"]);
+    }
+
+    #[test]
     fn private_admin_addresses_and_explicit_public_are_accepted() {
         assert!(parse("[admin]\nlisten = \"10.1.2.3:7001\"").is_ok());
         assert!(parse("[admin]\nlisten = \"[fd00::1]:7001\"").is_ok());

@@ -328,6 +328,20 @@ pub(crate) enum CertCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Where automatic certificates stand: state, owner node, failures, next attempt, last
+    /// error.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Ask for a new certificate for HOST now (domains with `tls = acme`).
+    Renew {
+        host: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Upload a certificate chain and its key for domains with `tls = manual`.
     Upload {
         #[arg(long)]
@@ -361,6 +375,34 @@ pub(crate) fn cert(cmd: CertCmd) -> Result<()> {
                     ("SOURCE", "source"),
                     ("ISSUER", "issuer"),
                 ],
+            );
+        }
+        CertCmd::Status { json, client } => {
+            let v = call_json(
+                "GET",
+                &client,
+                "/v1/certificates/acme?limit=10000",
+                Payload::None,
+            )?;
+            show(
+                &v,
+                json,
+                &[
+                    ("HOST", "host"),
+                    ("STATE", "state"),
+                    ("OWNER", "owner"),
+                    ("FAILURES", "failures"),
+                    ("NEXT_ATTEMPT_AT", "next_attempt_at"),
+                    ("LAST_ERROR", "last_error"),
+                ],
+            );
+        }
+        CertCmd::Renew { host, client } => {
+            let path = format!("/v1/certificates/{host}/renew");
+            let v = call_json("POST", &client, &path, Payload::None)?;
+            println!(
+                "renewal of {host} requested (log index {}); its owner orders at its next pass",
+                v["index"]
             );
         }
         CertCmd::Upload {

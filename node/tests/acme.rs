@@ -513,16 +513,45 @@ fn a_name_that_fails_validation_backs_off_within_budget_and_others_are_unaffecte
     // The good name was issued once and is still served.
     assert_eq!(a.acme_status(0, good)["state"], "valid");
 
-    // Renewal on request goes through the budget too, and is audited.
-    let r =
-        a.c.post(
-            0,
-            &format!("/v1/certificates/{good}/renew"),
-            Value::Null,
-            None,
-        )
+    // The CLI shows the same: state and the error, for people and as JSON.
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--admin", &a.c.nodes[2].admin_addr, "--key", &a.c.key]);
+        let out = a.c.run_cli(&all).unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let table = cli(&["cert", "status"]);
+    assert!(
+        table.contains("LAST_ERROR") && table.contains("failing"),
+        "{table}"
+    );
+    let listed: Value = serde_json::from_str(&cli(&["cert", "status", "--json"])).unwrap();
+    let row = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["host"] == bad)
+        .cloned()
         .unwrap();
-    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        row["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("failed validations"),
+        "{row}"
+    );
+
+    // Renewal on request (through the CLI) is audited and orders at once, whatever the expiry.
+    let said = cli(&["cert", "renew", good]);
+    assert!(
+        said.contains("renewal of fine.shop.test requested"),
+        "{said}"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while a
         .audit(0, "cert.issue")
