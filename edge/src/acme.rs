@@ -575,14 +575,19 @@ impl Acme {
         }
     }
 
+    /// An audit entry for a change this node makes (actor `node:{id}`) on `cert/{host}`.
     fn audit(&self, action: &str, host: &Hostname, outcome: String) -> AuditEntry {
+        self.audit_on(action, format!("cert/{host}"), outcome)
+    }
+
+    fn audit_on(&self, action: &str, target: String, outcome: String) -> AuditEntry {
         AuditEntry {
             seq: 0,
             at: now_ms(),
             actor: format!("node:{}", self.cluster.node_id),
             source_ip: String::new(),
             action: action.to_string(),
-            target: format!("cert/{host}"),
+            target,
             outcome,
         }
     }
@@ -598,7 +603,9 @@ impl Acme {
         let lease = lease_name(host);
         let now = now_ms();
         let previous = self.status(host);
-        let mut status = previous.clone().unwrap_or_else(|| new_status(host, now));
+        let mut status = previous
+            .clone()
+            .unwrap_or_else(|| CertStatus::new(host.clone(), now));
         status.state = CertState::Ordering;
         status.owner = Some(self.cluster.node_id);
         status.last_attempt_at = Some(now);
@@ -909,7 +916,9 @@ impl Acme {
         f: Failure,
     ) {
         let now = now_ms();
-        let mut status = self.status(host).unwrap_or_else(|| new_status(host, now));
+        let mut status = self
+            .status(host)
+            .unwrap_or_else(|| CertStatus::new(host.clone(), now));
         status.owner = Some(self.cluster.node_id);
         status.last_attempt_at = Some(started);
         if placed {
@@ -997,15 +1006,11 @@ impl Acme {
                 contact: self.cfg.contact.clone(),
                 credentials: master.seal(&plain, &context),
             });
-            let entry = AuditEntry {
-                seq: 0,
-                at: now_ms(),
-                actor: format!("node:{}", self.cluster.node_id),
-                source_ip: String::new(),
-                action: "acme.account".into(),
-                target: format!("acme/account/{}", self.cfg.directory),
-                outcome: "created".into(),
-            };
+            let entry = self.audit_on(
+                "acme.account",
+                format!("acme/account/{}", self.cfg.directory),
+                "created".into(),
+            );
             match self
                 .cluster
                 .write(Request::new(Command::Create { record }).with_audit(entry))
@@ -1110,21 +1115,6 @@ impl Acme {
                 }
             }
         }
-    }
-}
-
-fn new_status(host: &Hostname, now: Millis) -> CertStatus {
-    CertStatus {
-        host: host.clone(),
-        state: CertState::Pending,
-        owner: None,
-        failures: 0,
-        last_error: None,
-        last_attempt_at: None,
-        last_success_at: None,
-        next_attempt_at: now,
-        renew_requested_at: None,
-        orders: 0,
     }
 }
 

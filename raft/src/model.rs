@@ -265,6 +265,24 @@ pub struct CertStatus {
     pub orders: u64,
 }
 
+impl CertStatus {
+    /// A name nobody has ordered yet: due at `now`.
+    pub fn new(host: Hostname, now: Millis) -> CertStatus {
+        CertStatus {
+            host,
+            state: CertState::Pending,
+            owner: None,
+            failures: 0,
+            last_error: None,
+            last_attempt_at: None,
+            last_success_at: None,
+            next_attempt_at: now,
+            renew_requested_at: None,
+            orders: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CertState {

@@ -17,8 +17,7 @@ use super::snapshot::{self, SnapshotBuilder, SnapshotFile};
 use super::{decode, encode, io_err, CF_SM_DATA, CF_SM_META};
 use crate::command::{Command, Request, Response};
 use crate::model::{
-    prefix, AuditEntry, CertState, CertStatus, JoinToken, Lease, Millis, RateWindow, Record,
-    RecordKey,
+    prefix, AuditEntry, CertStatus, JoinToken, Lease, Millis, RateWindow, Record, RecordKey,
 };
 use crate::types::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
@@ -303,18 +302,7 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
             let key = RecordKey::CertStatus { host: host.clone() };
             let mut status = match txn.get_record(&key)? {
                 Some(Record::CertStatus(s)) => s,
-                _ => CertStatus {
-                    host: host.clone(),
-                    state: CertState::Pending,
-                    owner: None,
-                    failures: 0,
-                    last_error: None,
-                    last_attempt_at: None,
-                    last_success_at: None,
-                    next_attempt_at: at,
-                    renew_requested_at: None,
-                    orders: 0,
-                },
+                _ => CertStatus::new(host.clone(), at),
             };
             status.renew_requested_at = Some(at);
             status.next_attempt_at = at;
