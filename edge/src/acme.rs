@@ -379,7 +379,7 @@ impl Acme {
         n
     }
 
-    /// Whether `host` needs an order now, as far as the replicated state says.
+    /// Whether `host` needs an order now and nobody holds its lease.
     fn is_due(&self, host: &Hostname, now: Millis, budget: &Budget) -> bool {
         if let Some(Record::Lease(l)) = self.read(&RecordKey::Lease {
             name: lease_name(host),
@@ -388,6 +388,11 @@ impl Acme {
                 return false; // somebody is on it
             }
         }
+        self.needs_order(host, now, budget)
+    }
+
+    /// Whether `host` needs an order now, as far as the applied state says.
+    fn needs_order(&self, host: &Hostname, now: Millis, budget: &Budget) -> bool {
         let status = self.status(host);
         if host.is_wildcard() {
             return status.is_none_or(|s| s.state != CertState::Refused);
@@ -496,6 +501,14 @@ impl Acme {
                 return;
             }
         };
+        // Between the look that found the name due and this lease, another node may have held
+        // the lease and finished: look again at the state as of the grant.
+        self.cluster.reader.wait_applied(token).await;
+        if !self.needs_order(host, now_ms(), &self.budget()) {
+            let release = Command::ReleaseLease { name: lease, token };
+            let _ = self.cluster.write(Request::new(release)).await;
+            return;
+        }
         tracing::info!(%host, token, "ordering a certificate");
         // Keep the lease while the order runs; the order's own writes notice when it is lost.
         let keeper = {
