@@ -289,6 +289,13 @@ fn ops() -> Vec<Op> {
             put_settings,
         )
         .json::<ClusterSettings>(),
+        op(
+            M::GET,
+            "/v1/bot/keys",
+            admin,
+            "The bot-protection keyring: key ids, states and times (never the secrets)",
+            list_bot_keys,
+        ),
     ];
     ops.extend(crate::keys::ops());
     ops.extend(crate::iprules::ops());
@@ -1541,6 +1548,24 @@ async fn renew_cert(
     .await
 }
 
+/// The keyring that signs clearance cookies, as operators may see it.
+#[handler]
+async fn list_bot_keys(state: Data<&Arc<AdminState>>, caller: Caller) -> ApiResult {
+    authorize(&state, &caller, Role::Admin, Within::Cluster).await?;
+    read_barrier(&state, None).await?;
+    let mut items = Vec::new();
+    state
+        .cluster
+        .reader
+        .for_each(prefix::BOTKEY, |r| {
+            if let Record::BotKey(k) = r {
+                items.push(json!({ "kid": k.kid, "state": k.state, "not_after": k.not_after }));
+            }
+        })
+        .map_err(internal)?;
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
 // ---- settings ------------------------------------------------------------------------------
 
 #[handler]
@@ -1570,11 +1595,14 @@ async fn put_settings(
                 ))
             }
             "min_tls" => {}
+            palisade_edge::bot::ROTATION_SETTING => palisade_edge::bot::check_rotation(v)
+                .map_err(|why| invalid(&format!("values.{k}"), why))?,
             other => match palisade_edge::acme::check_setting(other, v) {
                 Some(Ok(())) => {}
                 Some(Err(why)) => return Err(invalid(&format!("values.{other}"), why)),
                 None => {
-                    let known: Vec<&str> = std::iter::once("min_tls")
+                    let known: Vec<&str> = ["min_tls", palisade_edge::bot::ROTATION_SETTING]
+                        .into_iter()
                         .chain(palisade_edge::acme::SETTINGS.iter().map(|(n, ..)| *n))
                         .collect();
                     return Err(invalid(

@@ -4,6 +4,7 @@
 //!
 //! - [`access`]: IP allow and block lists compiled into prefix tables;
 //! - [`acme`]: automatic certificates, one order per name cluster-wide (leases with fencing);
+//! - [`bot`]: the replicated keyring that signs bot-protection clearance cookies;
 //! - [`view`]: the compiled view of the replicated state (hosts, projects, certificates, IP lists) behind
 //!   `arc-swap`, kept current from the store's change events;
 //! - [`tls`]: certificates by SNI from that view;
@@ -19,6 +20,7 @@
 
 pub mod access;
 pub mod acme;
+pub mod bot;
 pub mod client_ip;
 pub mod pipeline;
 pub mod proxy;
