@@ -204,7 +204,7 @@ impl Budget {
 const HEALTHY_ACK: Duration = Duration::from_secs(3);
 const TICK: Duration = Duration::from_secs(1);
 /// How long every voter gets to apply a challenge record before the CA is told to look.
-const CHALLENGE_SPREAD: Duration = Duration::from_secs(5);
+const CHALLENGE_SPREAD: Duration = Duration::from_secs(10);
 /// Challenge records outlive any order by far; the sweep removes them after this.
 const CHALLENGE_TTL_MS: u64 = 3_600_000;
 
@@ -661,42 +661,29 @@ impl Acme {
         }
 
         let account = self.account().await.map_err(failed)?;
-        let orders = orders_window(&self.cfg.directory);
-        let spend = Command::Spend {
-            name: orders.clone(),
-            window_ms: budget.orders_window_ms,
-            limit: budget.max_orders,
+        // An order left by an attempt that failed for a passing reason is resumed once, so a
+        // network error does not cost a second order.
+        let resumed = match status.order_url.clone() {
+            Some(url) => match account.order(url).await {
+                Ok(mut o) => {
+                    let open =
+                        matches!(o.state().status, OrderStatus::Pending | OrderStatus::Ready);
+                    open.then_some(o)
+                }
+                Err(_) => None,
+            },
+            None => None,
         };
-        let entry = self.audit("acme.order", host, "ok".into());
-        match self.fenced(&lease, token, spend, Some(entry)).await {
-            Ok(_) => {}
-            Err(Failure::Failed { message, .. }) if message.contains("budget") => {
-                let until = match self.read(&RecordKey::RateWindow { name: orders }) {
-                    Some(Record::RateWindow(w)) => {
-                        full_until(&w, budget.max_orders, budget.orders_window_ms, now)
-                            .unwrap_or(now)
-                    }
-                    _ => now,
-                };
-                return Err(Failure::Budget {
-                    message: format!(
-                        "the cluster placed {} orders within {} minutes (the CA's limit); this one waits",
-                        budget.max_orders,
-                        budget.orders_window_ms / 60_000
-                    ),
-                    until,
-                });
+        let mut order = match resumed {
+            Some(o) => {
+                tracing::info!(%host, "resuming the order of the last attempt");
+                o
             }
-            Err(e) => return Err(e),
-        }
-        *placed = true;
-        metrics::counter!("palisade_acme_orders_total").increment(1);
-
-        let ids = [Identifier::Dns(host.to_string())];
-        let mut order = account
-            .new_order(&NewOrder::new(&ids))
-            .await
-            .map_err(|e| failed(format!("the CA did not take the order: {}", acme_error(&e))))?;
+            None => {
+                self.place_order(host, &lease, token, &account, &status, &budget, now, placed)
+                    .await?
+            }
+        };
 
         let mut used = self.cfg.challenge;
         {
@@ -879,7 +866,8 @@ impl Acme {
                 .renew_at(&cert, &budget)
                 .max(done.saturating_add(budget.min_reissue_ms)),
             renew_requested_at: requested,
-            orders: status.orders + 1,
+            orders: status.orders + u64::from(*placed),
+            order_url: None,
             ..status
         };
         let entry = self.audit(
@@ -899,6 +887,65 @@ impl Acme {
         metrics::counter!("palisade_acme_certificates_total").increment(1);
         tracing::info!(%host, not_after, "certificate stored");
         Ok(())
+    }
+
+    /// Spend the budget for a new order (audited `acme.order`), place it, and remember its URL.
+    #[allow(clippy::too_many_arguments)]
+    async fn place_order(
+        &self,
+        host: &Hostname,
+        lease: &Name,
+        token: u64,
+        account: &Account,
+        status: &CertStatus,
+        budget: &Budget,
+        now: Millis,
+        placed: &mut bool,
+    ) -> Result<instant_acme::Order, Failure> {
+        let orders = orders_window(&self.cfg.directory);
+        let spend = Command::Spend {
+            name: orders.clone(),
+            window_ms: budget.orders_window_ms,
+            limit: budget.max_orders,
+        };
+        let entry = self.audit("acme.order", host, "ok".into());
+        match self.fenced(lease, token, spend, Some(entry)).await {
+            Ok(_) => {}
+            Err(Failure::Failed { message, .. }) if message.contains("budget") => {
+                let until = match self.read(&RecordKey::RateWindow { name: orders }) {
+                    Some(Record::RateWindow(w)) => {
+                        full_until(&w, budget.max_orders, budget.orders_window_ms, now)
+                            .unwrap_or(now)
+                    }
+                    _ => now,
+                };
+                return Err(Failure::Budget {
+                    message: format!(
+                        "the cluster placed {} orders within {} minutes (the CA's limit); this one waits",
+                        budget.max_orders,
+                        budget.orders_window_ms / 60_000
+                    ),
+                    until,
+                });
+            }
+            Err(e) => return Err(e),
+        }
+        *placed = true;
+        metrics::counter!("palisade_acme_orders_total").increment(1);
+        let ids = [Identifier::Dns(host.to_string())];
+        let order = account
+            .new_order(&NewOrder::new(&ids))
+            .await
+            .map_err(|e| failed(format!("the CA did not take the order: {}", acme_error(&e))))?;
+        let remembered = CertStatus {
+            order_url: Some(order.url().to_string()),
+            ..status.clone()
+        };
+        let put = Command::Put {
+            record: Record::CertStatus(remembered),
+        };
+        self.fenced(lease, token, put, None).await?;
+        Ok(order)
     }
 
     async fn note_failed_validation(
@@ -937,6 +984,18 @@ impl Acme {
         if placed {
             status.orders += 1;
         }
+        // Resume an order once, and never one whose validation failed.
+        if !placed
+            || matches!(
+                f,
+                Failure::Failed {
+                    validation: true,
+                    ..
+                }
+            )
+        {
+            status.order_url = None;
+        }
         if status.renew_requested_at.is_some_and(|t| t <= started) {
             status.renew_requested_at = None;
         }
@@ -949,7 +1008,7 @@ impl Acme {
                 let wait = backoff(&self.cfg, status.failures, host.as_str(), now);
                 status.next_attempt_at = now + wait;
                 status.state = CertState::Failing;
-                let _ = validation;
+                let _ = validation; // the budget counted it already; the status says it
                 (message, "cert.issue")
             }
             Failure::Budget { message, until } => {

@@ -379,7 +379,12 @@ fn twenty_domains_at_once_make_twenty_orders_spread_over_the_nodes() {
         a.served_everywhere(h, &[0, 1, 2], Duration::from_secs(120));
     }
     let orders = a.audit(1, "acme.order");
-    assert_eq!(orders.len(), 20, "{orders:#?}");
+    assert_eq!(
+        orders.len(),
+        20,
+        "{orders:#?}\nattempts: {:#?}",
+        a.audit(1, "cert.issue")
+    );
     assert_eq!(a.pebble.orders(), 20, "Pebble saw exactly twenty orders");
     let mut by_node = std::collections::BTreeMap::new();
     for o in &orders {

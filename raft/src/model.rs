@@ -263,6 +263,10 @@ pub struct CertStatus {
     /// ACME orders placed for the name, ever.
     #[serde(default)]
     pub orders: u64,
+    /// The order of an attempt that failed for a passing reason (a network error, say): the
+    /// next attempt resumes it rather than placing another.
+    #[serde(default)]
+    pub order_url: Option<String>,
 }
 
 impl CertStatus {
@@ -279,6 +283,7 @@ impl CertStatus {
             next_attempt_at: now,
             renew_requested_at: None,
             orders: 0,
+            order_url: None,
         }
     }
 }
