@@ -30,7 +30,7 @@ use instant_acme::{
     NewOrder, OrderStatus, RetryPolicy,
 };
 use palisade_raft::cluster::Cluster;
-use palisade_raft::command::{Command, Request, Response};
+use palisade_raft::command::{Command, Request, Response, BUDGET_SPENT, STALE_FENCE};
 use palisade_raft::ids::{Hostname, Name, NodeId};
 use palisade_raft::model::{
     prefix, AcmeAccount, Alpn01, AuditEntry, Cert, CertSource, CertState, CertStatus,
@@ -316,10 +316,14 @@ impl Acme {
             let req = Request::new(Command::DeleteMany { keys: leader_work });
             let _ = self.cluster.write(req).await;
         }
-        let ari_wanted = !self
+        let mut ari_certs = Vec::new();
+        if !self
             .ari_unsupported
             .load(std::sync::atomic::Ordering::Relaxed)
-            && self.ari_missing(&mut Vec::new()) > 0;
+        {
+            self.ari_missing(&mut ari_certs);
+        }
+        let ari_wanted = !ari_certs.is_empty();
         if due.is_empty() && !ari_wanted {
             return Ok(());
         }
@@ -332,8 +336,7 @@ impl Acme {
                 .ari_running
                 .swap(true, std::sync::atomic::Ordering::Relaxed)
         {
-            let mut mine = Vec::new();
-            self.ari_missing(&mut mine);
+            let mut mine = ari_certs;
             mine.retain(|c| {
                 c.hosts
                     .first()
@@ -363,20 +366,17 @@ impl Acme {
     }
 
     /// ACME certificates with no renewal window from the CA yet (collected into `out`).
-    fn ari_missing(&self, out: &mut Vec<Cert>) -> usize {
+    fn ari_missing(&self, out: &mut Vec<Cert>) {
         let known = self.ari.lock().unwrap();
-        let mut n = 0;
         let _ = self.cluster.reader.for_each(prefix::CERT, |r| {
             if let Record::Cert(c) = r {
                 if c.source == CertSource::Acme
                     && !known.contains_key(&(c.name.to_string(), c.not_after))
                 {
-                    n += 1;
                     out.push(c);
                 }
             }
         });
-        n
     }
 
     /// Whether `host` needs an order now and nobody holds its lease.
@@ -573,7 +573,7 @@ impl Acme {
         }
         match self.cluster.write(req).await {
             Ok(Response::Applied { index, .. }) => Ok(index),
-            Ok(Response::Refused { reason }) if reason.starts_with("stale fencing token") => {
+            Ok(Response::Refused { reason }) if reason.starts_with(STALE_FENCE) => {
                 metrics::counter!("palisade_acme_fenced_refusals_total").increment(1);
                 tracing::warn!(%lease, token, "a write of a deposed ACME owner was refused: {reason}");
                 Err(Failure::Deposed)
@@ -588,21 +588,14 @@ impl Acme {
         }
     }
 
-    /// An audit entry for a change this node makes (actor `node:{id}`) on `cert/{host}`.
-    fn audit(&self, action: &str, host: &Hostname, outcome: String) -> AuditEntry {
-        self.audit_on(action, format!("cert/{host}"), outcome)
-    }
-
-    fn audit_on(&self, action: &str, target: String, outcome: String) -> AuditEntry {
-        AuditEntry {
-            seq: 0,
-            at: now_ms(),
-            actor: format!("node:{}", self.cluster.node_id),
-            source_ip: String::new(),
-            action: action.to_string(),
-            target,
+    /// An audit entry for a change this node makes on `cert/{host}`.
+    fn audit(&self, action: &str, host: &Hostname, outcome: &str) -> AuditEntry {
+        AuditEntry::by_node(
+            self.cluster.node_id,
+            action,
+            format!("cert/{host}"),
             outcome,
-        }
+        )
     }
 
     /// One attempt: the steps of RFC 8555 §7, each write fenced by the lease.
@@ -870,11 +863,8 @@ impl Acme {
             order_url: None,
             ..status
         };
-        let entry = self.audit(
-            "cert.issue",
-            host,
-            format!("issued; valid until {}", iso(not_after)),
-        );
+        let outcome = format!("issued; valid until {}", iso(not_after));
+        let entry = self.audit("cert.issue", host, &outcome);
         self.fenced(
             &lease,
             token,
@@ -908,10 +898,10 @@ impl Acme {
             window_ms: budget.orders_window_ms,
             limit: budget.max_orders,
         };
-        let entry = self.audit("acme.order", host, "ok".into());
+        let entry = self.audit("acme.order", host, "ok");
         match self.fenced(lease, token, spend, Some(entry)).await {
             Ok(_) => {}
-            Err(Failure::Failed { message, .. }) if message.contains("budget") => {
+            Err(Failure::Failed { message, .. }) if message.contains(BUDGET_SPENT) => {
                 let until = match self.read(&RecordKey::RateWindow { name: orders }) {
                     Some(Record::RateWindow(w)) => {
                         full_until(&w, budget.max_orders, budget.orders_window_ms, now)
@@ -1000,15 +990,11 @@ impl Acme {
             status.renew_requested_at = None;
         }
         let (message, action) = match f {
-            Failure::Failed {
-                message,
-                validation,
-            } => {
+            Failure::Failed { message, .. } => {
                 status.failures = status.failures.saturating_add(1);
                 let wait = backoff(&self.cfg, status.failures, host.as_str(), now);
                 status.next_attempt_at = now + wait;
                 status.state = CertState::Failing;
-                let _ = validation; // the budget counted it already; the status says it
                 (message, "cert.issue")
             }
             Failure::Budget { message, until } => {
@@ -1021,7 +1007,7 @@ impl Acme {
         tracing::warn!(%host, failures = status.failures, next_attempt_at = status.next_attempt_at, "certificate not issued: {message}");
         metrics::counter!("palisade_acme_failures_total").increment(1);
         status.last_error = Some(message.clone());
-        let entry = self.audit(action, host, format!("failed: {message}"));
+        let entry = self.audit(action, host, &format!("failed: {message}"));
         let _ = self
             .fenced(
                 lease,
@@ -1078,10 +1064,11 @@ impl Acme {
                 contact: self.cfg.contact.clone(),
                 credentials: master.seal(&plain, &context),
             });
-            let entry = self.audit_on(
+            let entry = AuditEntry::by_node(
+                self.cluster.node_id,
                 "acme.account",
                 format!("acme/account/{}", self.cfg.directory),
-                "created".into(),
+                "created",
             );
             match self
                 .cluster

@@ -230,15 +230,7 @@ async fn pass(cluster: &Cluster, lease: &Name) -> Result<(), String> {
     } else {
         Command::DeleteMany { keys: deletes }
     };
-    let audit = AuditEntry {
-        seq: 0,
-        at: now,
-        actor: format!("node:{}", cluster.node_id),
-        source_ip: String::new(),
-        action: change.action.into(),
-        target: change.target,
-        outcome: "ok".into(),
-    };
+    let audit = AuditEntry::by_node(cluster.node_id, change.action, change.target, "ok");
     let req = Request::new(Command::Fenced {
         lease: lease.clone(),
         token,

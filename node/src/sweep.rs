@@ -62,19 +62,12 @@ pub async fn run(
                     .as_ref()
                     .map(|p| format!("project/{p}"))
                     .unwrap_or_else(|| "cluster".into());
-                let audit = AuditEntry {
-                    seq: 0,
-                    at: now,
-                    actor: format!("node:{}", cluster.node_id),
-                    source_ip: String::new(),
-                    action: "ip_rule.expire".into(),
-                    target: format!(
-                        "{scope}/ip-rules/{} ({} entries)",
-                        list.as_str(),
-                        batch.len()
-                    ),
-                    outcome: "ok".into(),
-                };
+                let target = format!(
+                    "{scope}/ip-rules/{} ({} entries)",
+                    list.as_str(),
+                    batch.len()
+                );
+                let audit = AuditEntry::by_node(cluster.node_id, "ip_rule.expire", target, "ok");
                 let req = Request::new(Command::DeleteExpired { keys, at: now }).with_audit(audit);
                 if let Err(e) = cluster.write(req).await {
                     tracing::warn!(error = %e, "sweeping expired IP rules failed; next round retries");
@@ -124,19 +117,12 @@ async fn prune_audit(cluster: &Cluster, keep: Retention, now: u64) -> anyhow::Re
             below_seq,
             limit: PRUNE_BATCH,
         };
-        let entry = AuditEntry {
-            seq: 0,
-            at: now,
-            actor: format!("node:{}", cluster.node_id),
-            source_ip: String::new(),
-            action: "audit.prune".into(),
-            target: format!(
-                "audit (entries older than {} days or beyond the newest {})",
-                keep.max_age.as_secs() / 86_400,
-                keep.max_entries
-            ),
-            outcome: "ok".into(),
-        };
+        let target = format!(
+            "audit (entries older than {} days or beyond the newest {})",
+            keep.max_age.as_secs() / 86_400,
+            keep.max_entries
+        );
+        let entry = AuditEntry::by_node(cluster.node_id, "audit.prune", target, "ok");
         cluster.write(Request::new(cmd).with_audit(entry)).await?;
     }
 }

@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{Hostname, Name, NodeId, RequestId};
 use crate::model::{AuditEntry, Lease, Millis, Record, RecordKey};
 
+/// How a refusal of a `Fenced` command whose lease has moved on begins.
+pub const STALE_FENCE: &str = "stale fencing token";
+/// How a refusal of a `Spend` over its limit begins.
+pub const BUDGET_SPENT: &str = "budget spent";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {

@@ -427,6 +427,22 @@ pub struct AuditEntry {
     pub outcome: String,
 }
 
+impl AuditEntry {
+    /// An entry for a change the cluster makes itself (actor `node:{id}`, no source address);
+    /// the state machine fills in `seq`.
+    pub fn by_node(node: NodeId, action: &str, target: String, outcome: &str) -> AuditEntry {
+        AuditEntry {
+            seq: 0,
+            at: crate::now_ms(),
+            actor: format!("node:{node}"),
+            source_ip: String::new(),
+            action: action.to_string(),
+            target,
+            outcome: outcome.to_string(),
+        }
+    }
+}
+
 /// A one-use secret that lets a new node join; only its hash is stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinToken {

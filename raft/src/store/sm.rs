@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, watch};
 use super::reader::StateReader;
 use super::snapshot::{self, SnapshotBuilder, SnapshotFile};
 use super::{decode, encode, io_err, CF_SM_DATA, CF_SM_META};
-use crate::command::{Command, Request, Response};
+use crate::command::{Command, Request, Response, BUDGET_SPENT, STALE_FENCE};
 use crate::model::{
     prefix, AuditEntry, CertStatus, JoinToken, Lease, Millis, RateWindow, Record, RecordKey,
 };
@@ -288,7 +288,7 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
             if stamps.len() >= *limit as usize {
                 let free_at = stamps.iter().min().map_or(at, |t| t + window_ms);
                 return Ok(refused(format!(
-                    "budget {name} spent: {limit} in {window_ms} ms; the next use is possible at {free_at}"
+                    "{BUDGET_SPENT}: {name} had {limit} uses in {window_ms} ms; the next use is possible at {free_at}"
                 )));
             }
             stamps.push(at);
@@ -365,7 +365,7 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
                 Some(Record::Lease(l)) if l.token == *token && l.expires_at > at => {
                     apply_command(txn, index, at, command)?
                 }
-                _ => refused(format!("stale fencing token {token} for lease {lease}")),
+                _ => refused(format!("{STALE_FENCE} {token} for lease {lease}")),
             }
         }
         Command::CreateJoinToken {
