@@ -186,7 +186,7 @@ async fn pass(cluster: &Cluster, lease: &Name) -> Result<(), String> {
     reader
         .for_each(prefix::PROJECT, |r| {
             if let Record::Project(p) = r {
-                longest_session_ms = longest_session_ms.max(p.bot.session_minutes as u64 * 60_000);
+                longest_session_ms = longest_session_ms.max(p.bot.longest_session_ms());
             }
         })
         .map_err(|e| e.to_string())?;

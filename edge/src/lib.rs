@@ -5,6 +5,8 @@
 //! - [`access`]: IP allow and block lists compiled into prefix tables;
 //! - [`acme`]: automatic certificates, one order per name cluster-wide (leases with fencing);
 //! - [`bot`]: the replicated keyring that signs bot-protection clearance cookies;
+//! - [`botgate`], [`challenge`], [`detect`]: bot protection in the pipeline (the challenge page
+//!   and its answer, tokens and cookies, the triggers' counters and their replicated decisions);
 //! - [`view`]: the compiled view of the replicated state (hosts, projects, certificates, IP lists) behind
 //!   `arc-swap`, kept current from the store's change events;
 //! - [`tls`]: certificates by SNI from that view;
@@ -21,7 +23,10 @@
 pub mod access;
 pub mod acme;
 pub mod bot;
+pub mod botgate;
+pub mod challenge;
 pub mod client_ip;
+pub mod detect;
 pub mod pipeline;
 pub mod proxy;
 pub mod proxy_protocol;
@@ -53,6 +58,9 @@ pub struct EdgeSettings {
 pub struct Edge {
     pub view: Arc<view::LiveView>,
     pub pipeline: Arc<pipeline::Pipeline>,
+    /// Bot protection's counters and the decisions they queue ([`detect::run_writer`] sends
+    /// them to the cluster).
+    pub detector: Arc<detect::Detector>,
 }
 
 impl Edge {
@@ -67,13 +75,14 @@ impl Edge {
     ) -> std::io::Result<Edge> {
         let view = view::LiveView::start(reader.clone(), master.clone())?;
         let tls = Arc::new(tls::TlsConfigs::new(view.clone()).map_err(std::io::Error::other)?);
+        let detector = Arc::new(detect::Detector::new());
         let pipeline = Arc::new(pipeline::Pipeline {
             view: view.clone(),
             reader,
             master,
             client_ip: client_ip::ClientIpResolver::new(settings.trusted_proxies.clone()),
             proxy: proxy::Proxy::new(settings.timeouts.clone()),
-            gates: Vec::new(),
+            gates: vec![Box::new(botgate::BotGate::new(view.clone(), detector.clone()))],
         });
         tokio::spawn(server::serve(
             http,
@@ -90,7 +99,11 @@ impl Edge {
             shutdown.clone(),
         ));
         tokio::spawn(health_checks(view.clone(), shutdown));
-        Ok(Edge { view, pipeline })
+        Ok(Edge {
+            view,
+            pipeline,
+            detector,
+        })
     }
 }
 

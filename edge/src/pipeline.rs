@@ -39,6 +39,9 @@ pub struct RequestCtx<'a> {
 /// A stage that may answer a request instead of letting it through (IP rules, bot protection).
 pub trait Gate: Send + Sync {
     fn check(&self, ctx: &RequestCtx<'_>, req: &Request<Incoming>) -> Option<Response<Body>>;
+
+    /// See the upstream's answer to a request every gate let through (for counters).
+    fn observe(&self, _ctx: &RequestCtx<'_>, _path: &str, _status: StatusCode) {}
 }
 
 /// The connection a request arrived on.
@@ -175,7 +178,12 @@ impl Pipeline {
                                 max_body,
                                 wants_json: json,
                             };
-                            self.proxy.forward(req, &route, fwd).await
+                            let uri = req.uri().clone();
+                            let resp = self.proxy.forward(req, &route, fwd).await;
+                            for g in &self.gates {
+                                g.observe(&ctx, uri.path(), resp.status());
+                            }
+                            resp
                         }
                     }
                 }

@@ -7,11 +7,15 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use palisade_raft::crypto::MasterKey;
 use palisade_raft::ids::ProjectId;
-use palisade_raft::model::{prefix, Cert, Domain, Project, Record, RecordKey};
+use palisade_raft::ids::Cidr;
+use palisade_raft::model::{
+    prefix, BotKeyState, Cert, DecisionAction, Domain, Millis, Project, Record, RecordKey,
+};
 use palisade_raft::store::{Change, ChangeSet, StateReader};
 use rustls::sign::CertifiedKey;
 
 use crate::access::AccessRules;
+use crate::challenge::{Keyring, SigningKey};
 use crate::upstream::UpstreamGroup;
 
 /// A routed host: its domain record and the live upstream group for it.
@@ -40,6 +44,10 @@ pub struct View {
     pub tls13_only: bool,
     /// Every IP allow and block list.
     pub access: AccessRules,
+    /// The bot-protection keys, opened: the active one signs, all verify.
+    pub bot_keys: Keyring,
+    /// Bot-protection decisions by project and prefix: until when, and what.
+    pub decisions: Arc<HashMap<(ProjectId, Cidr), (Millis, DecisionAction)>>,
 }
 
 /// Exact match first, then the wildcard one label up (`*.example.com` covers `a.example.com`
@@ -70,6 +78,40 @@ impl View {
 
     pub fn project(&self, id: &ProjectId) -> Option<&Arc<Project>> {
         self.projects.get(id)
+    }
+
+    /// The running decision for `ip` in `project`, if any: by address, or by IPv6 /64.
+    pub fn decision(
+        &self,
+        project: &ProjectId,
+        ip: std::net::IpAddr,
+        now: Millis,
+    ) -> Option<(Millis, DecisionAction)> {
+        if self.decisions.is_empty() {
+            return None;
+        }
+        use crate::detect::{source_prefix, Signal};
+        [Signal::RequestRate, Signal::RequestRateV6_64]
+            .into_iter()
+            .filter_map(|s| source_prefix(s, ip))
+            .filter_map(|p| self.decisions.get(&(project.clone(), p)).copied())
+            .filter(|(until, _)| *until > now)
+            .max_by_key(|(until, _)| *until)
+    }
+
+    fn put_bot_key(&mut self, k: &palisade_raft::model::BotKey, master: &MasterKey) {
+        let context = RecordKey::BotKey { kid: k.kid.clone() }.encode();
+        let kid = hex::decode(k.kid.as_str())
+            .ok()
+            .and_then(|b| <[u8; 8]>::try_from(b).ok());
+        match (kid, master.open(&k.secret, &context)) {
+            (Some(kid), Ok(secret)) => self.bot_keys.insert(SigningKey::new(
+                kid,
+                &secret,
+                k.state == BotKeyState::Active,
+            )),
+            _ => tracing::error!(kid = %k.kid, "bot-protection key not usable; ignored"),
+        }
     }
 
     fn put_domain(&mut self, d: Domain, previous: Option<&Route>) {
@@ -162,6 +204,22 @@ impl View {
                 self.tls13_only = s.values.get("min_tls").map(String::as_str) == Some("1.3");
             }
             Change::Delete(RecordKey::Settings) => self.tls13_only = false,
+            Change::Put(Record::BotKey(k)) => self.put_bot_key(k, master),
+            Change::Delete(RecordKey::BotKey { kid }) => {
+                if let Some(kid) = hex::decode(kid.as_str())
+                    .ok()
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                {
+                    self.bot_keys.remove(&kid);
+                }
+            }
+            Change::Put(Record::Decision(d)) => {
+                Arc::make_mut(&mut self.decisions)
+                    .insert((d.project.clone(), d.prefix), (d.until, d.action));
+            }
+            Change::Delete(RecordKey::Decision { project, prefix }) => {
+                Arc::make_mut(&mut self.decisions).remove(&(project.clone(), *prefix));
+            }
             Change::Put(Record::IpRule(r)) => self.access.put(r),
             Change::Delete(RecordKey::IpRule {
                 project,
@@ -195,7 +253,7 @@ impl View {
                 v.put_domain(d, previous.as_ref());
             }
         }
-        for p in [prefix::CERT, prefix::ALPN01] {
+        for p in [prefix::CERT, prefix::ALPN01, prefix::BOTKEY, prefix::DECISION] {
             for r in reader.scan(p, None, usize::MAX)? {
                 v.apply(&Change::Put(r), master);
             }
@@ -293,6 +351,8 @@ impl LiveView {
                         | Record::Alpn01(_)
                         | Record::Settings(_)
                         | Record::IpRule(_)
+                        | Record::BotKey(_)
+                        | Record::Decision(_)
                 ) | Change::Delete(
                     RecordKey::Domain { .. }
                         | RecordKey::Project { .. }
@@ -300,6 +360,8 @@ impl LiveView {
                         | RecordKey::Alpn01 { .. }
                         | RecordKey::Settings
                         | RecordKey::IpRule { .. }
+                        | RecordKey::BotKey { .. }
+                        | RecordKey::Decision { .. }
                 )
             )
         };

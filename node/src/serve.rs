@@ -120,6 +120,11 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
         stop_rx.clone(),
     ));
     tokio::spawn(palisade_edge::bot::run(cluster.clone(), stop_rx.clone()));
+    tokio::spawn(palisade_edge::detect::run_writer(
+        cluster.clone(),
+        edge.detector.clone(),
+        stop_rx.clone(),
+    ));
     match &cfg.acme {
         Some(acme) => {
             tracing::info!(directory = %acme.directory, challenge = ?acme.challenge, "automatic certificates on");

@@ -1,4 +1,5 @@
-//! The leader's housekeeping: expired IP rules and old audit entries.
+//! The leader's housekeeping: expired IP rules, ended bot-protection decisions and old audit
+//! entries.
 //!
 //! Expired IP rules already stop matching on every node at their expiry (the edge compares
 //! against the clock); the sweep only removes them from the store, with an audit entry naming
@@ -48,6 +49,9 @@ pub async fn run(
         if let Err(e) = prune_audit(&cluster, retention, now).await {
             tracing::warn!(error = %e, "pruning the audit log failed; next round retries");
         }
+        if let Err(e) = sweep_decisions(&cluster, &view, now).await {
+            tracing::warn!(error = %e, "sweeping expired bot-protection decisions failed; next round retries");
+        }
         for (project, list, cidrs) in expired(&view, now) {
             for batch in cidrs.chunks(BATCH) {
                 let keys = batch
@@ -76,6 +80,31 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Remove bot-protection decisions that have run out (they stopped applying at their end on
+/// every node already).
+async fn sweep_decisions(cluster: &Cluster, view: &LiveView, now: u64) -> anyhow::Result<()> {
+    let keys: Vec<RecordKey> = view
+        .get()
+        .decisions
+        .iter()
+        .filter(|(_, (until, _))| *until <= now)
+        .map(|((project, prefix), _)| RecordKey::Decision {
+            project: project.clone(),
+            prefix: *prefix,
+        })
+        .collect();
+    for batch in keys.chunks(BATCH) {
+        let target = format!("bot decisions ({} ended)", batch.len());
+        let audit = AuditEntry::by_node(cluster.node_id, "bot.decision.expire", target, "ok");
+        let cmd = Command::DeleteExpired {
+            keys: batch.to_vec(),
+            at: now,
+        };
+        cluster.write(Request::new(cmd).with_audit(audit)).await?;
+    }
+    Ok(())
 }
 
 /// Entries per prune command: one apply stays short.

@@ -32,10 +32,15 @@ pub enum Command {
         keys: Vec<RecordKey>,
     },
     /// Delete those of `keys` whose record carries an expiry at or before `at` (the sweep of
-    /// expired IP rules); a record re-added meanwhile with a later expiry, or none, is kept.
+    /// expired IP rules and bot-protection decisions); a record re-added meanwhile with a later expiry, or none, is kept.
     DeleteExpired {
         keys: Vec<RecordKey>,
         at: Millis,
+    },
+    /// Bot-protection decisions from automatic triggers: each is stored unless one for the same
+    /// project and prefix already lasts at least as long (a decision is never shortened).
+    Decide {
+        decisions: Vec<crate::model::Decision>,
     },
     /// Record when API keys were last used (the later of the stored time and this one); keys
     /// deleted meanwhile are skipped.

@@ -54,7 +54,8 @@ fn full(b: impl Into<Bytes>) -> TestBody {
 }
 
 /// A real origin: `GET /` answers 1 KiB and names itself; `GET /bytes/N` streams N bytes;
-/// `POST /upload` counts what it receives; an `Upgrade` request is switched and echoed.
+/// `POST /upload` counts what it receives; `/login` answers 401 and `/missing…` 404; an
+/// `Upgrade` request is switched and echoed.
 pub async fn upstream(name: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -117,6 +118,15 @@ async fn handle(
         let mut r = Response::new(BodyExt::boxed(StreamBody::new(frames)));
         r.headers_mut()
             .insert("content-length", n.to_string().parse().unwrap());
+        r
+    } else if path == "/login" {
+        // A login that always fails, for the failed-login trigger.
+        let mut r = Response::new(full("bad password"));
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+        r
+    } else if path.starts_with("/missing") {
+        let mut r = Response::new(full("not here"));
+        *r.status_mut() = StatusCode::NOT_FOUND;
         r
     } else if path == "/upload" {
         let mut body = req.into_body();

@@ -242,10 +242,26 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
         }
         Command::DeleteExpired { keys, at } => {
             for k in keys {
-                if let Some(Record::IpRule(r)) = txn.get_record(k)? {
-                    if r.expires_at.is_some_and(|e| e <= *at) {
-                        txn.delete_record(k.clone());
-                    }
+                let expires_at = match txn.get_record(k)? {
+                    Some(Record::IpRule(r)) => r.expires_at,
+                    Some(Record::Decision(d)) => Some(d.until),
+                    _ => None,
+                };
+                if expires_at.is_some_and(|e| e <= *at) {
+                    txn.delete_record(k.clone());
+                }
+            }
+            applied
+        }
+        Command::Decide { decisions } => {
+            for d in decisions {
+                let record = Record::Decision(d.clone());
+                let longer = match txn.get_record(&record.key())? {
+                    Some(Record::Decision(old)) => old.until >= d.until,
+                    _ => false,
+                };
+                if !longer {
+                    txn.put_record(record);
                 }
             }
             applied
