@@ -411,6 +411,9 @@ impl BotGate {
         if let Some(ms) = ms {
             metrics::histogram!("palisade_bot_solve_seconds").record(ms as f64 / 1000.0);
         }
+        // How much work the answer took (the nonce counts the tries): what tunes the difficulty.
+        let tries = u64::from_str_radix(&nonce, 16).map(|n| n + 1).unwrap_or(0);
+        tracing::info!(request_id = ctx.request_id, project = %project.id, bits = c.bits, tries, solve_ms = ms, "challenge answered");
         let Some(key) = view.bot_keys.active() else {
             return error_page(
                 StatusCode::SERVICE_UNAVAILABLE,

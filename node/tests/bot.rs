@@ -654,3 +654,177 @@ fn each_trigger_fires_at_its_threshold_for_that_client_only_on_every_node() {
     let r = c.delete(0, "/v1/projects/shop/bot/decisions?prefix=198.51.100.1/32").unwrap();
     assert_eq!(r.status, 404, "{}", r.body);
 }
+
+// ---- a real browser ---------------------------------------------------------------------------
+
+/// Headless Chromium driven over the DevTools protocol.
+struct Browser {
+    child: std::process::Child,
+    ws: tungstenite::WebSocket<std::net::TcpStream>,
+    next_id: u64,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn start(resolve: &str) -> Browser {
+        use std::io::BufRead;
+        let profile = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--ignore-certificate-errors",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(format!("--host-resolver-rules={resolve}"))
+            .arg("about:blank")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("chromium runs (apt-get install -y chromium)");
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut endpoint = None;
+        for line in stderr.lines() {
+            let line = line.unwrap();
+            if let Some(url) = line.split("DevTools listening on ").nth(1) {
+                endpoint = Some(url.trim().to_string());
+                break;
+            }
+        }
+        let endpoint = endpoint.expect("chromium printed its DevTools endpoint");
+        let port = endpoint.split(':').nth(2).unwrap().split('/').next().unwrap().to_string();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let page_ws = loop {
+            let targets: Value = palisade_bench::harness::agent()
+                .get(&format!("http://127.0.0.1:{port}/json/list"))
+                .call()
+                .ok()
+                .and_then(|mut r| r.body_mut().read_json().ok())
+                .unwrap_or(Value::Null);
+            if let Some(url) = targets
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|t| t["type"] == "page")
+                .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+            {
+                break url.to_string();
+            }
+            assert!(Instant::now() < deadline, "no page target: {targets}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let (ws, _) = tungstenite::connect(page_ws).unwrap();
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        }
+        let ws = match ws.into_inner() {
+            tungstenite::stream::MaybeTlsStream::Plain(s) => {
+                tungstenite::WebSocket::from_raw_socket(s, tungstenite::protocol::Role::Client, None)
+            }
+            _ => unreachable!("a local endpoint is plain"),
+        };
+        Browser {
+            child,
+            ws,
+            next_id: 1,
+            _profile: profile,
+        }
+    }
+
+    /// Send one command and wait for its answer (events in between are skipped).
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let msg = json!({ "id": id, "method": method, "params": params }).to_string();
+        self.ws.send(tungstenite::Message::text(msg)).unwrap();
+        loop {
+            let m = self.ws.read().unwrap();
+            let Ok(text) = m.to_text() else { continue };
+            let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    fn eval(&mut self, expression: &str) -> String {
+        let r = self.call("Runtime.evaluate", json!({ "expression": expression, "returnByValue": true }));
+        r["result"]["value"].as_str().unwrap_or("").to_string()
+    }
+
+    /// Open `url` and wait until the document is the upstream's page (1 KiB of `x`).
+    fn open(&mut self, url: &str) -> String {
+        self.call("Page.navigate", json!({ "url": url }));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let seen = self.eval("document.location.href + ' | ' + document.title + ' | ' + (document.body ? document.body.innerText.slice(0, 64) : '')");
+            if seen.contains("xxxxxxxxxxxxxxxx") {
+                return seen;
+            }
+            assert!(Instant::now() < deadline, "the browser did not reach the page: {seen}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn answered(c: &TestCluster, idx: usize) -> f64 {
+    metric(c, idx, "palisade_bot_answers_total{outcome=\"accepted\"}")
+}
+
+#[test]
+fn a_headless_browser_solves_the_challenge_once_and_every_node_honours_its_cookie() {
+    let rt = rt();
+    let (up, _task) = rt.block_on(upstream("origin"));
+    let c = TestCluster::start(bin(), 3, &[]).unwrap();
+    // The default difficulty: what a visitor meets.
+    shop(&c, up, "shop", "app.test", json!({ "mode": "always_on" }));
+    let port = |i: usize| c.nodes[i].https_addr.rsplit(':').next().unwrap().to_string();
+    // Wait for the keyring, as a browser would meet it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.get(0, "/v1/bot/keys").unwrap().body["items"].as_array().is_none_or(|a| a.len() < 2) {
+        assert!(Instant::now() < deadline, "no keyring");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut b = Browser::start("MAP app.test 127.0.0.1");
+    let started = Instant::now();
+    let seen = b.open(&format!("https://app.test:{}/account?x=1", port(0)));
+    let took = started.elapsed();
+    assert!(seen.starts_with(&format!("https://app.test:{}/account?x=1 |", port(0))), "{seen}");
+    assert_eq!(answered(&c, 0), 1.0, "the page was challenged and answered once");
+    let cookies = b.call("Network.getAllCookies", json!({}));
+    let clearance = cookies["cookies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "__Host-palisade_clearance")
+        .unwrap_or_else(|| panic!("no clearance cookie: {cookies}"))
+        .clone();
+    assert_eq!((clearance["secure"].as_bool(), clearance["httpOnly"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(clearance["sameSite"], "Lax");
+    let log = c.nodes[0].log_text();
+    let line = log.lines().find(|l| l.contains("challenge answered")).unwrap_or("").to_string();
+    eprintln!("browser solved the default challenge and landed in {took:?}; node log: {line}");
+
+    // Later requests, and the other two nodes (cookies ignore the port): no new challenge.
+    b.open(&format!("https://app.test:{}/later", port(0)));
+    for i in 1..3 {
+        let seen = b.open(&format!("https://app.test:{}/elsewhere", port(i)));
+        assert!(seen.contains("/elsewhere"), "{seen}");
+        assert_eq!(answered(&c, i), 0.0, "node index {i} challenged again");
+    }
+    assert_eq!(answered(&c, 0), 1.0);
+}
