@@ -350,13 +350,30 @@ pub fn load(
     conns: usize,
     secs: f64,
 ) -> Result<f64> {
+    load_with(target, host, addrs, want, conns, secs, &[])
+}
+
+/// [`load`] with extra request headers.
+pub fn load_with(
+    target: SocketAddr,
+    host: &str,
+    addrs: &[String],
+    want: u16,
+    conns: usize,
+    secs: f64,
+    headers: &[(String, String)],
+) -> Result<f64> {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut threads = Vec::new();
     for t in 0..conns {
         let host = host.to_string();
         let addrs: Vec<String> = addrs.iter().skip(t).step_by(conns).cloned().collect();
+        let headers = headers.to_vec();
         threads.push(std::thread::spawn(move || -> Result<u64> {
             let mut p = Probe::new(target, None);
+            for (k, v) in &headers {
+                p = p.with_header(k, v);
+            }
             let mut n = 0u64;
             let mut i = 0usize;
             while Instant::now() < deadline {

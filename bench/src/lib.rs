@@ -12,6 +12,7 @@
 //!   throughput with and without the list;
 //! - [`scenarios`]: the cluster-core measurements `palisade-bench` runs.
 
+pub mod bot;
 pub mod harness;
 pub mod iprules;
 pub mod probe;

@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use palisade_bench::harness::TestCluster;
 use palisade_bench::scenarios::{self, ms, percentile};
-use palisade_bench::{iprules, probe};
+use palisade_bench::{bot, iprules, probe};
 
 fn usage() -> ! {
     eprintln!(
         "usage: palisade-bench [--palisade PATH] election [RUNS] | write-latency [WRITES] \
-         | ip-lookup [ENTRIES] | ip-propagation [TRIALS] | ip-throughput [SECONDS]"
+         | ip-lookup [ENTRIES] | ip-propagation [TRIALS] | ip-throughput [SECONDS] \
+         | bot [SECONDS]"
     );
     std::process::exit(2)
 }
@@ -94,6 +95,31 @@ fn main() -> Result<()> {
         Some("ip-throughput") => {
             let secs = num(1, 5) as f64;
             ip_throughput(&bin, secs)?;
+        }
+        Some("bot") => {
+            let secs = num(1, 5) as f64;
+            let n = 1_000_000;
+            let (good, bad) = bot::verify_cost(n);
+            println!("clearance cookie verification in process ({n} each; binding and project hashes, HMAC-SHA-256):");
+            println!("valid cookie {good:.0} ns, forged MAC {bad:.0} ns");
+            let [off, auto, on] = bot::throughput(&bin, secs, 5)?;
+            println!("proxy throughput, one node, plain HTTP keep-alive, 16 connections, {secs} s x 5 rounds alternating, 1 KiB answers");
+            let row = |name: &str, v: &[f64]| {
+                println!(
+                    "{name:<46} median {:>6.0} req/s (range {:.0}-{:.0}) = {:.3}x",
+                    v[2],
+                    v[0],
+                    v[4],
+                    v[2] / off[2]
+                )
+            };
+            row("bot protection off", &off);
+            row("automatic (every request counted)", &auto);
+            row("always on (every request's cookie verified)", &on);
+            println!(
+                "one verification = {:.2}% of the time per request at the off median on this machine",
+                good / (1e9 / off[2]) * 100.0
+            );
         }
         _ => usage(),
     }

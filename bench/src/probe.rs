@@ -80,6 +80,25 @@ pub struct Probe {
     target: SocketAddr,
     source: Option<IpAddr>,
     conn: Option<BufReader<TcpStream>>,
+    /// Header lines sent with every request, each ending in CRLF.
+    headers: String,
+}
+
+/// One answer: status, header block (lower-cased names) and body.
+pub struct Answer {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.eq_ignore_ascii_case(name)).then(|| v.trim())
+        })
+    }
 }
 
 impl Probe {
@@ -88,7 +107,14 @@ impl Probe {
             target,
             source,
             conn: None,
+            headers: String::new(),
         }
+    }
+
+    /// Send `name: value` with every request.
+    pub fn with_header(mut self, name: &str, value: &str) -> Probe {
+        self.headers.push_str(&format!("{name}: {value}\r\n"));
+        self
     }
 
     fn connect(&self) -> io::Result<TcpStream> {
@@ -112,7 +138,12 @@ impl Probe {
 
     /// GET `/` for `host`, with `X-Forwarded-For: xff` when given; the response status.
     pub fn status(&mut self, host: &str, xff: Option<&str>) -> io::Result<u16> {
-        let mut req = format!("GET / HTTP/1.1\r\nhost: {host}\r\n");
+        Ok(self.get(host, "/", xff)?.status)
+    }
+
+    /// GET `path` for `host`: the whole answer.
+    pub fn get(&mut self, host: &str, path: &str, xff: Option<&str>) -> io::Result<Answer> {
+        let mut req = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n{}", self.headers);
         if let Some(x) = xff {
             req.push_str(&format!("x-forwarded-for: {x}\r\n"));
         }
@@ -130,7 +161,7 @@ impl Probe {
         unreachable!()
     }
 
-    fn exchange(&mut self, req: &[u8]) -> io::Result<u16> {
+    fn exchange(&mut self, req: &[u8]) -> io::Result<Answer> {
         let r = self.conn.as_mut().expect("connected");
         r.get_mut().write_all(req)?;
         let mut line = String::new();
@@ -144,6 +175,7 @@ impl Probe {
             .ok_or_else(|| io::Error::other(format!("bad status line {line:?}")))?;
         let mut len = 0usize;
         let mut close = false;
+        let mut head = String::new();
         loop {
             line.clear();
             if r.read_line(&mut line)? == 0 {
@@ -155,6 +187,7 @@ impl Probe {
             if line == "\r\n" {
                 break;
             }
+            head.push_str(&line);
             let lower = line.to_ascii_lowercase();
             if let Some(v) = lower.strip_prefix("content-length:") {
                 len = v.trim().parse().unwrap_or(0);
@@ -168,6 +201,6 @@ impl Probe {
         if close {
             self.conn = None;
         }
-        Ok(status)
+        Ok(Answer { status, head, body })
     }
 }

@@ -1,0 +1,152 @@
+//! Bot protection's costs: verifying a clearance cookie in process, and proxy throughput with
+//! bot protection off, automatic (every request counted, nobody challenged) and always on (every
+//! request carries a cookie that is verified).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use palisade_edge::challenge::{
+    clearance_binding, project_tag, work_bits, Clearance, Expect, Keyring, SigningKey,
+};
+use serde_json::{json, Value};
+
+use crate::harness::TestCluster;
+use crate::iprules::{http_addrs, load_with, site};
+use crate::probe::Probe;
+
+pub const USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64) palisade-bench";
+
+/// Nanoseconds per verification of a valid cookie and of one with a bad MAC, over `n` each.
+pub fn verify_cost(n: u32) -> (f64, f64) {
+    let mut ring = Keyring::default();
+    for i in 0..3u8 {
+        ring.insert(SigningKey::new([i; 8], &[i; 32], i == 2));
+    }
+    let key = ring.active().expect("an active key").clone();
+    let ip = "198.51.100.7".parse().unwrap();
+    let c = Clearance {
+        kid: key.kid,
+        issued_ms: 0,
+        expires_ms: u64::MAX,
+        level: 17,
+        epoch: 0,
+        project: project_tag("shop"),
+        binding: clearance_binding(ip, USER_AGENT.as_bytes()),
+    };
+    let good = c.encode(&key);
+    let mut bad = good.clone().into_bytes();
+    let last = bad.len() - 2;
+    bad[last] = if bad[last] == b'A' { b'B' } else { b'A' };
+    let bad = String::from_utf8(bad).unwrap();
+    let time = |cookie: &str, ok: bool| {
+        let t = Instant::now();
+        for _ in 0..n {
+            // What the edge does per request: the binding and project hashes, then the MAC.
+            let expect = Expect {
+                now_ms: 1,
+                project: project_tag(std::hint::black_box("shop")),
+                epoch: 0,
+                binding: clearance_binding(ip, std::hint::black_box(USER_AGENT.as_bytes())),
+            };
+            let r = Clearance::verify(&ring, std::hint::black_box(cookie), &expect);
+            assert_eq!(r.is_ok(), ok);
+        }
+        t.elapsed().as_nanos() as f64 / f64::from(n)
+    };
+    (time(&good, true), time(&bad, false))
+}
+
+fn set_bot(c: &TestCluster, project: &str, policy: Value) -> Result<()> {
+    let r = c.put(0, &format!("/v1/projects/{project}/bot?wait=all"), policy)?;
+    if r.status != 200 {
+        bail!("bot policy of {project}: {} {}", r.status, r.body);
+    }
+    Ok(())
+}
+
+/// Pass the challenge of `host` as a browser would (solving the proof of work here); the cookie.
+pub fn clearance_cookie(target: SocketAddr, host: &str) -> Result<String> {
+    let mut p = Probe::new(target, None)
+        .with_header("user-agent", USER_AGENT)
+        .with_header("accept", "text/html");
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    let page = loop {
+        let a = p.get(host, "/", None)?;
+        if a.status == 403 {
+            break String::from_utf8_lossy(&a.body).into_owned();
+        }
+        if Instant::now() > deadline {
+            bail!("no challenge page from {host}: {}", a.status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let pick = |anchor: &str| -> Result<String> {
+        let at = page
+            .find(anchor)
+            .ok_or_else(|| anyhow::anyhow!("no {anchor} in the page"))?
+            + anchor.len();
+        Ok(page[at..at + page[at..].find('"').unwrap_or(0)].to_string())
+    };
+    let token = pick("name=\"t\" value=\"")?;
+    let seed: [u8; 16] = hex::decode(pick("data-seed=\"")?)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("bad seed"))?;
+    let bits: u32 = pick("data-bits=\"")?.parse()?;
+    let nonce = (0u32..)
+        .map(|n| format!("{n:08x}"))
+        .find(|n| work_bits(&seed, n) >= bits)
+        .expect("a nonce exists");
+    let a = p.get(
+        host,
+        &format!("/.well-known/palisade/verify?t={token}&n={nonce}&r=%2F"),
+        None,
+    )?;
+    let cookie = a
+        .header("set-cookie")
+        .ok_or_else(|| anyhow::anyhow!("answer refused: {}", a.status))?;
+    Ok(cookie.split(';').next().unwrap_or("").to_string())
+}
+
+/// Proxy requests/s through one node for three projects, measured alternately `rounds` times:
+/// bot protection off, automatic (counted, not challenged) and always on with a valid cookie.
+pub fn throughput(bin: &std::path::Path, secs: f64, rounds: usize) -> Result<[Vec<f64>; 3]> {
+    let up = crate::probe::Upstream::spawn()?;
+    let c = TestCluster::start(bin, 1, &[])?;
+    let hosts = ["off.test", "auto.test", "on.test"];
+    for (project, host) in ["off", "auto", "on"].iter().zip(hosts) {
+        site(&c, 0, project, host, up.addr)?;
+    }
+    set_bot(&c, "off", json!({ "mode": "off" }))?;
+    // Thresholds no benchmark client reaches: every request is counted, none challenged.
+    let never = json!({ "threshold": 10_000_000, "window_seconds": 60 });
+    set_bot(
+        &c,
+        "auto",
+        json!({ "mode": "automatic", "triggers": { "request_rate": never, "request_rate_v6_64": never, "missing_headers": never, "client_errors": never } }),
+    )?;
+    set_bot(
+        &c,
+        "on",
+        json!({ "mode": "always_on", "difficulty_bits": 8 }),
+    )?;
+    let target = http_addrs(&c)[0];
+    let cookie = clearance_cookie(target, "on.test")?;
+    let headers = vec![
+        ("user-agent".to_string(), USER_AGENT.to_string()),
+        ("accept".to_string(), "text/html".to_string()),
+        ("cookie".to_string(), cookie),
+    ];
+    let none: Vec<String> = Vec::new();
+    load_with(target, hosts[2], &none, 200, 16, 1.0, &headers)?;
+    let mut out: [Vec<f64>; 3] = Default::default();
+    for _ in 0..rounds {
+        for (i, host) in hosts.iter().enumerate() {
+            out[i].push(load_with(target, host, &none, 200, 16, secs, &headers)?);
+        }
+    }
+    for v in &mut out {
+        v.sort_by(f64::total_cmp);
+    }
+    Ok(out)
+}
