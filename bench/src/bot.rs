@@ -150,3 +150,68 @@ pub fn throughput(bin: &std::path::Path, secs: f64, rounds: usize) -> Result<[Ve
     }
     Ok(out)
 }
+
+/// What spraying distinct IPv6 sources through a node does to its memory.
+pub struct Spray {
+    pub requests: u64,
+    pub seconds: f64,
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    pub peak_kib: u64,
+    pub decisions: usize,
+}
+
+/// Send `n` requests through one node (trusted proxy 127.0.0.1), each from a different IPv6
+/// address in a different /64, to a project in automatic mode with default triggers.
+pub fn spray(bin: &std::path::Path, n: u64) -> Result<Spray> {
+    let up = crate::probe::Upstream::spawn()?;
+    let c = TestCluster::start(bin, 1, &[("PALISADE_EDGE_TRUSTED_PROXIES", "127.0.0.1/32")])?;
+    site(&c, 0, "shop", "shop.test", up.addr)?;
+    set_bot(&c, "shop", json!({ "mode": "automatic" }))?;
+    let target = http_addrs(&c)[0];
+    let pid = c.nodes[0].pid().ok_or_else(|| anyhow::anyhow!("node not running"))?;
+    // Warm up, so that the figure is what the sources add.
+    let warm: Vec<String> = (0..4096u32)
+        .map(|i| std::net::Ipv4Addr::from(0xc633_0000 | i).to_string())
+        .collect();
+    let headers = [
+        ("user-agent".to_string(), USER_AGENT.to_string()),
+        ("accept".to_string(), "*/*".to_string()),
+    ];
+    crate::iprules::load_with(target, "shop.test", &warm, 200, 4, 0.2, &headers)?;
+    let (rss_before_kib, _) = crate::iprules::rss_kib(pid);
+    let conns = 16u64;
+    let t = Instant::now();
+    let mut threads = Vec::new();
+    for k in 0..conns {
+        threads.push(std::thread::spawn(move || -> Result<()> {
+            let mut p = Probe::new(target, None)
+                .with_header("user-agent", USER_AGENT)
+                .with_header("accept", "*/*");
+            let mut i = k;
+            while i < n {
+                let ip = std::net::Ipv6Addr::from((0x2001_0db8u128 << 96) | (u128::from(i) << 64) | 1);
+                let s = p.status("shop.test", Some(&ip.to_string()))?;
+                if s != 200 {
+                    bail!("source {ip} answered {s}");
+                }
+                i += conns;
+            }
+            Ok(())
+        }));
+    }
+    for t in threads {
+        t.join().map_err(|_| anyhow::anyhow!("spray thread panicked"))??;
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    let (rss_after_kib, peak_kib) = crate::iprules::rss_kib(pid);
+    let r = c.get(0, "/v1/projects/shop/bot/decisions")?;
+    Ok(Spray {
+        requests: n,
+        seconds,
+        rss_before_kib,
+        rss_after_kib,
+        peak_kib,
+        decisions: r.body["items"].as_array().map(Vec::len).unwrap_or(0),
+    })
+}

@@ -11,7 +11,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: palisade-bench [--palisade PATH] election [RUNS] | write-latency [WRITES] \
          | ip-lookup [ENTRIES] | ip-propagation [TRIALS] | ip-throughput [SECONDS] \
-         | bot [SECONDS]"
+         | bot [SECONDS] | bot-spray [REQUESTS]"
     );
     std::process::exit(2)
 }
@@ -119,6 +119,21 @@ fn main() -> Result<()> {
             println!(
                 "one verification = {:.2}% of the time per request at the off median on this machine",
                 good / (1e9 / off[2]) * 100.0
+            );
+        }
+        Some("bot-spray") => {
+            let n = num(1, 1_000_000) as u64;
+            let s = bot::spray(&bin, n)?;
+            println!("{} requests through one node, each from a new IPv6 /64 (X-Forwarded-For from a trusted proxy), automatic mode, default triggers", s.requests);
+            println!(
+                "{:.1} s ({:.0} req/s); node RSS {:.1} MiB before, {:.1} MiB after (+{:.1} MiB), peak {:.1} MiB; decisions made: {}",
+                s.seconds,
+                s.requests as f64 / s.seconds,
+                s.rss_before_kib as f64 / 1024.0,
+                s.rss_after_kib as f64 / 1024.0,
+                (s.rss_after_kib as f64 - s.rss_before_kib as f64) / 1024.0,
+                s.peak_kib as f64 / 1024.0,
+                s.decisions
             );
         }
         _ => usage(),
