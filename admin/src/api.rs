@@ -23,8 +23,9 @@ use palisade_raft::cluster::{Cluster, ClusterError};
 use palisade_raft::command::{Command, Request, Response};
 use palisade_raft::ids::{Cidr, Hostname, Name, NodeId, ProjectId, RequestId};
 use palisade_raft::model::{
-    prefix, AuditEntry, BotMode, BotPolicy, Decision, DecisionAction, Cert, CertSource, CertStatus, ClusterSettings, Domain,
-    HeaderPolicy, Limits, Project, Record, RecordKey, Role, TlsMode,
+    prefix, AuditEntry, BotMode, BotPolicy, Cert, CertSource, CertStatus, ClusterSettings,
+    Decision, DecisionAction, Domain, HeaderPolicy, Limits, Project, Record, RecordKey, Role,
+    TlsMode,
 };
 use palisade_raft::now_ms;
 use poem::http::{Method, StatusCode};
@@ -882,8 +883,18 @@ pub(crate) fn check_bot(field: &str, b: &BotPolicy) -> poem::Result<()> {
     };
     range("difficulty_bits", b.difficulty_bits.into(), 8, 28)?;
     range("session_minutes", b.session_minutes.into(), 1, 43_200)?;
-    range("manual_session_minutes", b.manual_session_minutes.into(), 1, 43_200)?;
-    range("answer_within_seconds", b.answer_within_seconds.into(), 10, 300)?;
+    range(
+        "manual_session_minutes",
+        b.manual_session_minutes.into(),
+        1,
+        43_200,
+    )?;
+    range(
+        "answer_within_seconds",
+        b.answer_within_seconds.into(),
+        10,
+        300,
+    )?;
     // The wait must end well before the challenge does.
     range(
         "no_script_wait_seconds",
@@ -891,7 +902,10 @@ pub(crate) fn check_bot(field: &str, b: &BotPolicy) -> poem::Result<()> {
         1,
         u64::from(b.answer_within_seconds / 2).min(120),
     )?;
-    for (name, paths) in [("exempt_paths", &b.exempt_paths), ("login_paths", &b.login_paths)] {
+    for (name, paths) in [
+        ("exempt_paths", &b.exempt_paths),
+        ("login_paths", &b.login_paths),
+    ] {
         if paths.len() > 200 {
             return Err(bad(name, format!("{} entries; at most 200", paths.len())));
         }
@@ -913,7 +927,12 @@ pub(crate) fn check_bot(field: &str, b: &BotPolicy) -> poem::Result<()> {
         let at = |f: &str| format!("triggers.{name}.{f}");
         range(&at("threshold"), t.threshold.into(), 1, 10_000_000)?;
         range(&at("window_seconds"), t.window_seconds.into(), 4, 86_400)?;
-        range(&at("challenge_seconds"), t.challenge_seconds.into(), 1, 7 * 86_400)?;
+        range(
+            &at("challenge_seconds"),
+            t.challenge_seconds.into(),
+            1,
+            7 * 86_400,
+        )?;
     }
     Ok(())
 }
@@ -1304,8 +1323,21 @@ async fn remove_decision(
             format!("project {id} has no decision for {prefix}"),
         ));
     }
-    let entry = audit(&p, &caller, "bot.decision.remove", &format!("project/{id}/bot/decisions/{prefix}"));
-    apply(&state, &caller, Command::Delete { key }, entry, false, json!({})).await
+    let entry = audit(
+        &p,
+        &caller,
+        "bot.decision.remove",
+        &format!("project/{id}/bot/decisions/{prefix}"),
+    );
+    apply(
+        &state,
+        &caller,
+        Command::Delete { key },
+        entry,
+        false,
+        json!({}),
+    )
+    .await
 }
 
 // ---- audit ---------------------------------------------------------------------------------

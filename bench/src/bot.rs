@@ -169,7 +169,9 @@ pub fn spray(bin: &std::path::Path, n: u64) -> Result<Spray> {
     site(&c, 0, "shop", "shop.test", up.addr)?;
     set_bot(&c, "shop", json!({ "mode": "automatic" }))?;
     let target = http_addrs(&c)[0];
-    let pid = c.nodes[0].pid().ok_or_else(|| anyhow::anyhow!("node not running"))?;
+    let pid = c.nodes[0]
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("node not running"))?;
     // Warm up, so that the figure is what the sources add.
     let warm: Vec<String> = (0..4096u32)
         .map(|i| std::net::Ipv4Addr::from(0xc633_0000 | i).to_string())
@@ -190,7 +192,8 @@ pub fn spray(bin: &std::path::Path, n: u64) -> Result<Spray> {
                 .with_header("accept", "*/*");
             let mut i = k;
             while i < n {
-                let ip = std::net::Ipv6Addr::from((0x2001_0db8u128 << 96) | (u128::from(i) << 64) | 1);
+                let ip =
+                    std::net::Ipv6Addr::from((0x2001_0db8u128 << 96) | (u128::from(i) << 64) | 1);
                 let s = p.status("shop.test", Some(&ip.to_string()))?;
                 if s != 200 {
                     bail!("source {ip} answered {s}");
@@ -201,7 +204,8 @@ pub fn spray(bin: &std::path::Path, n: u64) -> Result<Spray> {
         }));
     }
     for t in threads {
-        t.join().map_err(|_| anyhow::anyhow!("spray thread panicked"))??;
+        t.join()
+            .map_err(|_| anyhow::anyhow!("spray thread panicked"))??;
     }
     let seconds = t.elapsed().as_secs_f64();
     let (rss_after_kib, peak_kib) = crate::iprules::rss_kib(pid);

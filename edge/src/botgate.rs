@@ -83,7 +83,7 @@ fn mode_of(ctx: &RequestCtx<'_>, project: &Project) -> BotMode {
     ctx.route.domain.bot_override.unwrap_or(project.bot.mode)
 }
 
-fn header<'a>(req: &'a Request<Incoming>, name: hyper::header::HeaderName) -> &'a [u8] {
+fn header(req: &Request<Incoming>, name: hyper::header::HeaderName) -> &[u8] {
     req.headers()
         .get(name)
         .map(HeaderValue::as_bytes)
@@ -159,7 +159,9 @@ impl Gate for BotGate {
         if self.cleared(ctx, req, project, &view, now) {
             return None;
         }
-        let retry_after = until.map(|u| u.saturating_sub(now).div_ceil(1000)).unwrap_or(60);
+        let retry_after = until
+            .map(|u| u.saturating_sub(now).div_ceil(1000))
+            .unwrap_or(60);
         Some(self.challenge(ctx, req, project, &view, retry_after, None))
     }
 
@@ -171,13 +173,23 @@ impl Gate for BotGate {
             return;
         }
         let (id, t, now) = (&project.id, &project.bot.triggers, now_ms());
-        self.detector
-            .count(id, Signal::ClientErrors, ctx.client_ip, &t.client_errors, now);
+        self.detector.count(
+            id,
+            Signal::ClientErrors,
+            ctx.client_ip,
+            &t.client_errors,
+            now,
+        );
         if (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
             && path_matches(&project.bot.login_paths, path)
         {
-            self.detector
-                .count(id, Signal::FailedLogins, ctx.client_ip, &t.failed_logins, now);
+            self.detector.count(
+                id,
+                Signal::FailedLogins,
+                ctx.client_ip,
+                &t.failed_logins,
+                now,
+            );
         }
     }
 }
@@ -192,7 +204,11 @@ impl BotGate {
         view: &View,
         now: u64,
     ) -> bool {
-        let name = if ctx.https { CLEARANCE_COOKIE } else { CLEARANCE_COOKIE_PLAIN };
+        let name = if ctx.https {
+            CLEARANCE_COOKIE
+        } else {
+            CLEARANCE_COOKIE_PLAIN
+        };
         let Some(value) = cookie_value(req, name) else {
             return false;
         };
@@ -243,7 +259,10 @@ impl BotGate {
             let h = r.headers_mut();
             h.insert("content-type", HeaderValue::from_static("application/json"));
             h.insert("retry-after", HeaderValue::from(retry_after));
-            h.insert("x-palisade-mitigated", HeaderValue::from_static("challenge"));
+            h.insert(
+                "x-palisade-mitigated",
+                HeaderValue::from_static("challenge"),
+            );
             h.insert("cache-control", HeaderValue::from_static("no-store"));
             return r;
         }
@@ -336,12 +355,12 @@ impl BotGate {
             "content-type",
             HeaderValue::from_static("text/html; charset=utf-8"),
         );
-        h.insert(
-            "content-security-policy",
-            HeaderValue::from_static(csp()),
-        );
+        h.insert("content-security-policy", HeaderValue::from_static(csp()));
         h.insert("cache-control", HeaderValue::from_static("no-store"));
-        h.insert("x-palisade-mitigated", HeaderValue::from_static("challenge"));
+        h.insert(
+            "x-palisade-mitigated",
+            HeaderValue::from_static("challenge"),
+        );
         h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
         r
     }
@@ -452,8 +471,7 @@ impl BotGate {
             ),
         };
         // Only a path on this site: never an open redirect.
-        let back = match back.starts_with('/') && !back.starts_with("//") && !back.contains('\\')
-        {
+        let back = match back.starts_with('/') && !back.starts_with("//") && !back.contains('\\') {
             true => back,
             false => "/".to_string(),
         };

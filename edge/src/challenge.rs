@@ -458,21 +458,49 @@ mod tests {
             epoch,
             binding: clearance_binding(ip.parse().unwrap(), ua),
         };
-        let ok = Clearance::verify(&ring, &cookie, &expect(10, "shop", 3, "198.51.100.99", b"Firefox"));
+        let ok = Clearance::verify(
+            &ring,
+            &cookie,
+            &expect(10, "shop", 3, "198.51.100.99", b"Firefox"),
+        );
         assert_eq!(ok.unwrap(), c, "same /24, verify-only key");
         let refused = |e: Expect| Clearance::verify(&ring, &cookie, &e).unwrap_err();
-        assert_eq!(refused(expect(1000, "shop", 3, "198.51.100.20", b"Firefox")), Refusal::Expired);
-        assert_eq!(refused(expect(10, "blog", 3, "198.51.100.20", b"Firefox")), Refusal::OtherProject);
-        assert_eq!(refused(expect(10, "shop", 4, "198.51.100.20", b"Firefox")), Refusal::OldEpoch);
-        assert_eq!(refused(expect(10, "shop", 3, "198.51.101.20", b"Firefox")), Refusal::OtherClient);
-        assert_eq!(refused(expect(10, "shop", 3, "198.51.100.20", b"curl")), Refusal::OtherClient);
+        assert_eq!(
+            refused(expect(1000, "shop", 3, "198.51.100.20", b"Firefox")),
+            Refusal::Expired
+        );
+        assert_eq!(
+            refused(expect(10, "blog", 3, "198.51.100.20", b"Firefox")),
+            Refusal::OtherProject
+        );
+        assert_eq!(
+            refused(expect(10, "shop", 4, "198.51.100.20", b"Firefox")),
+            Refusal::OldEpoch
+        );
+        assert_eq!(
+            refused(expect(10, "shop", 3, "198.51.101.20", b"Firefox")),
+            Refusal::OtherClient
+        );
+        assert_eq!(
+            refused(expect(10, "shop", 3, "198.51.100.20", b"curl")),
+            Refusal::OtherClient
+        );
         ring.remove(&old.kid);
         let e = expect(10, "shop", 3, "198.51.100.20", b"Firefox");
-        assert_eq!(Clearance::verify(&ring, &cookie, &e), Err(Refusal::UnknownKey));
+        assert_eq!(
+            Clearance::verify(&ring, &cookie, &e),
+            Err(Refusal::UnknownKey)
+        );
         // IPv6 binds to the /64.
         let a = clearance_binding("2001:db8:1:2::1".parse().unwrap(), b"x");
-        assert_eq!(a, clearance_binding("2001:db8:1:2:ffff::9".parse().unwrap(), b"x"));
-        assert_ne!(a, clearance_binding("2001:db8:1:3::1".parse().unwrap(), b"x"));
+        assert_eq!(
+            a,
+            clearance_binding("2001:db8:1:2:ffff::9".parse().unwrap(), b"x")
+        );
+        assert_ne!(
+            a,
+            clearance_binding("2001:db8:1:3::1".parse().unwrap(), b"x")
+        );
     }
 
     #[test]

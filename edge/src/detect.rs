@@ -16,7 +16,7 @@
 //! cannot flood the Raft log.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -57,7 +57,9 @@ impl Sketch {
     fn new(window_ms: u64) -> Sketch {
         Sketch {
             window_ms: window_ms.max(SLOTS as u64),
-            cells: (0..SLOTS * DEPTH * WIDTH).map(|_| AtomicU32::new(0)).collect(),
+            cells: (0..SLOTS * DEPTH * WIDTH)
+                .map(|_| AtomicU32::new(0))
+                .collect(),
             slot_epoch: Default::default(),
             reset: Mutex::new(()),
         }
@@ -119,7 +121,9 @@ impl Sketch {
             }
             let base = s * DEPTH * WIDTH;
             let m = (0..DEPTH)
-                .map(|r| self.cells[base + r * WIDTH + Self::index(hash, r)].load(Ordering::Relaxed))
+                .map(|r| {
+                    self.cells[base + r * WIDTH + Self::index(hash, r)].load(Ordering::Relaxed)
+                })
                 .min()
                 .unwrap_or(0);
             total = total.saturating_add(m);
@@ -248,10 +252,9 @@ impl Detector {
         let Some(prefix) = source_prefix(signal, ip) else {
             return false;
         };
-        let mut h = self.hasher.build_hasher();
-        (signal, project.as_str(), prefix).hash(&mut h);
+        let hash = self.hasher.hash_one((signal, project.as_str(), prefix));
         let sketch = self.sketch(u64::from(trigger.window_seconds) * 1000);
-        let count = sketch.add(h.finish(), now_ms);
+        let count = sketch.add(hash, now_ms);
         if count < trigger.threshold {
             return false;
         }
@@ -281,7 +284,8 @@ impl Detector {
                 decided.insert(key.clone(), (until, now_ms));
             }
         }
-        metrics::counter!("palisade_bot_triggers_total", "trigger" => label, "mode" => "challenge").increment(1);
+        metrics::counter!("palisade_bot_triggers_total", "trigger" => label, "mode" => "challenge")
+            .increment(1);
         tracing::info!(project = %project, %prefix, trigger = label, count, "bot trigger fired: challenging the source cluster-wide");
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         if pending.len() >= MAX_PENDING {
@@ -365,7 +369,10 @@ fn summary(batch: &[Decision]) -> String {
         if i > 0 {
             s.push_str(", ");
         }
-        s.push_str(&format!("project/{} {} ({})", d.project, d.prefix, d.reason));
+        s.push_str(&format!(
+            "project/{} {} ({})",
+            d.project, d.prefix, d.reason
+        ));
     }
     s
 }
@@ -391,10 +398,19 @@ mod tests {
         assert_eq!(d.decided(&project(), ip, 1_000), Some(601_000));
         assert_eq!(d.take_batch().len(), 1);
         // Another source and another project are untouched.
-        assert!(!d.count(&project(), Signal::RequestRate, "192.0.2.8".parse().unwrap(), &t, 1_000));
+        assert!(!d.count(
+            &project(),
+            Signal::RequestRate,
+            "192.0.2.8".parse().unwrap(),
+            &t,
+            1_000
+        ));
         assert!(d.decided(&"blog".parse().unwrap(), ip, 1_000).is_none());
         // Log only counts but decides nothing.
-        let quiet = Trigger { log_only: true, ..t.clone() };
+        let quiet = Trigger {
+            log_only: true,
+            ..t.clone()
+        };
         let other: IpAddr = "192.0.2.9".parse().unwrap();
         for _ in 0..20 {
             assert!(!d.count(&project(), Signal::ClientErrors, other, &quiet, 1_000));
@@ -437,7 +453,10 @@ mod tests {
         assert_eq!(fired, 0, "no sprayed source reached a threshold");
         let bytes = d.counter_bytes();
         // Both triggers have a 60 s window: one sketch, 2 MiB, however many sources.
-        assert!(before == 0 && bytes == SLOTS * DEPTH * WIDTH * 4, "{bytes} bytes");
+        assert!(
+            before == 0 && bytes == SLOTS * DEPTH * WIDTH * 4,
+            "{bytes} bytes"
+        );
         // The heavy hitter sent 1,000; its next request is over 600.
         assert!(d.count(&p, Signal::RequestRate, heavy, &rate, 20_000));
         assert!(d.decided.lock().unwrap().len() <= MAX_DECIDED);

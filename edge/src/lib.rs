@@ -82,7 +82,10 @@ impl Edge {
             master,
             client_ip: client_ip::ClientIpResolver::new(settings.trusted_proxies.clone()),
             proxy: proxy::Proxy::new(settings.timeouts.clone()),
-            gates: vec![Box::new(botgate::BotGate::new(view.clone(), detector.clone()))],
+            gates: vec![Box::new(botgate::BotGate::new(
+                view.clone(),
+                detector.clone(),
+            ))],
         });
         tokio::spawn(server::serve(
             http,

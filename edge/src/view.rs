@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use palisade_raft::crypto::MasterKey;
-use palisade_raft::ids::ProjectId;
 use palisade_raft::ids::Cidr;
+use palisade_raft::ids::ProjectId;
 use palisade_raft::model::{
     prefix, BotKeyState, Cert, DecisionAction, Domain, Millis, Project, Record, RecordKey,
 };
@@ -253,7 +253,12 @@ impl View {
                 v.put_domain(d, previous.as_ref());
             }
         }
-        for p in [prefix::CERT, prefix::ALPN01, prefix::BOTKEY, prefix::DECISION] {
+        for p in [
+            prefix::CERT,
+            prefix::ALPN01,
+            prefix::BOTKEY,
+            prefix::DECISION,
+        ] {
             for r in reader.scan(p, None, usize::MAX)? {
                 v.apply(&Change::Put(r), master);
             }

@@ -313,7 +313,9 @@ fn set_path(doc: &mut Value, assignment: &str) -> Result<()> {
     for part in path.split('.') {
         at = at
             .as_object_mut()
-            .ok_or_else(|| anyhow::anyhow!("--set {path}: {part:?} is inside a value that is not an object"))?
+            .ok_or_else(|| {
+                anyhow::anyhow!("--set {path}: {part:?} is inside a value that is not an object")
+            })?
             .entry(part.to_string())
             .or_insert(Value::Null);
     }
@@ -347,7 +349,10 @@ pub(crate) fn bot(cmd: BotCmd) -> Result<()> {
                 ("mode", mode.map(Value::from)),
                 ("difficulty_bits", difficulty_bits.map(Value::from)),
                 ("session_minutes", session_minutes.map(Value::from)),
-                ("manual_session_minutes", manual_session_minutes.map(Value::from)),
+                (
+                    "manual_session_minutes",
+                    manual_session_minutes.map(Value::from),
+                ),
             ];
             for (k, v) in changes {
                 if let Some(v) = v {

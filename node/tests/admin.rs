@@ -1248,12 +1248,28 @@ fn the_cli_drives_every_resource() {
         "off",
         "--difficulty-bits",
         "12",
+        "--set",
+        "triggers.failed_logins.threshold=3",
+        "--set",
+        r#"exempt_paths=["/hooks/*"]"#,
     ]);
     let v: Value = serde_json::from_str(&cli(&["bot", "show", "-p", "shop"])).unwrap();
     assert_eq!(
         (v["mode"].as_str(), v["difficulty_bits"].as_u64()),
         (Some("off"), Some(12))
     );
+    assert_eq!(v["triggers"]["failed_logins"]["threshold"], 3);
+    assert_eq!(v["exempt_paths"], json!(["/hooks/*"]));
+    assert!(cli(&["bot", "revoke-sessions", "-p", "shop"]).contains("epoch 1"));
+    cli(&[
+        "api",
+        "POST",
+        "/v1/projects/shop/bot/decisions",
+        r#"{"prefix":"203.0.113.0/24","minutes":5,"reason":"test"}"#,
+    ]);
+    assert!(cli(&["bot", "decisions", "-p", "shop"]).contains("203.0.113.0/24\tchallenge"));
+    assert!(cli(&["bot", "lift", "-p", "shop", "203.0.113.0/24"]).contains("lifted"));
+    assert!(!cli(&["bot", "decisions", "-p", "shop"]).contains("203.0.113.0/24"));
     let secret = cli(&[
         "key",
         "create",

@@ -215,7 +215,9 @@ fn text(a: &Answer) -> String {
 
 /// The value of `attr="…"` after `anchor` in the page.
 fn attr(page: &str, anchor: &str, attr: &str) -> String {
-    let from = page.find(anchor).unwrap_or_else(|| panic!("no {anchor} in {page}"));
+    let from = page
+        .find(anchor)
+        .unwrap_or_else(|| panic!("no {anchor} in {page}"));
     let rest = &page[from..];
     let at = rest.find(&format!("{attr}=\"")).unwrap() + attr.len() + 2;
     let value = &rest[at..at + rest[at..].find('"').unwrap()];
@@ -299,7 +301,12 @@ fn tampered(cookie: &str, at: usize) -> String {
 /// A cluster with a project `shop` (HTTPS, `app.test`) and its upstream; returns the CA PEM.
 fn shop(c: &TestCluster, up: SocketAddr, project: &str, host: &str, policy: Value) -> String {
     let r = c
-        .post(0, "/v1/projects", json!({ "id": project, "name": project }), None)
+        .post(
+            0,
+            "/v1/projects",
+            json!({ "id": project, "name": project }),
+            None,
+        )
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.body);
     let r = c
@@ -312,10 +319,18 @@ fn shop(c: &TestCluster, up: SocketAddr, project: &str, host: &str, policy: Valu
     assert_eq!(r.status, 201, "{}", r.body);
     let pki = pki(&[host]);
     let r = c
-        .post(0, "/v1/certificates", json!({ "name": project, "chain_pem": pki.chain_pem, "key_pem": pki.key_pem }), None)
+        .post(
+            0,
+            "/v1/certificates",
+            json!({ "name": project, "chain_pem": pki.chain_pem, "key_pem": pki.key_pem }),
+            None,
+        )
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.body);
-    let mut bot = c.get(0, &format!("/v1/projects/{project}/bot")).unwrap().body;
+    let mut bot = c
+        .get(0, &format!("/v1/projects/{project}/bot"))
+        .unwrap()
+        .body;
     for (k, v) in policy.as_object().unwrap() {
         bot[k] = v.clone();
     }
@@ -361,7 +376,13 @@ fn the_challenge_earns_a_cookie_every_node_honours_and_nothing_else_passes() {
                 "answer_within_seconds": 10, "session_minutes": 1, "manual_session_minutes": 1,
                 "exempt_paths": ["/hooks/*"] }),
     );
-    let blog_ca = shop(&c, up, "blog", "blog.test", json!({ "mode": "always_on", "difficulty_bits": 8 }));
+    let blog_ca = shop(
+        &c,
+        up,
+        "blog",
+        "blog.test",
+        json!({ "mode": "always_on", "difficulty_bits": 8 }),
+    );
     let addr = |i: usize| c.nodes[i].https_addr.clone();
     let browser = Client::browser(Some(&ca));
     rt.block_on(async {
@@ -373,16 +394,30 @@ fn the_challenge_earns_a_cookie_every_node_honours_and_nothing_else_passes() {
         let a = browser.get(&addr(0), "app.test", "/account?tab=1").await;
         let body = text(&a);
         let csp = a.headers["content-security-policy"].to_str().unwrap();
-        for part in ["default-src 'none'", "script-src 'sha256-", "form-action 'self'", "frame-ancestors 'none'"] {
+        for part in [
+            "default-src 'none'",
+            "script-src 'sha256-",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ] {
             assert!(csp.contains(part), "{csp}");
         }
         assert!(!csp.contains("unsafe-inline"), "{csp}");
-        for part in ["aria-live=\"polite\"", "role=\"status\"", "<noscript>", "Request id:", "<button"] {
+        for part in [
+            "aria-live=\"polite\"",
+            "role=\"status\"",
+            "<noscript>",
+            "Request id:",
+            "<button",
+        ] {
             assert!(body.contains(part), "{part} missing from the page");
         }
         assert!(!body.contains("src=\"http"), "no external resources");
         assert_eq!(a.headers["x-frame-options"], "DENY");
-        assert_eq!(a.headers["strict-transport-security"], "max-age=31536000; includeSubDomains");
+        assert_eq!(
+            a.headers["strict-transport-security"],
+            "max-age=31536000; includeSubDomains"
+        );
         assert!(body.contains(a.headers["x-request-id"].to_str().unwrap()));
         let p = page(&a);
         assert_eq!((p.bits, p.back.as_str()), (12, "/account?tab=1"));
@@ -391,25 +426,42 @@ fn the_challenge_earns_a_cookie_every_node_honours_and_nothing_else_passes() {
         let api = browser.api().get(&addr(0), "app.test", "/").await;
         assert_eq!(api.status, 429);
         assert_eq!(api.headers["x-palisade-mitigated"], "challenge");
-        assert!(api.headers["retry-after"].to_str().unwrap().parse::<u64>().unwrap() > 0);
+        assert!(
+            api.headers["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                > 0
+        );
         let j: Value = serde_json::from_slice(&api.body).unwrap();
         assert_eq!(j["status"], 429, "{j}");
         assert!(j["request_id"].is_string());
-        for path in ["/robots.txt", "/hooks/github", "/.well-known/acme-challenge/x"] {
+        for path in [
+            "/robots.txt",
+            "/hooks/github",
+            "/.well-known/acme-challenge/x",
+        ] {
             let a = browser.get(&addr(0), "app.test", path).await;
             assert!(a.status == 200 || a.status == 404, "{path}: {}", a.status);
             assert!(!a.headers.contains_key("x-palisade-mitigated"), "{path}");
         }
 
         // A wrong answer, then the right one: a cookie, and back to the page asked for.
-        let wrong = browser.get(&addr(0), "app.test", &answer_path(&p, "zzzzzzzz")).await;
+        let wrong = browser
+            .get(&addr(0), "app.test", &answer_path(&p, "zzzzzzzz"))
+            .await;
         assert!(text(&wrong).contains("not right"), "{}", text(&wrong));
         let nonce = solve(&p);
-        let a = browser.get(&addr(0), "app.test", &answer_path(&p, &nonce)).await;
+        let a = browser
+            .get(&addr(0), "app.test", &answer_path(&p, &nonce))
+            .await;
         assert_eq!(a.headers["location"], "/account?tab=1");
         let cookie = clearance(&a);
         // The same answer again is refused, on this node.
-        let again = browser.get(&addr(0), "app.test", &answer_path(&p, &nonce)).await;
+        let again = browser
+            .get(&addr(0), "app.test", &answer_path(&p, &nonce))
+            .await;
         assert_eq!(again.status, 403);
         assert!(!again.headers.contains_key("set-cookie"));
         assert!(text(&again).contains("already used"), "{}", text(&again));
@@ -421,19 +473,36 @@ fn the_challenge_earns_a_cookie_every_node_honours_and_nothing_else_passes() {
             assert_eq!(a.status, 200, "node index {i}: {}", text(&a));
             assert_eq!(a.headers["x-upstream"], "origin");
         }
-        assert_eq!(cleared.from("127.0.0.77").get(&addr(1), "app.test", "/").await.status, 200);
+        assert_eq!(
+            cleared
+                .from("127.0.0.77")
+                .get(&addr(1), "app.test", "/")
+                .await
+                .status,
+            200
+        );
 
         // Anything else gets a new challenge.
         let mut other_ua = cleared.clone();
         other_ua.user_agent = Some("curl/8".into());
         let blog = Client::browser(Some(&blog_ca));
         let bp = page(&blog.get(&addr(0), "blog.test", "/").await);
-        let blog_cookie = clearance(&blog.get(&addr(0), "blog.test", &answer_path(&bp, &solve(&bp))).await);
+        let blog_cookie = clearance(
+            &blog
+                .get(&addr(0), "blog.test", &answer_path(&bp, &solve(&bp)))
+                .await,
+        );
         let cases = [
             ("a forged MAC", cleared.with_cookie(&tampered(&cookie, 70))),
-            ("a forged expiry", cleared.with_cookie(&tampered(&cookie, 20))),
+            (
+                "a forged expiry",
+                cleared.with_cookie(&tampered(&cookie, 20)),
+            ),
             ("an unknown kid", cleared.with_cookie(&tampered(&cookie, 3))),
-            ("another project's cookie", cleared.with_cookie(&blog_cookie)),
+            (
+                "another project's cookie",
+                cleared.with_cookie(&blog_cookie),
+            ),
             ("another IP prefix", cleared.from("127.0.1.5")),
             ("another user agent", other_ua),
             ("no cookie", browser.clone()),
@@ -443,14 +512,23 @@ fn the_challenge_earns_a_cookie_every_node_honours_and_nothing_else_passes() {
             assert_eq!(a.status, 403, "{what}: {}", text(&a));
             page(&a);
         }
-        let refused = |reason: &str| metric(&c, 2, &format!("palisade_bot_cookies_refused_total{{reason=\"{reason}\"}}"));
+        let refused = |reason: &str| {
+            metric(
+                &c,
+                2,
+                &format!("palisade_bot_cookies_refused_total{{reason=\"{reason}\"}}"),
+            )
+        };
         for reason in ["bad_mac", "unknown_key", "other_project", "other_client"] {
             assert!(refused(reason) >= 1.0, "{reason} not counted");
         }
 
         // An answer bound to another network or browser is refused.
         let p2 = page(&browser.get(&addr(0), "app.test", "/").await);
-        let moved = browser.from("127.0.2.9").get(&addr(0), "app.test", &answer_path(&p2, &solve(&p2))).await;
+        let moved = browser
+            .from("127.0.2.9")
+            .get(&addr(0), "app.test", &answer_path(&p2, &solve(&p2)))
+            .await;
         assert_eq!(moved.status, 403);
         assert!(!moved.headers.contains_key("set-cookie"));
 
@@ -458,57 +536,128 @@ fn the_challenge_earns_a_cookie_every_node_honours_and_nothing_else_passes() {
         let p3 = page(&browser.get(&addr(1), "app.test", "/").await);
         let early = browser.get(&addr(1), "app.test", &p3.wait_url).await;
         assert_eq!(early.status, 403);
-        assert!(text(&early).contains("wait was not over"), "{}", text(&early));
+        assert!(
+            text(&early).contains("wait was not over"),
+            "{}",
+            text(&early)
+        );
         tokio::time::sleep(Duration::from_millis(2_100)).await;
         let waited = browser.get(&addr(1), "app.test", &p3.wait_url).await;
         let no_js_cookie = clearance(&waited);
-        assert_eq!(browser.with_cookie(&no_js_cookie).get(&addr(0), "app.test", "/").await.status, 200);
+        assert_eq!(
+            browser
+                .with_cookie(&no_js_cookie)
+                .get(&addr(0), "app.test", "/")
+                .await
+                .status,
+            200
+        );
 
         // A challenge past its 10 s is refused even with the right answer.
         let p4 = page(&browser.get(&addr(0), "app.test", "/").await);
         let n4 = solve(&p4);
         tokio::time::sleep(Duration::from_millis(10_200)).await;
-        let late = browser.get(&addr(0), "app.test", &answer_path(&p4, &n4)).await;
+        let late = browser
+            .get(&addr(0), "app.test", &answer_path(&p4, &n4))
+            .await;
         assert_eq!(late.status, 403);
         assert!(text(&late).contains("expired"), "{}", text(&late));
 
         // Key rotation: the old cookie stays valid, new cookies name the new key.
         let old_kid = kid_of(&cookie);
-        let r = c.put(0, "/v1/settings", json!({ "values": { "bot.key_rotation_seconds": "600" } })).unwrap();
+        let r = c
+            .put(
+                0,
+                "/v1/settings",
+                json!({ "values": { "bot.key_rotation_seconds": "600" } }),
+            )
+            .unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
         let deadline = Instant::now() + Duration::from_secs(30);
         let new_cookie = loop {
             let p = page(&browser.get(&addr(0), "app.test", "/").await);
-            let cookie = clearance(&browser.get(&addr(0), "app.test", &answer_path(&p, &solve(&p))).await);
+            let cookie = clearance(
+                &browser
+                    .get(&addr(0), "app.test", &answer_path(&p, &solve(&p)))
+                    .await,
+            );
             if kid_of(&cookie) != old_kid {
                 break cookie;
             }
-            assert!(Instant::now() < deadline, "no cookie signed with the next key");
+            assert!(
+                Instant::now() < deadline,
+                "no cookie signed with the next key"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         for i in 0..3 {
-            assert_eq!(cleared.get(&addr(i), "app.test", "/").await.status, 200, "old key, node index {i}");
-            assert_eq!(browser.with_cookie(&new_cookie).get(&addr(i), "app.test", "/").await.status, 200);
+            assert_eq!(
+                cleared.get(&addr(i), "app.test", "/").await.status,
+                200,
+                "old key, node index {i}"
+            );
+            assert_eq!(
+                browser
+                    .with_cookie(&new_cookie)
+                    .get(&addr(i), "app.test", "/")
+                    .await
+                    .status,
+                200
+            );
         }
 
         // Bumping the epoch ends every session at once, on every node.
-        let r = c.post(1, "/v1/projects/shop/bot/sessions/revoke?wait=all", json!({}), None).unwrap();
+        let r = c
+            .post(
+                1,
+                "/v1/projects/shop/bot/sessions/revoke?wait=all",
+                json!({}),
+                None,
+            )
+            .unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
         for i in 0..3 {
             for cookie in [&new_cookie, &no_js_cookie] {
-                assert_eq!(browser.with_cookie(cookie).get(&addr(i), "app.test", "/").await.status, 403);
+                assert_eq!(
+                    browser
+                        .with_cookie(cookie)
+                        .get(&addr(i), "app.test", "/")
+                        .await
+                        .status,
+                    403
+                );
             }
         }
         assert!(refused("old_epoch") >= 1.0);
         let p5 = page(&browser.get(&addr(0), "app.test", "/").await);
-        let fresh = clearance(&browser.get(&addr(0), "app.test", &answer_path(&p5, &solve(&p5))).await);
-        assert_eq!(browser.with_cookie(&fresh).get(&addr(2), "app.test", "/").await.status, 200);
+        let fresh = clearance(
+            &browser
+                .get(&addr(0), "app.test", &answer_path(&p5, &solve(&p5)))
+                .await,
+        );
+        assert_eq!(
+            browser
+                .with_cookie(&fresh)
+                .get(&addr(2), "app.test", "/")
+                .await
+                .status,
+            200
+        );
 
         // A session of one minute ends after one minute.
         tokio::time::sleep(Duration::from_millis(60_500)).await;
-        let expired = browser.with_cookie(&fresh).get(&addr(1), "app.test", "/").await;
+        let expired = browser
+            .with_cookie(&fresh)
+            .get(&addr(1), "app.test", "/")
+            .await;
         assert_eq!(expired.status, 403);
-        assert!(metric(&c, 1, "palisade_bot_cookies_refused_total{reason=\"expired\"}") >= 1.0);
+        assert!(
+            metric(
+                &c,
+                1,
+                "palisade_bot_cookies_refused_total{reason=\"expired\"}"
+            ) >= 1.0
+        );
     });
 }
 
@@ -534,8 +683,20 @@ fn via_proxy(client: &str) -> Client {
 fn each_trigger_fires_at_its_threshold_for_that_client_only_on_every_node() {
     let rt = rt();
     let (up, _task) = rt.block_on(upstream("origin"));
-    let c = TestCluster::start(bin(), 3, &[("PALISADE_EDGE_TRUSTED_PROXIES", "127.0.0.1/32")]).unwrap();
-    let r = c.post(0, "/v1/projects", json!({ "id": "shop", "name": "shop" }), None).unwrap();
+    let c = TestCluster::start(
+        bin(),
+        3,
+        &[("PALISADE_EDGE_TRUSTED_PROXIES", "127.0.0.1/32")],
+    )
+    .unwrap();
+    let r = c
+        .post(
+            0,
+            "/v1/projects",
+            json!({ "id": "shop", "name": "shop" }),
+            None,
+        )
+        .unwrap();
     assert_eq!(r.status, 201, "{}", r.body);
     let r = c
         .put(0, "/v1/domains/plain.test", json!({ "project": "shop", "upstreams": [up.to_string()], "tls": "off", "redirect_https": false }))
@@ -556,9 +717,18 @@ fn each_trigger_fires_at_its_threshold_for_that_client_only_on_every_node() {
     assert_eq!(r.status, 200, "{}", r.body);
     // A trigger's window must be one the counters can keep.
     let r = c
-        .put(0, "/v1/projects/shop/bot", json!({ "triggers": { "request_rate": { "threshold": 0 } } }))
+        .put(
+            0,
+            "/v1/projects/shop/bot",
+            json!({ "triggers": { "request_rate": { "threshold": 0 } } }),
+        )
         .unwrap();
-    assert_eq!((r.status, r.body["field"].as_str()), (400, Some("triggers.request_rate.threshold")), "{}", r.body);
+    assert_eq!(
+        (r.status, r.body["field"].as_str()),
+        (400, Some("triggers.request_rate.threshold")),
+        "{}",
+        r.body
+    );
     let addr = |i: usize| c.nodes[i].http_addr.clone();
     let host = "plain.test";
     rt.block_on(async {
@@ -577,29 +747,63 @@ fn each_trigger_fires_at_its_threshold_for_that_client_only_on_every_node() {
         let retry: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
         assert!((590..=600).contains(&retry), "Retry-After {retry}");
         for node in [1, 2] {
-            eventually(5, "the decision on the other nodes", || status(fast.clone(), node, "/").map(|s| s == 429)).await;
+            eventually(5, "the decision on the other nodes", || {
+                status(fast.clone(), node, "/").map(|s| s == 429)
+            })
+            .await;
         }
-        assert_eq!(status(via_proxy("198.51.100.2"), 1, "/").await, 200, "another client passes");
-        assert_eq!(status(fast.clone(), 1, "/hooks/x").await, 200, "exempt paths stay open");
+        assert_eq!(
+            status(via_proxy("198.51.100.2"), 1, "/").await,
+            200,
+            "another client passes"
+        );
+        assert_eq!(
+            status(fast.clone(), 1, "/hooks/x").await,
+            200,
+            "exempt paths stay open"
+        );
 
         // Failed logins: the upstream's 401 on /login, counted per client.
         let guesser = via_proxy("198.51.100.3");
         for _ in 0..2 {
             assert_eq!(status(guesser.clone(), 1, "/login").await, 401);
         }
-        assert_eq!(status(guesser.clone(), 1, "/").await, 200, "two failures are below the threshold");
-        assert_eq!(status(guesser.clone(), 2, "/login").await, 401, "the third, on another node, counts there");
+        assert_eq!(
+            status(guesser.clone(), 1, "/").await,
+            200,
+            "two failures are below the threshold"
+        );
+        assert_eq!(
+            status(guesser.clone(), 2, "/login").await,
+            401,
+            "the third, on another node, counts there"
+        );
         assert_eq!(status(guesser.clone(), 1, "/login").await, 401);
-        assert_eq!(status(guesser.clone(), 1, "/").await, 429, "the third failure on node index 1 fired");
-        eventually(5, "the failed-login decision on node index 0", || status(guesser.clone(), 0, "/").map(|s| s == 429)).await;
-        assert_eq!(status(via_proxy("198.51.100.4"), 1, "/").await, 200, "only the guesser is challenged");
+        assert_eq!(
+            status(guesser.clone(), 1, "/").await,
+            429,
+            "the third failure on node index 1 fired"
+        );
+        eventually(5, "the failed-login decision on node index 0", || {
+            status(guesser.clone(), 0, "/").map(|s| s == 429)
+        })
+        .await;
+        assert_eq!(
+            status(via_proxy("198.51.100.4"), 1, "/").await,
+            200,
+            "only the guesser is challenged"
+        );
 
         // Path scanning: 4xx answers.
         let scanner = via_proxy("198.51.100.5");
         for _ in 0..5 {
             assert_eq!(status(scanner.clone(), 2, "/missing/x").await, 404);
         }
-        assert_eq!(status(scanner.clone(), 2, "/").await, 200, "five 404s are below six");
+        assert_eq!(
+            status(scanner.clone(), 2, "/").await,
+            200,
+            "five 404s are below six"
+        );
         assert_eq!(status(scanner.clone(), 2, "/missing/y").await, 404);
         assert_eq!(status(scanner.clone(), 2, "/").await, 429);
 
@@ -607,39 +811,81 @@ fn each_trigger_fires_at_its_threshold_for_that_client_only_on_every_node() {
         let mut bare = via_proxy("198.51.100.6");
         bare.user_agent = None;
         for i in 1..4 {
-            assert_eq!(status(bare.clone(), 0, "/").await, 200, "request {i} without User-Agent");
+            assert_eq!(
+                status(bare.clone(), 0, "/").await,
+                200,
+                "request {i} without User-Agent"
+            );
         }
         assert_eq!(status(bare.clone(), 0, "/").await, 429);
 
         // IPv6: ten addresses of one /64, one request each.
         for i in 1..10 {
-            assert_eq!(status(via_proxy(&format!("2001:db8:1:2::{i:x}")), 0, "/").await, 200);
+            assert_eq!(
+                status(via_proxy(&format!("2001:db8:1:2::{i:x}")), 0, "/").await,
+                200
+            );
         }
-        assert_eq!(status(via_proxy("2001:db8:1:2::a"), 0, "/").await, 429, "the tenth of the /64");
-        assert_eq!(status(via_proxy("2001:db8:1:2:ffff::1"), 0, "/").await, 429, "the whole /64 is challenged");
-        assert_eq!(status(via_proxy("2001:db8:1:3::1"), 0, "/").await, 200, "the next /64 is not");
+        assert_eq!(
+            status(via_proxy("2001:db8:1:2::a"), 0, "/").await,
+            429,
+            "the tenth of the /64"
+        );
+        assert_eq!(
+            status(via_proxy("2001:db8:1:2:ffff::1"), 0, "/").await,
+            429,
+            "the whole /64 is challenged"
+        );
+        assert_eq!(
+            status(via_proxy("2001:db8:1:3::1"), 0, "/").await,
+            200,
+            "the next /64 is not"
+        );
     });
 
     // Every decision is replicated, listed and audited as the cluster's own.
-    let expected = ["198.51.100.1/32", "198.51.100.3/32", "198.51.100.5/32", "198.51.100.6/32", "2001:db8:1:2::/64"];
+    let expected = [
+        "198.51.100.1/32",
+        "198.51.100.3/32",
+        "198.51.100.5/32",
+        "198.51.100.6/32",
+        "2001:db8:1:2::/64",
+    ];
     let deadline = Instant::now() + Duration::from_secs(10);
     let prefixes: Vec<String> = loop {
         let list = c.get(2, "/v1/projects/shop/bot/decisions").unwrap();
-        let prefixes: Vec<String> = list.body["items"].as_array().unwrap().iter().map(|d| d["prefix"].as_str().unwrap().to_string()).collect();
+        let prefixes: Vec<String> = list.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["prefix"].as_str().unwrap().to_string())
+            .collect();
         if expected.iter().all(|p| prefixes.iter().any(|q| q == p)) {
             break prefixes;
         }
         assert!(Instant::now() < deadline, "decisions listed: {prefixes:?}");
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(!prefixes.iter().any(|p| p.starts_with("198.51.100.2") || p.starts_with("198.51.100.4")));
+    assert!(!prefixes
+        .iter()
+        .any(|p| p.starts_with("198.51.100.2") || p.starts_with("198.51.100.4")));
     let audit = c.get(1, "/v1/audit?action=bot.decision&limit=100").unwrap();
     let entries = audit.body["items"].as_array().unwrap();
-    assert!(entries.iter().any(|e| e["actor"].as_str().unwrap().starts_with("node:")
-        && e["target"].as_str().unwrap().contains("198.51.100.3/32 (failed_logins")), "{entries:#?}");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["actor"].as_str().unwrap().starts_with("node:")
+                && e["target"]
+                    .as_str()
+                    .unwrap()
+                    .contains("198.51.100.3/32 (failed_logins")),
+        "{entries:#?}"
+    );
 
     // An operator lifts a decision: the client passes again, on every node.
-    let r = c.delete(0, "/v1/projects/shop/bot/decisions?prefix=198.51.100.1/32").unwrap();
+    let r = c
+        .delete(0, "/v1/projects/shop/bot/decisions?prefix=198.51.100.1/32")
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     rt.block_on(async {
         for node in 0..3 {
@@ -651,7 +897,9 @@ fn each_trigger_fires_at_its_threshold_for_that_client_only_on_every_node() {
             .await;
         }
     });
-    let r = c.delete(0, "/v1/projects/shop/bot/decisions?prefix=198.51.100.1/32").unwrap();
+    let r = c
+        .delete(0, "/v1/projects/shop/bot/decisions?prefix=198.51.100.1/32")
+        .unwrap();
     assert_eq!(r.status, 404, "{}", r.body);
 }
 
@@ -698,7 +946,14 @@ impl Browser {
             }
         }
         let endpoint = endpoint.expect("chromium printed its DevTools endpoint");
-        let port = endpoint.split(':').nth(2).unwrap().split('/').next().unwrap().to_string();
+        let port = endpoint
+            .split(':')
+            .nth(2)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
         let deadline = Instant::now() + Duration::from_secs(20);
         let page_ws = loop {
             let targets: Value = palisade_bench::harness::agent()
@@ -725,7 +980,11 @@ impl Browser {
         }
         let ws = match ws.into_inner() {
             tungstenite::stream::MaybeTlsStream::Plain(s) => {
-                tungstenite::WebSocket::from_raw_socket(s, tungstenite::protocol::Role::Client, None)
+                tungstenite::WebSocket::from_raw_socket(
+                    s,
+                    tungstenite::protocol::Role::Client,
+                    None,
+                )
             }
             _ => unreachable!("a local endpoint is plain"),
         };
@@ -755,7 +1014,10 @@ impl Browser {
     }
 
     fn eval(&mut self, expression: &str) -> String {
-        let r = self.call("Runtime.evaluate", json!({ "expression": expression, "returnByValue": true }));
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({ "expression": expression, "returnByValue": true }),
+        );
         r["result"]["value"].as_str().unwrap_or("").to_string()
     }
 
@@ -768,7 +1030,10 @@ impl Browser {
             if seen.contains("xxxxxxxxxxxxxxxx") {
                 return seen;
             }
-            assert!(Instant::now() < deadline, "the browser did not reach the page: {seen}");
+            assert!(
+                Instant::now() < deadline,
+                "the browser did not reach the page: {seen}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -792,10 +1057,20 @@ fn a_headless_browser_solves_the_challenge_once_and_every_node_honours_its_cooki
     let c = TestCluster::start(bin(), 3, &[]).unwrap();
     // The default difficulty: what a visitor meets.
     shop(&c, up, "shop", "app.test", json!({ "mode": "always_on" }));
-    let port = |i: usize| c.nodes[i].https_addr.rsplit(':').next().unwrap().to_string();
+    let port = |i: usize| {
+        c.nodes[i]
+            .https_addr
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_string()
+    };
     // Wait for the keyring, as a browser would meet it.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while c.get(0, "/v1/bot/keys").unwrap().body["items"].as_array().is_none_or(|a| a.len() < 2) {
+    while c.get(0, "/v1/bot/keys").unwrap().body["items"]
+        .as_array()
+        .is_none_or(|a| a.len() < 2)
+    {
         assert!(Instant::now() < deadline, "no keyring");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -803,8 +1078,15 @@ fn a_headless_browser_solves_the_challenge_once_and_every_node_honours_its_cooki
     let started = Instant::now();
     let seen = b.open(&format!("https://app.test:{}/account?x=1", port(0)));
     let took = started.elapsed();
-    assert!(seen.starts_with(&format!("https://app.test:{}/account?x=1 |", port(0))), "{seen}");
-    assert_eq!(answered(&c, 0), 1.0, "the page was challenged and answered once");
+    assert!(
+        seen.starts_with(&format!("https://app.test:{}/account?x=1 |", port(0))),
+        "{seen}"
+    );
+    assert_eq!(
+        answered(&c, 0),
+        1.0,
+        "the page was challenged and answered once"
+    );
     let cookies = b.call("Network.getAllCookies", json!({}));
     let clearance = cookies["cookies"]
         .as_array()
@@ -813,10 +1095,20 @@ fn a_headless_browser_solves_the_challenge_once_and_every_node_honours_its_cooki
         .find(|k| k["name"] == "__Host-palisade_clearance")
         .unwrap_or_else(|| panic!("no clearance cookie: {cookies}"))
         .clone();
-    assert_eq!((clearance["secure"].as_bool(), clearance["httpOnly"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(
+        (
+            clearance["secure"].as_bool(),
+            clearance["httpOnly"].as_bool()
+        ),
+        (Some(true), Some(true))
+    );
     assert_eq!(clearance["sameSite"], "Lax");
     let log = c.nodes[0].log_text();
-    let line = log.lines().find(|l| l.contains("challenge answered")).unwrap_or("").to_string();
+    let line = log
+        .lines()
+        .find(|l| l.contains("challenge answered"))
+        .unwrap_or("")
+        .to_string();
     eprintln!("browser solved the default challenge and landed in {took:?}; node log: {line}");
 
     // Later requests, and the other two nodes (cookies ignore the port): no new challenge.

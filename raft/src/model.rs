@@ -181,8 +181,15 @@ impl Default for BotPolicy {
             epoch: 0,
             exempt_paths: Vec::new(),
             login_paths: [
-                "/login", "/signin", "/sign-in", "/wp-login.php", "/user/login",
-                "/api/login", "/api/auth/*", "/auth/*", "/oauth/token",
+                "/login",
+                "/signin",
+                "/sign-in",
+                "/wp-login.php",
+                "/user/login",
+                "/api/login",
+                "/api/auth/*",
+                "/auth/*",
+                "/oauth/token",
             ]
             .map(String::from)
             .to_vec(),
