@@ -13,7 +13,8 @@ use serde_json::json;
 use crate::harness::TestCluster;
 use crate::probe::Probe;
 
-/// A project and a plain-HTTP domain for it (no redirect), proxied to `upstream`.
+/// A project and a plain-HTTP domain for it (no redirect), proxied to `upstream`; bot protection
+/// off, since these measure the proxy and the IP lists (the `bot` scenarios set their own).
 pub fn site(
     c: &TestCluster,
     node: usize,
@@ -24,7 +25,7 @@ pub fn site(
     let r = c.post(
         node,
         "/v1/projects",
-        json!({ "id": project, "name": project }),
+        json!({ "id": project, "name": project, "bot": { "mode": "off" } }),
         None,
     )?;
     if r.status != 201 && r.status != 409 {

@@ -48,6 +48,8 @@ pub struct View {
     pub bot_keys: Keyring,
     /// Bot-protection decisions by project and prefix: until when, and what.
     pub decisions: Arc<HashMap<(ProjectId, Cidr), (Millis, DecisionAction)>>,
+    /// How many decisions there are of each (is IPv6, prefix length): the lengths to look up.
+    decision_lens: std::collections::BTreeMap<(bool, u8), u32>,
 }
 
 /// Exact match first, then the wildcard one label up (`*.example.com` covers `a.example.com`
@@ -90,13 +92,29 @@ impl View {
         if self.decisions.is_empty() {
             return None;
         }
-        use crate::detect::{source_prefix, Signal};
-        [Signal::RequestRate, Signal::RequestRateV6_64]
-            .into_iter()
-            .filter_map(|s| source_prefix(s, ip))
-            .filter_map(|p| self.decisions.get(&(project.clone(), p)).copied())
-            .filter(|(until, _)| *until > now)
-            .max_by_key(|(until, _)| *until)
+        let ip = crate::client_ip::canonical(ip);
+        let running = self
+            .decision_lens
+            .keys()
+            .filter(|(v6, _)| *v6 == ip.is_ipv6())
+            .filter_map(|&(_, len)| ipnet::IpNet::new(ip, len).ok())
+            .filter_map(|net| {
+                let key = (project.clone(), Cidr::from_net(net));
+                self.decisions.get(&key).copied()
+            })
+            .filter(|(until, _)| *until > now);
+        // A block outranks a challenge; among equals, the longest lasting.
+        running.max_by_key(|&(until, action)| (action == DecisionAction::Block, until))
+    }
+
+    fn count_decision_len(&mut self, prefix: &Cidr, delta: i32) {
+        let net = prefix.net();
+        let key = (matches!(net, ipnet::IpNet::V6(_)), net.prefix_len());
+        let n = self.decision_lens.entry(key).or_insert(0);
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            self.decision_lens.remove(&key);
+        }
     }
 
     fn put_bot_key(&mut self, k: &palisade_raft::model::BotKey, master: &MasterKey) {
@@ -214,11 +232,19 @@ impl View {
                 }
             }
             Change::Put(Record::Decision(d)) => {
-                Arc::make_mut(&mut self.decisions)
+                let old = Arc::make_mut(&mut self.decisions)
                     .insert((d.project.clone(), d.prefix), (d.until, d.action));
+                if old.is_none() {
+                    self.count_decision_len(&d.prefix, 1);
+                }
             }
             Change::Delete(RecordKey::Decision { project, prefix }) => {
-                Arc::make_mut(&mut self.decisions).remove(&(project.clone(), *prefix));
+                if Arc::make_mut(&mut self.decisions)
+                    .remove(&(project.clone(), *prefix))
+                    .is_some()
+                {
+                    self.count_decision_len(prefix, -1);
+                }
             }
             Change::Put(Record::IpRule(r)) => self.access.put(r),
             Change::Delete(RecordKey::IpRule {
@@ -385,6 +411,65 @@ impl LiveView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_decision_of_any_prefix_length_covers_its_addresses_and_a_block_outranks_a_challenge() {
+        let master = MasterKey::generate();
+        let mut v = View::default();
+        let shop: ProjectId = "shop".parse().unwrap();
+        let decide = |prefix: &str, action, until| {
+            Change::Put(Record::Decision(palisade_raft::model::Decision {
+                project: "shop".parse().unwrap(),
+                prefix: prefix.parse().unwrap(),
+                action,
+                until,
+                reason: String::new(),
+            }))
+        };
+        v.apply(
+            &decide("203.0.113.0/24", DecisionAction::Challenge, 100),
+            &master,
+        );
+        v.apply(
+            &decide("2001:db8::/48", DecisionAction::Challenge, 100),
+            &master,
+        );
+        v.apply(
+            &decide("203.0.113.9/32", DecisionAction::Block, 50),
+            &master,
+        );
+        let at = |ip: &str, now| v.decision(&shop, ip.parse().unwrap(), now);
+        assert_eq!(at("203.0.113.7", 0), Some((100, DecisionAction::Challenge)));
+        assert_eq!(at("203.0.113.9", 0), Some((50, DecisionAction::Block)));
+        assert_eq!(
+            at("203.0.113.9", 60),
+            Some((100, DecisionAction::Challenge))
+        );
+        assert_eq!(
+            at("::ffff:203.0.113.7", 0),
+            Some((100, DecisionAction::Challenge))
+        );
+        assert_eq!(
+            at("2001:db8:0:ffff::1", 0),
+            Some((100, DecisionAction::Challenge))
+        );
+        assert_eq!(at("2001:db8:1::1", 0), None);
+        assert_eq!(at("203.0.114.1", 0), None);
+        assert_eq!(at("203.0.113.7", 100), None, "ended");
+        assert_eq!(
+            v.decision(&"blog".parse().unwrap(), "203.0.113.7".parse().unwrap(), 0),
+            None
+        );
+        v.apply(
+            &Change::Delete(RecordKey::Decision {
+                project: shop.clone(),
+                prefix: "203.0.113.0/24".parse().unwrap(),
+            }),
+            &master,
+        );
+        assert_eq!(v.decision(&shop, "203.0.113.7".parse().unwrap(), 0), None);
+        assert_eq!(v.decision_lens.len(), 2, "{:?}", v.decision_lens);
+    }
 
     #[test]
     fn a_wildcard_covers_exactly_one_label_and_exact_names_win() {

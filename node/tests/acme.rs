@@ -50,7 +50,7 @@ fn start(octet: u8, n: usize, env: &[(&str, &str)], pebble_env: &[(&str, &str)])
         .post(
             0,
             "/v1/projects",
-            json!({ "id": "shop", "name": "Shop" }),
+            json!({ "id": "shop", "name": "Shop", "bot": { "mode": "off" } }),
             None,
         )
         .unwrap();

@@ -37,7 +37,7 @@ fn site(
         .post(
             node,
             "/v1/projects",
-            json!({ "id": project, "name": project, "limits": { "max_body_bytes": 200u64 << 20 } }),
+            json!({ "id": project, "name": project, "limits": { "max_body_bytes": 200u64 << 20 }, "bot": { "mode": "off" } }),
             None,
         )
         .unwrap();
@@ -79,7 +79,7 @@ fn tls_headers_and_changes_reach_every_node() {
         .post(
             0,
             "/v1/projects",
-            json!({ "id": "site", "name": "site" }),
+            json!({ "id": "site", "name": "site", "bot": { "mode": "off" } }),
             None,
         )
         .unwrap();
