@@ -173,7 +173,7 @@ impl Default for BotPolicy {
     fn default() -> Self {
         BotPolicy {
             mode: BotMode::Automatic,
-            difficulty_bits: 17,
+            difficulty_bits: 18,
             no_script_wait_seconds: 8,
             answer_within_seconds: 300,
             session_minutes: 30,
