@@ -661,14 +661,6 @@ fn the_challenge_earns_a_cookie_every_node_honours_and_nothing_else_passes() {
     });
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 // ---- automatic triggers ---------------------------------------------------------------------
 
 /// Requests through the trusted proxy 127.0.0.1 naming their client in `X-Forwarded-For`.

@@ -16,14 +16,6 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_palisade"))
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// A project, a domain to `upstreams`, and a certificate for `hosts`; returns the CA PEM.
 fn site(
     c: &TestCluster,
