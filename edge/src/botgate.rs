@@ -470,8 +470,7 @@ impl BotGate {
                 lifetime_ms / 1000
             ),
         };
-        // Only a path on this site: never an open redirect.
-        let back = match back.starts_with('/') && !back.starts_with("//") && !back.contains('\\') {
+        let back = match local_path(&back) {
             true => back,
             false => "/".to_string(),
         };
@@ -491,6 +490,15 @@ impl BotGate {
     }
 }
 
+/// Whether `back` is a path on this site, so that the redirect after an answer is never an open
+/// redirect: one leading `/`, no backslash, and nothing a browser strips from a URL (tabs, line
+/// breaks, spaces: `/<TAB>/evil.test` would become `//evil.test`).
+fn local_path(back: &str) -> bool {
+    back.starts_with('/')
+        && !back.starts_with("//")
+        && !back.bytes().any(|b| b == b'\\' || b <= b' ' || b == 0x7f)
+}
+
 /// Escape for HTML text and double-quoted attributes.
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -505,4 +513,28 @@ fn escape(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answer_only_ever_redirects_within_the_site() {
+        for ok in ["/", "/account?tab=1", "/a/b%2F%2Fc"] {
+            assert!(local_path(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "https://evil.test/",
+            "//evil.test",
+            "/\\evil.test",
+            "/\t/evil.test",
+            "/\n/evil.test",
+            " //evil.test",
+            "evil",
+        ] {
+            assert!(!local_path(bad), "{bad:?}");
+        }
+    }
 }

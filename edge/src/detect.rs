@@ -174,6 +174,8 @@ pub struct Detector {
     /// applies here for [`LOCAL_GRACE_MS`], until the cluster's copy takes over (so that an
     /// operator lifting it is obeyed on this node too).
     decided: Mutex<HashMap<(ProjectId, Cidr), (u64, u64)>>,
+    /// When the last local grace ends: before it, `decided` is worth locking for.
+    grace_ends: AtomicU64,
     pending: Mutex<Vec<Decision>>,
     wake: Notify,
     dropped: AtomicU64,
@@ -191,6 +193,7 @@ impl Detector {
             hasher: RandomState::new(),
             sketches: RwLock::new(Vec::new()),
             decided: Mutex::new(HashMap::new()),
+            grace_ends: AtomicU64::new(0),
             pending: Mutex::new(Vec::new()),
             wake: Notify::new(),
             dropped: AtomicU64::new(0),
@@ -282,6 +285,8 @@ impl Detector {
             }
             if decided.len() < MAX_DECIDED {
                 decided.insert(key.clone(), (until, now_ms));
+                self.grace_ends
+                    .fetch_max(now_ms + LOCAL_GRACE_MS, Ordering::Relaxed);
             }
         }
         metrics::counter!("palisade_bot_triggers_total", "trigger" => label, "mode" => "challenge")
@@ -309,6 +314,10 @@ impl Detector {
 
     /// Until when this node's own recent decision challenges `ip` for `project`, if it does.
     pub fn decided(&self, project: &ProjectId, ip: IpAddr, now_ms: u64) -> Option<u64> {
+        // The common case, no recent local decision at all: no lock on the request path.
+        if now_ms >= self.grace_ends.load(Ordering::Relaxed) {
+            return None;
+        }
         let decided = self.decided.lock().unwrap_or_else(|p| p.into_inner());
         if decided.is_empty() {
             return None;
