@@ -110,7 +110,25 @@ pub fn clearance_cookie(target: SocketAddr, host: &str) -> Result<String> {
 
 /// Proxy requests/s through one node for three projects, measured alternately `rounds` times:
 /// bot protection off, automatic (counted, not challenged) and always on with a valid cookie.
-pub fn throughput(bin: &std::path::Path, secs: f64, rounds: usize) -> Result<[Vec<f64>; 3]> {
+/// One measured run: requests a second, and the node's CPU time per request in microseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    pub per_second: f64,
+    pub cpu_us: f64,
+}
+
+/// User plus system CPU time of process `pid` so far, in seconds (`/proc/PID/stat`).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+pub fn throughput(bin: &std::path::Path, secs: f64, rounds: usize) -> Result<[Vec<Run>; 3]> {
     let up = crate::probe::Upstream::spawn()?;
     let c = TestCluster::start(bin, 1, &[])?;
     let hosts = ["off.test", "auto.test", "on.test"];
@@ -131,6 +149,17 @@ pub fn throughput(bin: &std::path::Path, secs: f64, rounds: usize) -> Result<[Ve
         json!({ "mode": "always_on", "difficulty_bits": 8 }),
     )?;
     let target = http_addrs(&c)[0];
+    let pinned = match c.nodes[0].pid() {
+        Some(pid) => pin_apart(pid),
+        None => false,
+    };
+    eprintln!(
+        "{}",
+        match pinned {
+            true => "node pinned to core 0; the load generator and upstream to the others",
+            false => "not pinned (taskset missing or one core): node and load share the cores",
+        }
+    );
     let cookie = clearance_cookie(target, "on.test")?;
     let headers = vec![
         ("user-agent".to_string(), USER_AGENT.to_string()),
@@ -139,14 +168,15 @@ pub fn throughput(bin: &std::path::Path, secs: f64, rounds: usize) -> Result<[Ve
     ];
     let none: Vec<String> = Vec::new();
     load_with(target, hosts[2], &none, 200, 16, 1.0, &headers)?;
-    let mut out: [Vec<f64>; 3] = Default::default();
+    let pid = c.nodes[0].pid().unwrap_or(0);
+    let mut out: [Vec<Run>; 3] = Default::default();
     for _ in 0..rounds {
         for (i, host) in hosts.iter().enumerate() {
-            out[i].push(load_with(target, host, &none, 200, 16, secs, &headers)?);
+            let cpu = cpu_seconds(pid);
+            let per_second = load_with(target, host, &none, 200, 16, secs, &headers)?;
+            let cpu_us = (cpu_seconds(pid) - cpu) * 1e6 / (per_second * secs);
+            out[i].push(Run { per_second, cpu_us });
         }
-    }
-    for v in &mut out {
-        v.sort_by(f64::total_cmp);
     }
     Ok(out)
 }
@@ -218,4 +248,22 @@ pub fn spray(bin: &std::path::Path, n: u64) -> Result<Spray> {
         peak_kib,
         decisions: r.body["items"].as_array().map(Vec::len).unwrap_or(0),
     })
+}
+
+/// Pin every thread of process `pid` to core 0 and this process (load generator, upstream) to
+/// the other cores, with `taskset`; false when that is not possible here.
+pub fn pin_apart(pid: u32) -> bool {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 {
+        return false;
+    }
+    let others = format!("1-{}", cores - 1);
+    let run = |list: &str, pid: u32| {
+        std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", list, &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    run("0", pid) && run(&others, std::process::id())
 }

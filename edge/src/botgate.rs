@@ -38,8 +38,6 @@ pub const CLEARANCE_COOKIE: &str = "__Host-palisade_clearance";
 pub const CLEARANCE_COOKIE_PLAIN: &str = "palisade_clearance";
 /// Answers remembered against replay.
 const REPLAY_CAP: usize = 200_000;
-/// Paths no project can have challenged.
-const ALWAYS_EXEMPT: [&str; 2] = ["/.well-known/acme-challenge/*", "/robots.txt"];
 
 const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1b1f24}\
 main{max-width:34rem;margin:12vh auto;padding:2rem;background:#fff;border-radius:8px;box-shadow:0 1px 4px #0002}\
@@ -118,10 +116,9 @@ impl Gate for BotGate {
         if path == VERIFY_PATH {
             return Some(self.verify(ctx, req, project, mode));
         }
-        if path_matches(&project.bot.exempt_paths, path)
-            || ALWAYS_EXEMPT
-                .iter()
-                .any(|p| path_matches(&[p.to_string()], path))
+        if path == "/robots.txt"
+            || path.starts_with("/.well-known/acme-challenge/")
+            || path_matches(&project.bot.exempt_paths, path)
         {
             return None;
         }
