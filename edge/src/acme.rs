@@ -528,7 +528,21 @@ impl Acme {
         let started = now_ms();
         let mut placed = false;
         let mut challenges = Vec::new();
-        let outcome = self.order(host, token, &mut placed, &mut challenges).await;
+        // A whole attempt has a deadline: a request to the CA that never answers (a dropped
+        // connection with no reset) must not hold the name forever. Polling has its own
+        // `order_timeout`; the rest of an attempt takes seconds.
+        let deadline = self.cfg.order_timeout * 2;
+        let outcome = tokio::time::timeout(
+            deadline,
+            self.order(host, token, &mut placed, &mut challenges),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(failed(format!(
+                "the attempt for {host} did not finish within {} s (the CA stopped answering); it is retried",
+                deadline.as_secs()
+            )))
+        });
         keeper.abort();
         if matches!(outcome, Err(Failure::Deposed)) {
             metrics::counter!("palisade_acme_deposed_total").increment(1);
