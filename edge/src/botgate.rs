@@ -264,15 +264,7 @@ impl BotGate {
             return r;
         }
         let Some(key) = view.bot_keys.active() else {
-            let mut r = error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "This site's browser check is starting. Try again in a few seconds.",
-                ctx.request_id,
-                false,
-            );
-            r.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("5"));
-            return r;
+            return starting(ctx.request_id);
         };
         let now = now_ms();
         let binding = challenge_binding(
@@ -431,12 +423,7 @@ impl BotGate {
         let tries = u64::from_str_radix(&nonce, 16).map(|n| n + 1).unwrap_or(0);
         tracing::info!(request_id = ctx.request_id, project = %project.id, bits = c.bits, tries, solve_ms = ms, "challenge answered");
         let Some(key) = view.bot_keys.active() else {
-            return error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "This site's browser check is starting. Try again in a few seconds.",
-                ctx.request_id,
-                false,
-            );
+            return starting(ctx.request_id);
         };
         let minutes = match mode {
             BotMode::AlwaysOn => project.bot.manual_session_minutes,
@@ -455,18 +442,16 @@ impl BotGate {
             project: project_tag(project.id.as_str()),
             binding: clearance_binding(ctx.client_ip, ua),
         };
-        let cookie = match ctx.https {
-            true => format!(
-                "{CLEARANCE_COOKIE}={}; Path=/; Max-Age={}; Secure; HttpOnly; SameSite=Lax",
-                clearance.encode(key),
-                lifetime_ms / 1000
-            ),
-            false => format!(
-                "{CLEARANCE_COOKIE_PLAIN}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
-                clearance.encode(key),
-                lifetime_ms / 1000
-            ),
+        // A `Secure` cookie cannot be set over plain HTTP, nor the `__Host-` name without it.
+        let (name, secure) = match ctx.https {
+            true => (CLEARANCE_COOKIE, "; Secure"),
+            false => (CLEARANCE_COOKIE_PLAIN, ""),
         };
+        let cookie = format!(
+            "{name}={}; Path=/; Max-Age={}{secure}; HttpOnly; SameSite=Lax",
+            clearance.encode(key),
+            lifetime_ms / 1000
+        );
         let back = match local_path(&back) {
             true => back,
             false => "/".to_string(),
@@ -485,6 +470,19 @@ impl BotGate {
         h.insert("cache-control", HeaderValue::from_static("no-store"));
         r
     }
+}
+
+/// Before the cluster's first key exists (seconds after it starts), no challenge can be signed.
+fn starting(request_id: &str) -> Response<Body> {
+    let mut r = error_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "This site's browser check is starting. Try again in a few seconds.",
+        request_id,
+        false,
+    );
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from_static("5"));
+    r
 }
 
 /// Whether `back` is a path on this site, so that the redirect after an answer is never an open

@@ -52,6 +52,11 @@ pub struct View {
     decision_lens: std::collections::BTreeMap<(bool, u8), u32>,
 }
 
+/// A keyring key id (16 hex digits) as the bytes tokens and cookies carry.
+fn kid_bytes(kid: &palisade_raft::ids::Name) -> Option<crate::challenge::Kid> {
+    hex::decode(kid.as_str()).ok()?.try_into().ok()
+}
+
 /// Exact match first, then the wildcard one label up (`*.example.com` covers `a.example.com`
 /// but not `a.b.example.com` nor `example.com`).
 fn lookup<'a, T>(
@@ -119,10 +124,7 @@ impl View {
 
     fn put_bot_key(&mut self, k: &palisade_raft::model::BotKey, master: &MasterKey) {
         let context = RecordKey::BotKey { kid: k.kid.clone() }.encode();
-        let kid = hex::decode(k.kid.as_str())
-            .ok()
-            .and_then(|b| <[u8; 8]>::try_from(b).ok());
-        match (kid, master.open(&k.secret, &context)) {
+        match (kid_bytes(&k.kid), master.open(&k.secret, &context)) {
             (Some(kid), Ok(secret)) => self.bot_keys.insert(SigningKey::new(
                 kid,
                 &secret,
@@ -224,10 +226,7 @@ impl View {
             Change::Delete(RecordKey::Settings) => self.tls13_only = false,
             Change::Put(Record::BotKey(k)) => self.put_bot_key(k, master),
             Change::Delete(RecordKey::BotKey { kid }) => {
-                if let Some(kid) = hex::decode(kid.as_str())
-                    .ok()
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                {
+                if let Some(kid) = kid_bytes(kid) {
                     self.bot_keys.remove(&kid);
                 }
             }
