@@ -11,6 +11,7 @@ use palisade_edge::challenge::{
 };
 use serde_json::{json, Value};
 
+use crate::cpu::{cpu_seconds, pin_apart};
 use crate::harness::TestCluster;
 use crate::iprules::{http_addrs, load_with, site};
 use crate::probe::Probe;
@@ -57,7 +58,7 @@ pub fn verify_cost(n: u32) -> (f64, f64) {
     (time(&good, true), time(&bad, false))
 }
 
-fn set_bot(c: &TestCluster, project: &str, policy: Value) -> Result<()> {
+pub fn set_bot(c: &TestCluster, project: &str, policy: Value) -> Result<()> {
     let r = c.put(0, &format!("/v1/projects/{project}/bot?wait=all"), policy)?;
     if r.status != 200 {
         bail!("bot policy of {project}: {} {}", r.status, r.body);
@@ -65,14 +66,15 @@ fn set_bot(c: &TestCluster, project: &str, policy: Value) -> Result<()> {
     Ok(())
 }
 
-/// Pass the challenge of `host` as a browser would (solving the proof of work here); the cookie.
-pub fn clearance_cookie(target: SocketAddr, host: &str) -> Result<String> {
+/// Pass the challenge of `host` as a browser would (solving the proof of work here), as client
+/// `xff` (sent as `X-Forwarded-For`) or as the socket's address; the cookie.
+pub fn clearance_cookie(target: SocketAddr, host: &str, xff: Option<&str>) -> Result<String> {
     let mut p = Probe::new(target, None)
         .with_header("user-agent", USER_AGENT)
         .with_header("accept", "text/html");
     let deadline = Instant::now() + std::time::Duration::from_secs(30);
     let page = loop {
-        let a = p.get(host, "/", None)?;
+        let a = p.get(host, "/", xff)?;
         if a.status == 403 {
             break String::from_utf8_lossy(&a.body).into_owned();
         }
@@ -100,7 +102,7 @@ pub fn clearance_cookie(target: SocketAddr, host: &str) -> Result<String> {
     let a = p.get(
         host,
         &format!("/.well-known/palisade/verify?t={token}&n={nonce}&r=%2F"),
-        None,
+        xff,
     )?;
     let cookie = a
         .header("set-cookie")
@@ -108,8 +110,6 @@ pub fn clearance_cookie(target: SocketAddr, host: &str) -> Result<String> {
     Ok(cookie.split(';').next().unwrap_or("").to_string())
 }
 
-/// Proxy requests/s through one node for three projects, measured alternately `rounds` times:
-/// bot protection off, automatic (counted, not challenged) and always on with a valid cookie.
 /// One measured run: requests a second, and the node's CPU time per request in microseconds.
 #[derive(Debug, Clone, Copy)]
 pub struct Run {
@@ -117,17 +117,8 @@ pub struct Run {
     pub cpu_us: f64,
 }
 
-/// User plus system CPU time of process `pid` so far, in seconds (`/proc/PID/stat`).
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
+/// Proxy requests/s through one node for three projects, measured alternately `rounds` times:
+/// bot protection off, automatic (counted, not challenged) and always on with a valid cookie.
 pub fn throughput(bin: &std::path::Path, secs: f64, rounds: usize) -> Result<[Vec<Run>; 3]> {
     let up = crate::probe::Upstream::spawn()?;
     let c = TestCluster::start(bin, 1, &[])?;
@@ -160,7 +151,7 @@ pub fn throughput(bin: &std::path::Path, secs: f64, rounds: usize) -> Result<[Ve
             false => "not pinned (taskset missing or one core): node and load share the cores",
         }
     );
-    let cookie = clearance_cookie(target, "on.test")?;
+    let cookie = clearance_cookie(target, "on.test", None)?;
     let headers = vec![
         ("user-agent".to_string(), USER_AGENT.to_string()),
         ("accept".to_string(), "text/html".to_string()),
@@ -248,22 +239,4 @@ pub fn spray(bin: &std::path::Path, n: u64) -> Result<Spray> {
         peak_kib,
         decisions: r.body["items"].as_array().map(Vec::len).unwrap_or(0),
     })
-}
-
-/// Pin every thread of process `pid` to core 0 and this process (load generator, upstream) to
-/// the other cores, with `taskset`; false when that is not possible here.
-pub fn pin_apart(pid: u32) -> bool {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cores < 2 {
-        return false;
-    }
-    let others = format!("1-{}", cores - 1);
-    let run = |list: &str, pid: u32| {
-        std::process::Command::new("taskset")
-            .args(["-a", "-p", "-c", list, &pid.to_string()])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    run("0", pid) && run(&others, std::process::id())
 }

@@ -536,6 +536,10 @@ impl TestCluster {
         self.send("PUT", idx, path, Some(body), None)
     }
 
+    pub fn patch(&self, idx: usize, path: &str, body: Value) -> Result<Reply> {
+        self.send("PATCH", idx, path, Some(body), None)
+    }
+
     pub fn delete(&self, idx: usize, path: &str) -> Result<Reply> {
         self.send("DELETE", idx, path, None, None)
     }

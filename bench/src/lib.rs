@@ -10,10 +10,20 @@
 //!   `X-Forwarded-For`);
 //! - [`iprules`]: IP list measurements: propagation, a million-entry list, lookup cost,
 //!   throughput with and without the list;
-//! - [`scenarios`]: the cluster-core measurements `palisade-bench` runs.
+//! - [`scenarios`]: the cluster-core measurements `palisade-bench` runs;
+//! - [`suite`]: the scenarios of `palisade-bench all` (Palisade next to nginx, HAProxy, etcd),
+//!   with [`load`] (the one load generator), [`baselines`] (finding, installing, configuring and
+//!   running the baselines), [`report`] (median and range, the invalid-run rule, Markdown, JSON,
+//!   SVG), [`cpu`] (pinning, CPU time) and [`pki`] (certificates).
 
+pub mod baselines;
 pub mod bot;
+pub mod cpu;
 pub mod harness;
 pub mod iprules;
+pub mod load;
+pub mod pki;
 pub mod probe;
+pub mod report;
 pub mod scenarios;
+pub mod suite;

@@ -3,34 +3,81 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use palisade_bench::baselines::{self, Baseline};
 use palisade_bench::harness::TestCluster;
+use palisade_bench::report::{Machine, Program, Report};
 use palisade_bench::scenarios::{self, ms, percentile};
+use palisade_bench::suite::{self, Ctx};
 use palisade_bench::{bot, iprules, probe};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: palisade-bench [--palisade PATH] election [RUNS] | write-latency [WRITES] \
-         | ip-lookup [ENTRIES] | ip-propagation [TRIALS] | ip-throughput [SECONDS] \
-         | bot [SECONDS] | bot-spray [REQUESTS]"
+        "usage: palisade-bench [--palisade PATH] [--quick] [--install] [--out DIR] SCENARIO...\n\
+         \n\
+         side by side with baselines (report in DIR, default ./bench-results):\n  \
+         all | proxy-https | proxy-http | tls-handshakes | features | raft-writes | propagation | failover\n\
+         \n\
+         single measurements (printed only):\n  \
+         election [RUNS] | write-latency [WRITES] | ip-lookup [ENTRIES] | ip-propagation [TRIALS]\n  \
+         | ip-throughput [SECONDS] | bot [SECONDS] | bot-spray [REQUESTS]"
     );
     std::process::exit(2)
 }
 
+/// The scenarios of `all`, in the order they run, with the baselines each needs.
+const SUITE: [(&str, &[Baseline]); 7] = [
+    ("proxy-https", &[baselines::NGINX, baselines::HAPROXY]),
+    ("proxy-http", &[baselines::NGINX, baselines::HAPROXY]),
+    ("tls-handshakes", &[baselines::NGINX, baselines::HAPROXY]),
+    ("features", &[]),
+    ("raft-writes", &[baselines::ETCD]),
+    ("propagation", &[]),
+    ("failover", &[]),
+];
+
 fn main() -> Result<()> {
+    let invocation = std::env::args().collect::<Vec<_>>().join(" ");
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut bin = std::env::current_exe()?.with_file_name("palisade");
-    if args.first().map(String::as_str) == Some("--palisade") {
-        if args.len() < 2 {
-            usage();
+    let mut quick = false;
+    let mut install = false;
+    let mut out_dir = PathBuf::from("bench-results");
+    let mut rest = Vec::new();
+    let mut it = args.drain(..);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--palisade" => bin = PathBuf::from(it.next().unwrap_or_else(|| usage())),
+            "--out" => out_dir = PathBuf::from(it.next().unwrap_or_else(|| usage())),
+            "--quick" => quick = true,
+            "--install" => install = true,
+            "-h" | "--help" => usage(),
+            _ => rest.push(a),
         }
-        bin = PathBuf::from(args.remove(1));
-        args.remove(0);
     }
+    drop(it);
+    let args = rest;
     if !bin.exists() {
         bail!(
             "palisade binary not found at {} (build it, or pass --palisade PATH)",
             bin.display()
         );
+    }
+    let wanted: Vec<&str> = match args.first().map(String::as_str) {
+        Some("all") => SUITE.iter().map(|(n, _)| *n).collect(),
+        Some(first) if SUITE.iter().any(|(n, _)| *n == first) => {
+            let mut v = Vec::new();
+            for a in &args {
+                match SUITE.iter().find(|(n, _)| n == a) {
+                    Some((n, _)) => v.push(*n),
+                    None => usage(),
+                }
+            }
+            v
+        }
+        _ => Vec::new(),
+    };
+    if !wanted.is_empty() {
+        return run_suite(&bin, &wanted, quick, install, &out_dir, invocation);
     }
     let num =
         |i: usize, default: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
@@ -201,5 +248,111 @@ fn ip_throughput(bin: &std::path::Path, secs: f64) -> Result<()> {
         big[4],
         big[2] / empty[2]
     );
+    Ok(())
+}
+
+/// Run `wanted` scenarios of the suite: check (or install) their baselines first, refuse to run
+/// without them, and write the report after every scenario.
+fn run_suite(
+    bin: &std::path::Path,
+    wanted: &[&str],
+    quick: bool,
+    install: bool,
+    out_dir: &std::path::Path,
+    invocation: String,
+) -> Result<()> {
+    let mut needed: Vec<Baseline> = Vec::new();
+    for (_, needs) in SUITE.iter().filter(|(n, _)| wanted.contains(n)) {
+        for b in needs.iter() {
+            if !needed.contains(b) {
+                needed.push(*b);
+            }
+        }
+    }
+    let missing = baselines::missing(&needed);
+    if !missing.is_empty() {
+        if install {
+            baselines::install(&missing)?;
+        } else {
+            let names: Vec<&str> = missing.iter().map(|b| b.name).collect();
+            eprintln!(
+                "missing baseline{}: {}. Install with:\n\n    {}\n\nor run again with --install. \
+                 No scenario runs without its baseline.",
+                if missing.len() > 1 { "s" } else { "" },
+                names.join(", "),
+                baselines::apt_line(&missing)
+            );
+            std::process::exit(3);
+        }
+    }
+    std::fs::create_dir_all(out_dir)?;
+    let version = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let mut programs = vec![Program {
+        name: "Palisade".into(),
+        path: bin.display().to_string(),
+        version,
+    }];
+    for b in &needed {
+        programs.push(Program {
+            name: b.name.into(),
+            path: b
+                .find()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            version: b.version(),
+        });
+    }
+    programs.push(Program {
+        name: "load generator".into(),
+        path: std::env::current_exe()?.display().to_string(),
+        version: "palisade-bench's own (tokio + rustls, one thread; see bench/README.md)".into(),
+    });
+    let mut ctx = Ctx {
+        bin: bin.to_path_buf(),
+        quick,
+        out_dir: out_dir.to_path_buf(),
+        commands: Vec::new(),
+        started: std::time::Instant::now(),
+    };
+    let mut report = Report {
+        invocation,
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs(),
+        quick,
+        machine: Machine::here(),
+        programs,
+        commands: Vec::new(),
+        sections: Vec::new(),
+    };
+    for name in wanted {
+        let section = match *name {
+            "proxy-https" => suite::proxy(&mut ctx, true),
+            "proxy-http" => suite::proxy(&mut ctx, false),
+            "tls-handshakes" => suite::tls_handshakes(&mut ctx),
+            "features" => suite::features(&mut ctx),
+            "raft-writes" => suite::raft_writes(&mut ctx),
+            "propagation" => suite::propagation(&mut ctx),
+            "failover" => suite::failover(&mut ctx),
+            _ => unreachable!("only suite scenarios are wanted"),
+        }
+        .map_err(|e| e.context(format!("scenario {name}")))?;
+        println!("\n{}", section.markdown());
+        report.sections.push(section);
+        report.commands = ctx.commands.clone();
+        std::fs::write(out_dir.join("report.md"), report.markdown())?;
+        std::fs::write(
+            out_dir.join("report.json"),
+            serde_json::to_string_pretty(&report.json())?,
+        )?;
+    }
+    ctx.progress(&format!(
+        "done; report in {}/report.md and report.json",
+        out_dir.display()
+    ));
     Ok(())
 }

@@ -28,38 +28,65 @@ pub fn election(bin: &Path, runs: usize) -> Result<(Vec<Duration>, Vec<Duration>
     let mut elections = Vec::new();
     let mut writable = Vec::new();
     for run in 0..runs {
-        let old = c.wait_leader(None, Duration::from_secs(30))?;
-        let idx = c.index_of(old).expect("leader is a member");
-        let t0 = Instant::now();
-        c.kill(idx);
-        let new = c.wait_leader(Some(old), Duration::from_secs(30))?;
-        elections.push(t0.elapsed());
+        let k = kill_leader(&mut c, &format!("e{run}"))?;
         eprintln!(
-            "run {run}: killed leader {old}; node {new} leads after {}",
-            ms(t0.elapsed())
+            "run {run}: killed leader {}; node {} leads after {}",
+            k.old_leader,
+            k.new_leader,
+            ms(k.elected)
         );
-        let via = c.index_of(new).expect("leader is a member");
-        loop {
-            let r = c.post(
-                via,
-                "/v1/projects",
-                json!({ "id": format!("e{run}"), "name": "e" }),
-                Some(&format!("e{run}")),
-            )?;
-            if r.status == 201 {
-                break;
-            }
-            if t0.elapsed() > Duration::from_secs(30) {
-                bail!("no write succeeded within 30 s of the leader kill");
-            }
-        }
-        writable.push(t0.elapsed());
-        c.restart(idx)?;
-        c.wait_ready(idx, Duration::from_secs(30))?;
+        elections.push(k.elected);
+        writable.push(k.writable);
+        c.restart(k.index)?;
+        c.wait_ready(k.index, Duration::from_secs(30))?;
     }
     elections.sort();
     writable.sort();
     Ok((elections, writable))
+}
+
+/// What killing a leader cost.
+pub struct Kill {
+    /// Index of the killed node in the cluster.
+    pub index: usize,
+    pub old_leader: u64,
+    pub new_leader: u64,
+    /// From SIGKILL until the survivors agree on a new leader...
+    pub elected: Duration,
+    /// ...and until an admin write (creating project `tag`) through the new leader succeeds.
+    pub writable: Duration,
+}
+
+/// SIGKILL the current leader and time the recovery; the node stays down.
+pub fn kill_leader(c: &mut TestCluster, tag: &str) -> Result<Kill> {
+    let old = c.wait_leader(None, Duration::from_secs(30))?;
+    let index = c.index_of(old).expect("leader is a member");
+    let t0 = Instant::now();
+    c.kill(index);
+    let new = c.wait_leader(Some(old), Duration::from_secs(30))?;
+    let elected = t0.elapsed();
+    let via = c.index_of(new).expect("leader is a member");
+    loop {
+        let r = c.post(
+            via,
+            "/v1/projects",
+            json!({ "id": tag, "name": tag, "bot": { "mode": "off" } }),
+            Some(tag),
+        )?;
+        if r.status == 201 {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            bail!("no write succeeded within 30 s of the leader kill");
+        }
+    }
+    Ok(Kill {
+        index,
+        old_leader: old,
+        new_leader: new,
+        elected,
+        writable: t0.elapsed(),
+    })
 }
 
 /// One client writing `n` projects one after another through the leader's admin API.

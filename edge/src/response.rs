@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderName, HeaderValue};
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{HeaderMap, Response, StatusCode};
 use palisade_raft::model::HeaderPolicy;
 
@@ -63,48 +63,45 @@ pub fn wants_json(headers: &HeaderMap) -> bool {
 /// Set the policy's security headers. HSTS only over HTTPS: RFC 6797 section 7.2 forbids it on
 /// plain HTTP, where a browser would ignore it anyway.
 pub fn apply_security_headers(headers: &mut HeaderMap, policy: &HeaderPolicy, https: bool) {
-    let mut set = |name: &'static str, value: Option<String>| {
-        let name = HeaderName::from_static(name);
-        match value {
-            Some(v) => {
-                if policy.keep_upstream && headers.contains_key(&name) {
-                    return;
-                }
-                if let Ok(v) = HeaderValue::from_str(&v) {
-                    headers.insert(name, v);
-                }
+    let mut set = |name: HeaderName, value: Option<HeaderValue>| match value {
+        Some(v) => {
+            if policy.keep_upstream && headers.contains_key(&name) {
+                return;
             }
-            None => {
-                if !policy.keep_upstream {
-                    headers.remove(name);
-                }
+            headers.insert(name, v);
+        }
+        None => {
+            if !policy.keep_upstream {
+                headers.remove(name);
             }
         }
     };
-    let hsts = (https && policy.hsts_max_age > 0).then(|| {
-        let mut v = format!("max-age={}", policy.hsts_max_age);
-        if policy.hsts_include_subdomains {
-            v.push_str("; includeSubDomains");
-        }
-        if policy.hsts_preload {
-            v.push_str("; preload");
-        }
-        v
-    });
     if https {
-        set("strict-transport-security", hsts);
+        let hsts = (policy.hsts_max_age > 0).then(|| {
+            let mut v = format!("max-age={}", policy.hsts_max_age);
+            if policy.hsts_include_subdomains {
+                v.push_str("; includeSubDomains");
+            }
+            if policy.hsts_preload {
+                v.push_str("; preload");
+            }
+            HeaderValue::try_from(v).expect("digits and ASCII words")
+        });
+        set(header::STRICT_TRANSPORT_SECURITY, hsts);
     }
     set(
-        "x-content-type-options",
-        policy.nosniff.then(|| "nosniff".to_string()),
+        header::X_CONTENT_TYPE_OPTIONS,
+        policy.nosniff.then(|| HeaderValue::from_static("nosniff")),
     );
     set(
-        "x-frame-options",
-        policy.frame_deny.then(|| "DENY".to_string()),
+        header::X_FRAME_OPTIONS,
+        policy.frame_deny.then(|| HeaderValue::from_static("DENY")),
     );
     set(
-        "x-xss-protection",
-        policy.xss_protection.then(|| "1; mode=block".to_string()),
+        header::X_XSS_PROTECTION,
+        policy
+            .xss_protection
+            .then(|| HeaderValue::from_static("1; mode=block")),
     );
 }
 

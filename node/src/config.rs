@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// Runtime worker threads (proxy, TLS, admin and Raft share them); 0: one per CPU.
+    pub workers: usize,
     pub cluster: ClusterSection,
     pub admin: AdminSection,
     pub public: PublicSection,
@@ -138,6 +140,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("/var/lib/palisade"),
+            workers: 0,
             cluster: ClusterSection::default(),
             admin: AdminSection::default(),
             public: PublicSection::default(),
@@ -276,7 +279,7 @@ impl Config {
     /// upstream-response timeouts and rule sweep interval, `PALISADE_EDGE_TRUSTED_PROXIES`
     /// (comma-separated), `PALISADE_EDGE_PROXY_PROTOCOL`, `PALISADE_ADMIN_ALLOWED_IPS`
     /// (comma-separated), `PALISADE_ADMIN_LAST_USED_FLUSH_MS`, `PALISADE_ADMIN_AUDIT_MAX_ENTRIES`,
-    /// `PALISADE_ACME_<FIELD>` for each `[acme]` field, and `PALISADE_LOG`.
+    /// `PALISADE_ACME_<FIELD>` for each `[acme]` field, `PALISADE_WORKERS`, and `PALISADE_LOG`.
     pub fn apply_env(mut self) -> Result<Config, ConfigError> {
         let num = |var: &'static str, slot: &mut u64| -> Result<(), ConfigError> {
             if let Ok(v) = std::env::var(var) {
@@ -286,6 +289,11 @@ impl Config {
             }
             Ok(())
         };
+        if let Ok(v) = std::env::var("PALISADE_WORKERS") {
+            self.workers = v
+                .parse()
+                .map_err(|_| field("PALISADE_WORKERS", &v, "must be a whole number"))?;
+        }
         num("PALISADE_RAFT_HEARTBEAT_MS", &mut self.raft.heartbeat_ms)?;
         num(
             "PALISADE_RAFT_ELECTION_TIMEOUT_MIN_MS",
@@ -447,6 +455,13 @@ impl Config {
     pub fn validate(self) -> Result<Validated, ConfigError> {
         if self.data_dir.as_os_str().is_empty() {
             return Err(field("data_dir", "", "must name a directory"));
+        }
+        if self.workers > 1024 {
+            return Err(field(
+                "workers",
+                &self.workers.to_string(),
+                "must be at most 1024 (0: one per CPU)",
+            ));
         }
         let cluster_listen = socket("cluster.listen", &self.cluster.listen)?;
         let cluster_advertise = self

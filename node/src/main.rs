@@ -173,9 +173,16 @@ fn main() {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    runtime_with(0)
+}
+
+/// A multi-threaded runtime with `workers` threads (0: one per CPU).
+fn runtime_with(workers: usize) -> Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    Ok(b.enable_all().build()?)
 }
 
 pub(crate) fn init_logging(level: &str) {
@@ -192,7 +199,7 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Run { config } => {
             let cfg = Config::load(&config)?.apply_env()?.validate()?;
             init_logging(&cfg.raw.log.level);
-            runtime()?.block_on(serve::run(cfg))
+            runtime_with(cfg.raw.workers)?.block_on(serve::run(cfg))
         }
         Cmd::Status(c) => status(&c),
         Cmd::Ip { cmd } => ctl::ip(cmd),

@@ -28,33 +28,7 @@ pub fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// A CA and a certificate it signed for `hosts`.
-pub struct Pki {
-    pub ca_pem: String,
-    pub chain_pem: String,
-    pub key_pem: String,
-}
-
-pub fn pki(hosts: &[&str]) -> Pki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "edge test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf =
-        rcgen::CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-    Pki {
-        ca_pem: ca_cert.pem(),
-        chain_pem: leaf.pem(),
-        key_pem: key.serialize_pem(),
-    }
-}
+pub use palisade_bench::pki::{pki, Pki};
 
 pub type TestBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
