@@ -2,9 +2,16 @@
 
 use std::process::{Command, Stdio};
 
-/// Cores this process may use.
+/// Cores online on this machine (not this process's affinity mask, which the harness itself
+/// narrows when it pins the load generator).
 pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 {
+        n as usize
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
 }
 
 /// Whether the proxy under test and the load generator can have cores of their own.

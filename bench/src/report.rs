@@ -278,7 +278,9 @@ pub fn num(v: f64) -> String {
         return "–".into();
     }
     let a = v.abs();
-    if a >= 1000.0 {
+    if v == 0.0 {
+        "0".into()
+    } else if a >= 1000.0 {
         let whole = v.round() as i64;
         let digits = whole.unsigned_abs().to_string();
         let mut out = String::new();
@@ -319,7 +321,7 @@ impl Machine {
         let meminfo = read("/proc/meminfo");
         let os = read("/etc/os-release");
         Machine {
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cores: crate::cpu::cores(),
             memory_gib: meminfo
                 .lines()
                 .find_map(|l| l.strip_prefix("MemTotal:"))
@@ -662,6 +664,7 @@ mod tests {
         assert_eq!(num(12.34), "12.3");
         assert_eq!(num(1.234), "1.23");
         assert_eq!(num(0.1234), "0.123");
+        assert_eq!(num(0.0), "0");
         assert_eq!(median(&[1.0, 2.0, 3.0, 4.0]), 2.5);
     }
 }
