@@ -217,7 +217,8 @@ impl Outcome {
         }
     }
 
-    fn merge(&mut self, o: Outcome) {
+    /// Add `o`'s counts and latencies (unsorted) to these.
+    pub fn merge(&mut self, o: Outcome) {
         self.ok += o.ok;
         self.non_2xx += o.non_2xx;
         self.errors += o.errors;

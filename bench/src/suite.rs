@@ -231,6 +231,35 @@ impl Proxies {
     }
 }
 
+/// One measured run of `target`: its outcome, and how much `cpu` (CPU seconds of the process
+/// under test) grew meanwhile. The rate goes to the progress log, with the problem if invalid.
+fn measured(
+    ctx: &Ctx,
+    what: &str,
+    rep: usize,
+    target: &Target,
+    spec: &Spec,
+    cpu: impl Fn() -> f64,
+) -> (Outcome, f64) {
+    let c0 = cpu();
+    let o = load::run(std::slice::from_ref(target), spec).remove(0);
+    let used = cpu() - c0;
+    ctx.progress(&format!(
+        "{what}, run {}/{}: {:.0}/s{}",
+        rep + 1,
+        ctx.repeats(),
+        o.rate(),
+        invalid(&o)
+    ));
+    (o, used)
+}
+
+fn invalid(o: &Outcome) -> String {
+    o.problem()
+        .map(|p| format!(" INVALID: {p}"))
+        .unwrap_or_default()
+}
+
 /// Runs of one figure for several targets.
 type PerTarget = Vec<Vec<Run>>;
 
@@ -278,19 +307,10 @@ pub fn proxy(ctx: &mut Ctx, https: bool) -> Result<Section> {
     let (mut rate, mut cpu_us, mut busy) = (per_target(3), per_target(3), per_target(3));
     for rep in 0..ctx.repeats() {
         for i in 0..3 {
-            let c0 = p.cpu(i);
-            let o = load::run(std::slice::from_ref(&targets[i]), &ctx.closed(CONNS)).remove(0);
-            let used = p.cpu(i) - c0;
-            ctx.progress(&format!(
-                "{scenario} closed loop, run {}/{}: {} {:.0} req/s{}",
-                rep + 1,
-                ctx.repeats(),
-                names[i],
-                o.rate(),
-                o.problem()
-                    .map(|p| format!(" INVALID: {p}"))
-                    .unwrap_or_default()
-            ));
+            let what = format!("{scenario} closed loop, {}", names[i]);
+            let (o, used) = measured(ctx, &what, rep, &targets[i], &ctx.closed(CONNS), || {
+                p.cpu(i)
+            });
             rate[i].push(Run::of(o.rate(), &o));
             cpu_us[i].push(Run::of(used * 1e6 / o.ok.max(1) as f64, &o));
             busy[i].push(Run::of(used / o.seconds * 100.0, &o));
@@ -353,7 +373,7 @@ pub fn proxy(ctx: &mut Ctx, https: bool) -> Result<Section> {
                     o.percentile_ms(50.0),
                     o.percentile_ms(99.0),
                     o.percentile_ms(99.9),
-                    o.problem().map(|p| format!(" INVALID: {p}")).unwrap_or_default()
+                    invalid(&o)
                 ));
                 p50[i].push(Run::of(o.percentile_ms(50.0), &o));
                 p99[i].push(Run::of(o.percentile_ms(99.0), &o));
@@ -440,19 +460,8 @@ pub fn tls_handshakes(ctx: &mut Ctx) -> Result<Section> {
     let (mut rate, mut cpu_us) = (per_target(3), per_target(3));
     for rep in 0..ctx.repeats() {
         for i in 0..3 {
-            let c0 = p.cpu(i);
-            let o = load::run(std::slice::from_ref(&targets[i]), &spec).remove(0);
-            let used = p.cpu(i) - c0;
-            ctx.progress(&format!(
-                "tls-handshakes run {}/{}: {} {:.0} handshakes/s{}",
-                rep + 1,
-                ctx.repeats(),
-                names[i],
-                o.rate(),
-                o.problem()
-                    .map(|p| format!(" INVALID: {p}"))
-                    .unwrap_or_default()
-            ));
+            let what = format!("tls-handshakes, {}", names[i]);
+            let (o, used) = measured(ctx, &what, rep, &targets[i], &spec, || p.cpu(i));
             rate[i].push(Run::of(o.rate(), &o));
             cpu_us[i].push(Run::of(used * 1e6 / o.ok.max(1) as f64, &o));
         }
@@ -568,19 +577,10 @@ pub fn features(ctx: &mut Ctx) -> Result<Section> {
     let (mut rate, mut cpu_us) = (per_target(n), per_target(n));
     for rep in 0..ctx.repeats() {
         for i in 0..n {
-            let c0 = cpu::cpu_seconds(pid);
-            let o = load::run(std::slice::from_ref(&targets[i]), &ctx.closed(CONNS)).remove(0);
-            let used = cpu::cpu_seconds(pid) - c0;
-            ctx.progress(&format!(
-                "features run {}/{}: {} {:.0} req/s{}",
-                rep + 1,
-                ctx.repeats(),
-                variants[i].1,
-                o.rate(),
-                o.problem()
-                    .map(|p| format!(" INVALID: {p}"))
-                    .unwrap_or_default()
-            ));
+            let what = format!("features, {}", variants[i].1);
+            let (o, used) = measured(ctx, &what, rep, &targets[i], &ctx.closed(CONNS), || {
+                cpu::cpu_seconds(pid)
+            });
             rate[i].push(Run::of(o.rate(), &o));
             cpu_us[i].push(Run::of(used * 1e6 / o.ok.max(1) as f64, &o));
         }
@@ -714,13 +714,7 @@ fn write_load(
             first_problem: Some("writer thread panicked".into()),
             ..Default::default()
         });
-        all.ok += o.ok;
-        all.non_2xx += o.non_2xx;
-        all.errors += o.errors;
-        if all.first_problem.is_none() {
-            all.first_problem = o.first_problem;
-        }
-        all.latency_us.extend(o.latency_us);
+        all.merge(o);
     }
     all.latency_us.sort_unstable();
     all
@@ -779,9 +773,7 @@ pub fn raft_writes(ctx: &mut Ctx) -> Result<Section> {
                 o.rate(),
                 o.percentile_ms(50.0),
                 o.percentile_ms(99.0),
-                o.problem()
-                    .map(|p| format!(" INVALID: {p}"))
-                    .unwrap_or_default()
+                invalid(&o)
             ));
             p50[i].push(Run::of(o.percentile_ms(50.0), &o));
             p99[i].push(Run::of(o.percentile_ms(99.0), &o));
@@ -794,9 +786,7 @@ pub fn raft_writes(ctx: &mut Ctx) -> Result<Section> {
                     ctx.repeats(),
                     names[i],
                     o.rate(),
-                    o.problem()
-                        .map(|p| format!(" INVALID: {p}"))
-                        .unwrap_or_default()
+                    invalid(&o)
                 ));
                 runs[i].push(Run::of(o.rate(), &o));
             }
@@ -932,10 +922,7 @@ pub fn failover(ctx: &mut Ctx) -> Result<Section> {
         let mut survivors = Outcome::default();
         for (i, o) in outcomes.iter().enumerate() {
             if i != k.index {
-                survivors.ok += o.ok;
-                survivors.errors += o.errors;
-                survivors.non_2xx += o.non_2xx;
-                survivors.latency_us.extend(&o.latency_us);
+                survivors.merge(o.clone());
             }
         }
         survivors.latency_us.sort_unstable();
