@@ -81,7 +81,7 @@ struct Proxies {
     pinned: bool,
     _servers: Vec<Server>,
     _cluster: TestCluster,
-    _up: Upstream,
+    up: Upstream,
     _dir: tempfile::TempDir,
 }
 
@@ -163,7 +163,7 @@ impl Proxies {
             pinned,
             _servers: vec![nginx, haproxy],
             _cluster: c,
-            _up: up,
+            up,
             _dir: dir,
         };
         p.check()?;
@@ -360,7 +360,7 @@ pub fn proxy(ctx: &mut Ctx, https: bool) -> Result<Section> {
             mode: Mode::Open { rate: r },
         };
         let (mut p50, mut p99, mut p999) = (per_target(3), per_target(3), per_target(3));
-        let mut spectra: Vec<Vec<Outcome>> = vec![Vec::new(); 3];
+        let mut spectra: Vec<Vec<Outcome>> = vec![Vec::new(); 4];
         for rep in 0..ctx.repeats() {
             for i in 0..3 {
                 let o = load::run(std::slice::from_ref(&targets[i]), &spec).remove(0);
@@ -380,6 +380,9 @@ pub fn proxy(ctx: &mut Ctx, https: bool) -> Result<Section> {
                 p999[i].push(Run::of(o.percentile_ms(99.9), &o));
                 spectra[i].push(o);
             }
+            // The floor of the measurement: the same schedule straight to the upstream.
+            let o = load::run(&[Target::new(p.up.addr, HOST)], &spec).remove(0);
+            spectra[3].push(o);
         }
         let label = format!(
             "{:.0}% of the slowest maximum ({} req/s)",
@@ -395,10 +398,25 @@ pub fn proxy(ctx: &mut Ctx, https: bool) -> Result<Section> {
                 runs,
             ));
         }
+        let floor: Vec<String> = [50.0, 99.0, 99.9]
+            .iter()
+            .map(|q| {
+                let mut v: Vec<f64> = spectra[3].iter().map(|o| o.percentile_ms(*q)).collect();
+                v.sort_by(f64::total_cmp);
+                format!("p{q} {} ms", crate::report::num(median(&v)))
+            })
+            .collect();
+        let floor_problem = spectra[3].iter().find_map(|o| o.problem());
+        sec.notes.push(format!(
+            "Measurement floor at {label}: the load generator straight to the upstream (plain HTTP, no proxy), same schedule, medians of {} runs: {}{}.",
+            ctx.repeats(),
+            floor.join(", "),
+            floor_problem.map(|p| format!(" (INVALID: {p})")).unwrap_or_default()
+        ));
         // The chart shows, per proxy, the run whose p99 is the median of its runs.
         let series: Vec<(String, Vec<(f64, f64)>)> = spectra
             .iter_mut()
-            .zip(names)
+            .zip(names.iter().copied().chain(["no proxy (floor)"]))
             .map(|(runs, name)| {
                 runs.sort_by(|a, b| a.percentile_ms(99.0).total_cmp(&b.percentile_ms(99.0)));
                 let mid = &runs[runs.len() / 2];
