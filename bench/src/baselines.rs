@@ -166,11 +166,6 @@ impl Server {
         self.child.id()
     }
 
-    /// CPU seconds used so far by the process and its children.
-    pub fn cpu_seconds(&self) -> f64 {
-        cpu::family_cpu_seconds(self.pid())
-    }
-
     /// Fail if the process has exited (for example, a configuration it refused).
     pub fn check_alive(&mut self, output: &Path) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
@@ -350,8 +345,6 @@ pub fn start_nginx(
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("cert.pem"), cert_pem)?;
     std::fs::write(dir.join("key.pem"), key_pem)?;
-    let conf = nginx_conf(dir, at, upstream, host);
-    std::fs::write(dir.join("nginx.conf"), &conf)?;
     let args = vec![
         "-e".to_string(),
         format!("{}/error.log", dir.display()),
@@ -360,9 +353,41 @@ pub fn start_nginx(
         "-c".to_string(),
         format!("{}/nginx.conf", dir.display()),
     ];
-    let out = dir.join("nginx.out");
-    let mut s = Server::spawn("nginx", &bin, &args, cores, &out, log)?;
-    log.push(format!("nginx.conf:\n{conf}"));
+    let conf = nginx_conf(dir, at, upstream, host);
+    launch(
+        "nginx",
+        &bin,
+        dir,
+        "nginx.conf",
+        &conf,
+        &args,
+        at,
+        cores,
+        log,
+    )
+}
+
+/// Write `conf` to `dir/conf_name`, start `bin args` (output to `dir/NAME.out`), log both, and
+/// wait until it listens on `at.https`; an early exit is reported with its output.
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    name: &str,
+    bin: &Path,
+    dir: &Path,
+    conf_name: &str,
+    conf: &str,
+    args: &[String],
+    at: Listen,
+    cores: Option<&str>,
+    log: &mut Vec<String>,
+) -> Result<Server> {
+    std::fs::write(dir.join(conf_name), conf)?;
+    let out = dir.join(format!(
+        "{}.out",
+        bin.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let mut s = Server::spawn(name, bin, args, cores, &out, log)?;
+    log.push(format!("{conf_name}:\n{conf}"));
     let ready = wait_listening(at.https, Duration::from_secs(10));
     s.check_alive(&out)?;
     ready?;
@@ -384,20 +409,23 @@ pub fn start_haproxy(
         .ok_or_else(|| anyhow!("haproxy is missing"))?;
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("haproxy.pem"), format!("{cert_pem}{key_pem}"))?;
-    let conf = haproxy_conf(dir, at, upstream);
-    std::fs::write(dir.join("haproxy.cfg"), &conf)?;
     let args = vec![
         "-db".to_string(),
         "-f".to_string(),
         format!("{}/haproxy.cfg", dir.display()),
     ];
-    let out = dir.join("haproxy.out");
-    let mut s = Server::spawn("HAProxy", &bin, &args, cores, &out, log)?;
-    log.push(format!("haproxy.cfg:\n{conf}"));
-    let ready = wait_listening(at.https, Duration::from_secs(10));
-    s.check_alive(&out)?;
-    ready?;
-    Ok(s)
+    let conf = haproxy_conf(dir, at, upstream);
+    launch(
+        "HAProxy",
+        &bin,
+        dir,
+        "haproxy.cfg",
+        &conf,
+        &args,
+        at,
+        cores,
+        log,
+    )
 }
 
 /// A three-member etcd cluster on loopback, data in `dir` (etcd syncs its log on every commit).

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::cpu::{cpu_seconds, pin_apart};
 use crate::harness::TestCluster;
-use crate::iprules::{http_addrs, load_with, site};
+use crate::iprules::{http_addrs, load, site};
 use crate::probe::Probe;
 
 pub const USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64) palisade-bench";
@@ -158,13 +158,13 @@ pub fn throughput(bin: &std::path::Path, secs: f64, rounds: usize) -> Result<[Ve
         ("cookie".to_string(), cookie),
     ];
     let none: Vec<String> = Vec::new();
-    load_with(target, hosts[2], &none, 200, 16, 1.0, &headers)?;
+    load(target, hosts[2], &none, &headers, 16, 1.0)?;
     let pid = c.nodes[0].pid().unwrap_or(0);
     let mut out: [Vec<Run>; 3] = Default::default();
     for _ in 0..rounds {
         for (i, host) in hosts.iter().enumerate() {
             let cpu = cpu_seconds(pid);
-            let per_second = load_with(target, host, &none, 200, 16, secs, &headers)?;
+            let per_second = load(target, host, &none, &headers, 16, secs)?;
             let cpu_us = (cpu_seconds(pid) - cpu) * 1e6 / (per_second * secs);
             out[i].push(Run { per_second, cpu_us });
         }
@@ -201,7 +201,7 @@ pub fn spray(bin: &std::path::Path, n: u64) -> Result<Spray> {
         ("user-agent".to_string(), USER_AGENT.to_string()),
         ("accept".to_string(), "*/*".to_string()),
     ];
-    crate::iprules::load_with(target, "shop.test", &warm, 200, 4, 0.2, &headers)?;
+    load(target, "shop.test", &warm, &headers, 4, 0.2)?;
     let (rss_before_kib, _) = crate::iprules::rss_kib(pid);
     let conns = 16u64;
     let t = Instant::now();

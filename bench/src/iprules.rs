@@ -340,62 +340,31 @@ pub fn lookup(n: usize, lookups: usize) -> LookupFigures {
     }
 }
 
-/// Closed-loop load: `conns` keep-alive connections, each in its own thread, sending GET `/`
-/// for `host` with `X-Forwarded-For` drawn from `addrs` in turn, for `secs` seconds. Requests
-/// per second; any answer other than `want` is an error.
+/// Closed-loop load with the suite's generator ([`crate::load`]): `conns` keep-alive
+/// connections sending GET `/` for `host` with `X-Forwarded-For` drawn from `addrs` in turn and
+/// `headers`, for `secs` seconds. Requests per second; any error or non-2xx answer fails it.
 pub fn load(
     target: SocketAddr,
     host: &str,
     addrs: &[String],
-    want: u16,
-    conns: usize,
-    secs: f64,
-) -> Result<f64> {
-    load_with(target, host, addrs, want, conns, secs, &[])
-}
-
-/// [`load`] with extra request headers.
-pub fn load_with(
-    target: SocketAddr,
-    host: &str,
-    addrs: &[String],
-    want: u16,
-    conns: usize,
-    secs: f64,
     headers: &[(String, String)],
+    conns: usize,
+    secs: f64,
 ) -> Result<f64> {
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let mut threads = Vec::new();
-    for t in 0..conns {
-        let host = host.to_string();
-        let addrs: Vec<String> = addrs.iter().skip(t).step_by(conns).cloned().collect();
-        let headers = headers.to_vec();
-        threads.push(std::thread::spawn(move || -> Result<u64> {
-            let mut p = Probe::new(target, None);
-            for (k, v) in &headers {
-                p = p.with_header(k, v);
-            }
-            let mut n = 0u64;
-            let mut i = 0usize;
-            while Instant::now() < deadline {
-                let xff = addrs.get(i % addrs.len().max(1)).map(String::as_str);
-                let s = p.status(&host, xff)?;
-                if s != want {
-                    bail!("answer {s} where {want} was expected (X-Forwarded-For {xff:?})");
-                }
-                n += 1;
-                i += 1;
-            }
-            Ok(n)
-        }));
+    let mut t = crate::load::Target::new(target, host);
+    t.xff = addrs.to_vec();
+    t.headers = headers.to_vec();
+    let spec = crate::load::Spec {
+        conns,
+        warmup: Duration::ZERO,
+        measure: Duration::from_secs_f64(secs),
+        mode: crate::load::Mode::Closed,
+    };
+    let o = crate::load::run(&[t], &spec).remove(0);
+    if let Some(p) = o.problem() {
+        bail!("load on {host}: {p}");
     }
-    let mut total = 0;
-    for t in threads {
-        total += t
-            .join()
-            .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
-    }
-    Ok(total as f64 / secs)
+    Ok(o.rate())
 }
 
 /// Resident and peak memory of a process, KiB.

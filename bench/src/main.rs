@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use palisade_bench::baselines::{self, Baseline};
 use palisade_bench::harness::TestCluster;
-use palisade_bench::report::{Machine, Program, Report};
+use palisade_bench::report::{Machine, Program, Report, Section};
 use palisade_bench::scenarios::{self, ms, percentile};
 use palisade_bench::suite::{self, Ctx};
 use palisade_bench::{bot, iprules, probe};
@@ -24,15 +24,32 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
-/// The scenarios of `all`, in the order they run, with the baselines each needs.
-const SUITE: [(&str, &[Baseline]); 7] = [
-    ("proxy-https", &[baselines::NGINX, baselines::HAPROXY]),
-    ("proxy-http", &[baselines::NGINX, baselines::HAPROXY]),
-    ("tls-handshakes", &[baselines::NGINX, baselines::HAPROXY]),
-    ("features", &[]),
-    ("raft-writes", &[baselines::ETCD]),
-    ("propagation", &[]),
-    ("failover", &[]),
+/// A scenario of the suite: its name, the baselines it needs, and what runs it.
+type Scenario = (
+    &'static str,
+    &'static [Baseline],
+    fn(&mut Ctx) -> Result<Section>,
+);
+
+/// The scenarios of `all`, in the order they run.
+const SUITE: [Scenario; 7] = [
+    (
+        "proxy-https",
+        &[baselines::NGINX, baselines::HAPROXY],
+        |c| suite::proxy(c, true),
+    ),
+    ("proxy-http", &[baselines::NGINX, baselines::HAPROXY], |c| {
+        suite::proxy(c, false)
+    }),
+    (
+        "tls-handshakes",
+        &[baselines::NGINX, baselines::HAPROXY],
+        suite::tls_handshakes,
+    ),
+    ("features", &[], suite::features),
+    ("raft-writes", &[baselines::ETCD], suite::raft_writes),
+    ("propagation", &[], suite::propagation),
+    ("failover", &[], suite::failover),
 ];
 
 fn main() -> Result<()> {
@@ -63,12 +80,12 @@ fn main() -> Result<()> {
         );
     }
     let wanted: Vec<&str> = match args.first().map(String::as_str) {
-        Some("all") => SUITE.iter().map(|(n, _)| *n).collect(),
-        Some(first) if SUITE.iter().any(|(n, _)| *n == first) => {
+        Some("all") => SUITE.iter().map(|(n, ..)| *n).collect(),
+        Some(first) if SUITE.iter().any(|(n, ..)| *n == first) => {
             let mut v = Vec::new();
             for a in &args {
-                match SUITE.iter().find(|(n, _)| n == a) {
-                    Some((n, _)) => v.push(*n),
+                match SUITE.iter().find(|(n, ..)| n == a) {
+                    Some((n, ..)) => v.push(*n),
                     None => usage(),
                 }
             }
@@ -226,11 +243,11 @@ fn ip_throughput(bin: &std::path::Path, secs: f64) -> Result<()> {
         .map(|a| std::net::Ipv4Addr::from(a).to_string())
         .collect();
     let target = iprules::http_addrs(&c)[0];
-    iprules::load(target, "empty.test", &addrs, 200, 16, 1.0)?;
+    iprules::load(target, "empty.test", &addrs, &[], 16, 1.0)?;
     let (mut empty, mut big) = (Vec::new(), Vec::new());
     for _ in 0..5 {
-        empty.push(iprules::load(target, "empty.test", &addrs, 200, 16, secs)?);
-        big.push(iprules::load(target, "big.test", &addrs, 200, 16, secs)?);
+        empty.push(iprules::load(target, "empty.test", &addrs, &[], 16, secs)?);
+        big.push(iprules::load(target, "big.test", &addrs, &[], 16, secs)?);
     }
     empty.sort_by(f64::total_cmp);
     big.sort_by(f64::total_cmp);
@@ -262,7 +279,7 @@ fn run_suite(
     invocation: String,
 ) -> Result<()> {
     let mut needed: Vec<Baseline> = Vec::new();
-    for (_, needs) in SUITE.iter().filter(|(n, _)| wanted.contains(n)) {
+    for (_, needs, _) in SUITE.iter().filter(|(n, ..)| wanted.contains(n)) {
         for b in needs.iter() {
             if !needed.contains(b) {
                 needed.push(*b);
@@ -329,18 +346,8 @@ fn run_suite(
         commands: Vec::new(),
         sections: Vec::new(),
     };
-    for name in wanted {
-        let section = match *name {
-            "proxy-https" => suite::proxy(&mut ctx, true),
-            "proxy-http" => suite::proxy(&mut ctx, false),
-            "tls-handshakes" => suite::tls_handshakes(&mut ctx),
-            "features" => suite::features(&mut ctx),
-            "raft-writes" => suite::raft_writes(&mut ctx),
-            "propagation" => suite::propagation(&mut ctx),
-            "failover" => suite::failover(&mut ctx),
-            _ => unreachable!("only suite scenarios are wanted"),
-        }
-        .map_err(|e| e.context(format!("scenario {name}")))?;
+    for (name, _, run) in SUITE.iter().filter(|(n, ..)| wanted.contains(n)) {
+        let section = run(&mut ctx).map_err(|e| e.context(format!("scenario {name}")))?;
         println!("\n{}", section.markdown());
         report.sections.push(section);
         report.commands = ctx.commands.clone();

@@ -316,15 +316,6 @@ pub fn proxy(ctx: &mut Ctx, https: bool) -> Result<Section> {
             busy[i].push(Run::of(used / o.seconds * 100.0, &o));
         }
     }
-    let slowest = rate
-        .iter()
-        .filter(|runs| runs.iter().all(|r| r.invalid.is_none()))
-        .map(|runs| {
-            let mut v: Vec<f64> = runs.iter().map(|r| r.value).collect();
-            v.sort_by(f64::total_cmp);
-            median(&v)
-        })
-        .fold(f64::INFINITY, f64::min);
     sec.push(row(
         &format!("maximum rate, closed loop, {CONNS} connections"),
         "requests/s",
@@ -346,6 +337,12 @@ pub fn proxy(ctx: &mut Ctx, https: bool) -> Result<Section> {
         &names,
         busy,
     ));
+    // The slowest valid closed-loop median; invalid cells have none.
+    let slowest = sec.rows[0]
+        .cells
+        .iter()
+        .filter_map(|c| c.median())
+        .fold(f64::INFINITY, f64::min);
     if !slowest.is_finite() {
         sec.notes
             .push("No proxy had a valid closed-loop maximum: open-loop runs skipped.".into());
