@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::cpu;
 use crate::harness::free_port;
 
 /// A program a scenario needs.
