@@ -2,35 +2,38 @@
 //!
 //! # Layout
 //!
-//! - [`http`]: the request plumbing every route shares: the caller, JSON bodies with a size
-//!   limit and errors that name the field, and the one error shape;
+//! - [`state`]: what every route shares (the cluster member, its window on the edge, options);
+//! - [`http`]: the request plumbing: the caller, JSON bodies with a size limit and errors that
+//!   name the field, and the one error shape;
 //! - [`auth`]: API keys (format, hashing, constant-time check), roles, and the per-source
 //!   slowdown of failed attempts; [`guard`] audits the failures and records key use;
-//! - [`api`]: the probes, `/metrics`, and the `/v1` routes for the cluster, projects, bot policy,
-//!   domains, certificates, settings and the audit log, with the role each needs;
-//! - [`keys`]: API keys: create (secret shown once), list, revoke;
-//! - [`config`]: export of the whole configuration, and import into an empty cluster;
-//! - [`openapi`]: one table of operations makes both the router and `/openapi.json`;
-//! - [`tls`]: optional TLS on the admin listener with a certificate from the cluster CA;
-//! - [`iprules`]: IP allow and block lists: add, remove, list, bulk import and export, and the
-//!   "would this address pass?" check.
+//! - [`authz`]: the role and project scope each route needs;
+//! - [`read`] and [`write`]: the read path (linearizable by default, pages) and the write path
+//!   (idempotency key, audit entry in the same log entry, `?wait=all`, status mapping);
+//! - [`routes`]: one file per resource (probes, cluster, projects, bot, domains, certificates,
+//!   settings, audit, keys, IP rules, configuration), each with its rows of the operations table;
+//! - [`openapi`]: the operations table makes both the router and `/openapi.json`;
+//! - [`tls`]: optional TLS on the admin listener with a certificate from the cluster CA.
 //!
 //! Every change goes through [`palisade_raft::cluster::Cluster::write`] with an audit entry that
-//! is committed in the same log entry as the change.
+//! is committed in the same log entry as the change. The admin API never imports the edge: what
+//! it asks of it goes through [`EdgeRules`], which the node implements.
 
 #![forbid(unsafe_code)]
 
-pub mod api;
 pub mod auth;
-pub mod config;
+pub mod authz;
 pub mod guard;
 pub mod http;
-pub mod iprules;
-pub mod keys;
 pub mod openapi;
+pub mod read;
+pub mod routes;
+pub mod state;
 pub mod tls;
+pub mod write;
 
-pub use api::{routes, AdminOptions, AdminState};
+pub use routes::routes;
+pub use state::{AdminOptions, AdminState, EdgeRules};
 
 use std::sync::Arc;
 use std::time::Duration;

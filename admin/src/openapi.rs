@@ -19,6 +19,13 @@ use serde_json::{json, Map, Value};
 
 type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
 
+/// The least role of an operation, as its row says it.
+pub(crate) const PUBLIC: Option<Role> = None;
+pub(crate) const VIEWER: Option<Role> = Some(Role::Viewer);
+pub(crate) const OPERATOR: Option<Role> = Some(Role::Operator);
+pub(crate) const ADMIN: Option<Role> = Some(Role::Admin);
+pub(crate) const OWNER: Option<Role> = Some(Role::Owner);
+
 /// What a route takes in its body.
 enum Body {
     None,
@@ -260,12 +267,12 @@ pub(crate) fn router(ops: Vec<Op>) -> Route {
 fn authenticated(ep: BoxEndpoint<'static>, role: Role) -> BoxEndpoint<'static> {
     ep.around(move |ep, mut req| async move {
         let state = req
-            .data::<std::sync::Arc<crate::api::AdminState>>()
+            .data::<std::sync::Arc<crate::state::AdminState>>()
             .cloned()
-            .ok_or_else(|| crate::api::internal("admin state missing"))?;
+            .ok_or_else(|| crate::write::internal("admin state missing"))?;
         let caller = crate::http::Caller::from_request_without_body(&req).await?;
         let principal =
-            crate::api::authorize(&state, &caller, role, crate::api::Within::Listing).await?;
+            crate::authz::authorize(&state, &caller, role, crate::authz::Within::Listing).await?;
         // The handler's own check reuses it instead of hashing the key again.
         req.extensions_mut().insert(principal);
         ep.call(req).await

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::harness::free_port;
+use palisade_testkit::net::free_port;
 
 /// A program a scenario needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -478,7 +478,7 @@ impl Etcd {
         }
         let e = Etcd { members, clients };
         let deadline = Instant::now() + Duration::from_secs(30);
-        let agent = crate::harness::agent();
+        let agent = palisade_testkit::admin::agent();
         for url in &e.clients {
             loop {
                 let healthy = agent
@@ -501,7 +501,7 @@ impl Etcd {
 
     /// The client URL of the current leader.
     pub fn leader(&self) -> Result<String> {
-        let agent = crate::harness::agent();
+        let agent = palisade_testkit::admin::agent();
         for url in &self.clients {
             let mut r = agent
                 .post(format!("{url}/v3/maintenance/status"))

@@ -6,15 +6,15 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use palisade_edge::challenge::{
+use palisade_edge::bot::challenge::{
     clearance_binding, project_tag, work_bits, Clearance, Expect, Keyring, SigningKey,
 };
 use serde_json::{json, Value};
 
 use crate::cpu::{cpu_seconds, pin_apart};
-use crate::harness::TestCluster;
 use crate::iprules::{http_addrs, load, site};
-use crate::probe::Probe;
+use palisade_testkit::cluster::TestCluster;
+use palisade_testkit::probe::Probe;
 
 pub const USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64) palisade-bench";
 
@@ -120,7 +120,7 @@ pub struct Run {
 /// Proxy requests/s through one node for three projects, measured alternately `rounds` times:
 /// bot protection off, automatic (counted, not challenged) and always on with a valid cookie.
 pub fn throughput(bin: &std::path::Path, secs: f64, rounds: usize) -> Result<[Vec<Run>; 3]> {
-    let up = crate::probe::Upstream::spawn()?;
+    let up = palisade_testkit::probe::Upstream::spawn()?;
     let c = TestCluster::start(bin, 1, &[])?;
     let hosts = ["off.test", "auto.test", "on.test"];
     for (project, host) in ["off", "auto", "on"].iter().zip(hosts) {
@@ -185,7 +185,7 @@ pub struct Spray {
 /// Send `n` requests through one node (trusted proxy 127.0.0.1), each from a different IPv6
 /// address in a different /64, to a project in automatic mode with default triggers.
 pub fn spray(bin: &std::path::Path, n: u64) -> Result<Spray> {
-    let up = crate::probe::Upstream::spawn()?;
+    let up = palisade_testkit::probe::Upstream::spawn()?;
     let c = TestCluster::start(bin, 1, &[("PALISADE_EDGE_TRUSTED_PROXIES", "127.0.0.1/32")])?;
     site(&c, 0, "shop", "shop.test", up.addr)?;
     set_bot(&c, "shop", json!({ "mode": "automatic" }))?;

@@ -4,11 +4,12 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use palisade_bench::baselines::{self, Baseline};
-use palisade_bench::harness::TestCluster;
 use palisade_bench::report::{Machine, Program, Report, Section};
 use palisade_bench::scenarios::{self, ms, percentile};
 use palisade_bench::suite::{self, Ctx};
-use palisade_bench::{bot, iprules, probe};
+use palisade_bench::{bot, iprules};
+use palisade_testkit::cluster::TestCluster;
+use palisade_testkit::probe;
 
 fn usage() -> ! {
     eprintln!(

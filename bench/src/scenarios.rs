@@ -6,20 +6,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use serde_json::json;
 
-use crate::harness::TestCluster;
-
-/// Percentile of sorted samples (nearest rank).
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-pub fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
+use palisade_testkit::cluster::TestCluster;
+pub use palisade_testkit::stats::{ms, percentile};
 
 /// Kill the leader of a three-node cluster `runs` times (restarting it each time) and measure how
 /// long the survivors take to agree on a new leader, and until a write succeeds again.

@@ -20,10 +20,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use palisade_raft::ids::{Cidr, ProjectId};
-use palisade_raft::model::{IpRule, RuleList};
-use serde::Serialize;
-
-use crate::client_ip::canonical;
+use palisade_raft::model::{IpRule, Reason, RuleList, Verdict};
 
 /// Expiry value of an entry that never expires.
 const NEVER: u64 = u64::MAX;
@@ -249,7 +246,7 @@ impl PrefixSet {
 
     /// The most specific live entry that covers `ip`.
     pub fn find(&self, ip: IpAddr, now: u64) -> Option<Cidr> {
-        match canonical(ip) {
+        match ip.to_canonical() {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
                 self.v4.find(now, |len| mask_v4(a, len)).and_then(v4_cidr)
@@ -293,59 +290,6 @@ impl ProjectLists {
         match list {
             RuleList::Allow => &mut self.allow,
             RuleList::Block => &mut self.block,
-        }
-    }
-}
-
-/// Why an address was let through or refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    /// In the cluster-wide block list.
-    ClusterBlock,
-    /// In the project's block list.
-    ProjectBlock,
-    /// The project has an allow list and the address is not in it.
-    NotInAllowList,
-    /// In the project's allow list.
-    ProjectAllow,
-    /// No list says anything about the address.
-    NoRule,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::ClusterBlock => "cluster_block",
-            Reason::ProjectBlock => "project_block",
-            Reason::NotInAllowList => "not_in_allow_list",
-            Reason::ProjectAllow => "project_allow",
-            Reason::NoRule => "no_rule",
-        }
-    }
-}
-
-/// The answer for one address: allowed or not, why, and the entry that decided it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Decision {
-    pub allowed: bool,
-    pub reason: Reason,
-    pub rule: Option<Cidr>,
-}
-
-impl Decision {
-    fn allow(reason: Reason, rule: Option<Cidr>) -> Decision {
-        Decision {
-            allowed: true,
-            reason,
-            rule,
-        }
-    }
-    fn deny(reason: Reason, rule: Option<Cidr>) -> Decision {
-        Decision {
-            allowed: false,
-            reason,
-            rule,
         }
     }
 }
@@ -396,22 +340,22 @@ impl AccessRules {
 
     /// The whole decision for a request to `project` from `ip` at `now` (Unix ms); with no
     /// project, the cluster-wide list alone.
-    pub fn decide(&self, project: Option<&ProjectId>, ip: IpAddr, now: u64) -> Decision {
+    pub fn decide(&self, project: Option<&ProjectId>, ip: IpAddr, now: u64) -> Verdict {
         if let Some(rule) = self.cluster_block.find(ip, now) {
-            return Decision::deny(Reason::ClusterBlock, Some(rule));
+            return Verdict::deny(Reason::ClusterBlock, Some(rule));
         }
         let Some(lists) = project.and_then(|p| self.projects.get(p)) else {
-            return Decision::allow(Reason::NoRule, None);
+            return Verdict::allow(Reason::NoRule, None);
         };
         if let Some(rule) = lists.block.find(ip, now) {
-            return Decision::deny(Reason::ProjectBlock, Some(rule));
+            return Verdict::deny(Reason::ProjectBlock, Some(rule));
         }
         if lists.allow.is_empty() {
-            return Decision::allow(Reason::NoRule, None);
+            return Verdict::allow(Reason::NoRule, None);
         }
         match lists.allow.find(ip, now) {
-            Some(rule) => Decision::allow(Reason::ProjectAllow, Some(rule)),
-            None => Decision::deny(Reason::NotInAllowList, None),
+            Some(rule) => Verdict::allow(Reason::ProjectAllow, Some(rule)),
+            None => Verdict::deny(Reason::NotInAllowList, None),
         }
     }
 }

@@ -11,21 +11,13 @@ pub struct ClientIpResolver {
     trusted: Vec<Cidr>,
 }
 
-/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) is the IPv4 address it carries.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
-
 impl ClientIpResolver {
     pub fn new(trusted: Vec<Cidr>) -> Self {
         ClientIpResolver { trusted }
     }
 
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
+        let ip = ip.to_canonical();
         self.trusted.iter().any(|c| c.net().contains(&ip))
     }
 
@@ -33,7 +25,7 @@ impl ClientIpResolver {
     /// trusted proxy, `X-Forwarded-For` is walked from the right, skipping trusted hops; the first
     /// untrusted address is the client. A header from an untrusted peer is ignored.
     pub fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        let peer = canonical(peer);
+        let peer = peer.to_canonical();
         if !self.is_trusted(peer) {
             return peer;
         }
@@ -48,7 +40,7 @@ impl ClientIpResolver {
         for hop in hops.iter().rev() {
             match hop.parse::<IpAddr>() {
                 Ok(ip) => {
-                    client = canonical(ip);
+                    client = ip.to_canonical();
                     if !self.is_trusted(client) {
                         break;
                     }

@@ -1,32 +1,31 @@
-//! The data plane of a Palisade node.
+//! The data plane of a Palisade node, and the background work that keeps its certificates,
+//! keys and housekeeping going.
 //!
 //! # Layout
 //!
-//! - [`access`]: IP allow and block lists compiled into prefix tables;
-//! - [`acme`]: automatic certificates, one order per name cluster-wide (leases with fencing);
-//! - [`bot`]: the replicated keyring that signs bot-protection clearance cookies;
-//! - [`botgate`], [`challenge`], [`detect`]: bot protection in the pipeline (the challenge page
-//!   and its answer, tokens and cookies, the triggers' counters and their replicated decisions);
-//! - [`view`]: the compiled view of the replicated state (hosts, projects, certificates, IP lists) behind
-//!   `arc-swap`, kept current from the store's change events;
-//! - [`tls`]: certificates by SNI from that view;
+//! Serving requests: these modules only **read** the applied state (through the compiled
+//! [`view`]), so the edge keeps serving through a partition and never talks to the admin API.
+//!
+//! - [`view`]: the compiled view of the replicated state (hosts, projects, certificates, IP lists,
+//!   bot keys and decisions) behind `arc-swap`, kept current from the store's change events;
 //! - [`server`]: the public listeners (PROXY protocol, TLS, HTTP/1.1 and h2, limits, timeouts);
+//! - [`tls`]: certificates by SNI from the view;
 //! - [`client_ip`], [`pipeline`]: the one client-IP resolver and the ordered request stages;
+//! - [`access`]: IP allow and block lists compiled into prefix tables;
+//! - [`bot`]: bot protection in the pipeline (gate, challenge and cookies, keyring, triggers);
 //! - [`proxy`], [`upstream`]: forwarding, target selection and health;
 //! - [`response`]: pages the edge makes and the security headers on every response.
 //!
-//! The edge reads only the applied state (`palisade_raft::store::StateReader`); it keeps serving
-//! through a partition, and never talks to the admin API.
+//! Background work: [`jobs`] **writes** to the replicated state. Work one node does for the
+//! cluster (ACME orders, key rotation, the sweep) holds a lease and fences every write; each node
+//! writes its own bot-protection decisions.
 
 #![forbid(unsafe_code)]
 
 pub mod access;
-pub mod acme;
 pub mod bot;
-pub mod botgate;
-pub mod challenge;
 pub mod client_ip;
-pub mod detect;
+pub mod jobs;
 pub mod pipeline;
 pub mod proxy;
 pub mod proxy_protocol;
@@ -41,8 +40,8 @@ use std::sync::Arc;
 use palisade_raft::crypto::MasterKey;
 use palisade_raft::ids::Cidr;
 use palisade_raft::store::StateReader;
+use palisade_raft::task::{every, Shutdown};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 pub use server::ListenerLimits;
 
@@ -58,34 +57,31 @@ pub struct EdgeSettings {
 pub struct Edge {
     pub view: Arc<view::LiveView>,
     pub pipeline: Arc<pipeline::Pipeline>,
-    /// Bot protection's counters and the decisions they queue ([`detect::run_writer`] sends
-    /// them to the cluster).
-    pub detector: Arc<detect::Detector>,
+    /// Bot protection's counters and the decisions they queue ([`jobs::decisions`] sends them
+    /// to the cluster).
+    pub detector: Arc<bot::detect::Detector>,
 }
 
 impl Edge {
-    /// Start serving on the given (already bound) listeners until `shutdown` turns true.
+    /// Start serving on the given (already bound) listeners until `shutdown`.
     pub fn start(
         reader: StateReader,
         master: MasterKey,
         settings: EdgeSettings,
         http: TcpListener,
         https: TcpListener,
-        shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) -> std::io::Result<Edge> {
         let view = view::LiveView::start(reader.clone(), master.clone())?;
         let tls = Arc::new(tls::TlsConfigs::new(view.clone()).map_err(std::io::Error::other)?);
-        let detector = Arc::new(detect::Detector::new());
+        let detector = Arc::new(bot::detect::Detector::new());
         let pipeline = Arc::new(pipeline::Pipeline {
             view: view.clone(),
             reader,
             master,
             client_ip: client_ip::ClientIpResolver::new(settings.trusted_proxies.clone()),
             proxy: proxy::Proxy::new(settings.timeouts.clone()),
-            gates: vec![Box::new(botgate::BotGate::new(
-                view.clone(),
-                detector.clone(),
-            ))],
+            gates: vec![Box::new(bot::BotGate::new(view.clone(), detector.clone()))],
         });
         tokio::spawn(server::serve(
             http,
@@ -110,13 +106,17 @@ impl Edge {
     }
 }
 
-async fn health_checks(view: Arc<view::LiveView>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        let groups = view.get().upstream_groups();
-        futures::future::join_all(groups.iter().map(|g| g.check())).await;
-        tokio::select! {
-            _ = tokio::time::sleep(upstream::HEALTH_INTERVAL) => {}
-            _ = server::stopped(&mut shutdown) => return,
-        }
-    }
+/// Check every upstream of the view once a [`upstream::HEALTH_INTERVAL`], until `shutdown`.
+async fn health_checks(view: Arc<view::LiveView>, shutdown: Shutdown) {
+    every(
+        upstream::HEALTH_INTERVAL,
+        &shutdown,
+        "upstream health",
+        || async {
+            let groups = view.get().upstream_groups();
+            futures::future::join_all(groups.iter().map(|g| g.check())).await;
+            Ok::<(), std::convert::Infallible>(())
+        },
+    )
+    .await
 }

@@ -15,10 +15,9 @@ use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 use palisade_raft::crypto::MasterKey;
-use palisade_raft::model::{HeaderPolicy, Project, Record, RecordKey};
+use palisade_raft::model::{HeaderPolicy, Project, Record, RecordKey, Verdict};
 use palisade_raft::store::StateReader;
 
-use crate::access::Decision;
 use crate::client_ip::ClientIpResolver;
 use crate::proxy::{Forwarded, Proxy};
 use crate::response::{apply_security_headers, error_page, full, wants_json, Body};
@@ -235,7 +234,7 @@ impl Pipeline {
 
 /// Count a refusal by project and list, and log a sample of them: at most
 /// [`DENIAL_LOGS_PER_SECOND`] lines a second, each saying how many went unlogged before it.
-fn denial(decision: &Decision, project: &str, client_ip: IpAddr, request_id: &str) {
+fn denial(decision: &Verdict, project: &str, client_ip: IpAddr, request_id: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static WINDOW: AtomicU64 = AtomicU64::new(0);
     static IN_WINDOW: AtomicU64 = AtomicU64::new(0);

@@ -101,6 +101,73 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
+/// Why a request did not get the upstream's answer: the status, the page text and the metric
+/// label of each, in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// Every target is ejected or failing its health checks.
+    NoneHealthy,
+    /// Connecting failed on every target tried.
+    AllTargetsFailed,
+    /// Connecting failed, and the request may not be sent elsewhere.
+    Connect,
+    /// No response head within the response timeout.
+    Timeout,
+    /// The upstream broke the protocol or the connection.
+    Protocol,
+    /// The request body is larger than the project accepts.
+    BodyTooLarge,
+    /// A target's address does not make a URI.
+    BadAddress,
+}
+
+impl UpstreamError {
+    /// The status, the text of the page, and the `kind` of `palisade_upstream_errors_total`
+    /// (none for the client's own fault).
+    pub fn parts(self) -> (StatusCode, &'static str, Option<&'static str>) {
+        use UpstreamError::*;
+        let unreachable = "The upstream could not be reached.";
+        match self {
+            NoneHealthy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "No healthy upstream is available for this site.",
+                Some("unavailable"),
+            ),
+            AllTargetsFailed => (StatusCode::BAD_GATEWAY, unreachable, Some("unavailable")),
+            Connect => (StatusCode::BAD_GATEWAY, unreachable, Some("connect")),
+            Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "The upstream did not answer in time.",
+                Some("timeout"),
+            ),
+            Protocol => (
+                StatusCode::BAD_GATEWAY,
+                "The upstream failed to answer.",
+                Some("protocol"),
+            ),
+            BodyTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "The request body is larger than this site accepts.",
+                None,
+            ),
+            BadAddress => (
+                StatusCode::BAD_GATEWAY,
+                "The upstream address is invalid.",
+                Some("address"),
+            ),
+        }
+    }
+
+    /// The page the client gets, counted.
+    fn answer(self, fwd: &Forwarded<'_>) -> Response<Body> {
+        let (status, text, kind) = self.parts();
+        if let Some(kind) = kind {
+            metrics::counter!("palisade_upstream_errors_total", "kind" => kind).increment(1);
+        }
+        error_page(status, text, fwd.request_id, fwd.wants_json)
+    }
+}
+
 /// Who is asking, as the pipeline resolved it.
 pub struct Forwarded<'a> {
     pub client_ip: IpAddr,
@@ -129,18 +196,13 @@ impl Proxy {
         route: &Route,
         fwd: Forwarded<'_>,
     ) -> Response<Body> {
-        let page =
-            |status, detail: &str| error_page(status, detail, fwd.request_id, fwd.wants_json);
         let declared = req
             .headers()
             .get("content-length")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > fwd.max_body) {
-            return page(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "The request body is larger than this site accepts.",
-            );
+            return UpstreamError::BodyTooLarge.answer(&fwd);
         }
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -189,25 +251,16 @@ impl Proxy {
         let mut tried: Vec<Arc<Target>> = Vec::new();
         loop {
             let Some(inflight) = route.upstreams.pick(&tried) else {
-                let (status, detail) = if tried.is_empty() {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "No healthy upstream is available for this site.",
-                    )
-                } else {
-                    (
-                        StatusCode::BAD_GATEWAY,
-                        "The upstream could not be reached.",
-                    )
-                };
-                metrics::counter!("palisade_upstream_errors_total", "kind" => "unavailable")
-                    .increment(1);
-                return page(status, detail);
+                return match tried.is_empty() {
+                    true => UpstreamError::NoneHealthy,
+                    false => UpstreamError::AllTargetsFailed,
+                }
+                .answer(&fwd);
             };
             let target = inflight.target().clone();
             let uri: Uri = match format!("http://{}{}", target.addr, path).parse() {
                 Ok(u) => u,
-                Err(_) => return page(StatusCode::BAD_GATEWAY, "The upstream address is invalid."),
+                Err(_) => return UpstreamError::BadAddress.answer(&fwd),
             };
             // Always HTTP/1.1 upstream, whatever the client spoke.
             let mut out = Request::new(body.take().unwrap_or_else(empty));
@@ -217,41 +270,26 @@ impl Proxy {
             let result =
                 tokio::time::timeout(self.timeouts.response, self.client.request(out)).await;
             match result {
-                Err(_) => {
-                    metrics::counter!("palisade_upstream_errors_total", "kind" => "timeout")
-                        .increment(1);
-                    return page(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "The upstream did not answer in time.",
-                    );
-                }
+                Err(_) => return UpstreamError::Timeout.answer(&fwd),
                 Ok(Err(e)) if e.is_connect() => {
                     target.eject();
-                    metrics::counter!("palisade_upstream_errors_total", "kind" => "connect")
-                        .increment(1);
                     tried.push(target);
                     if retryable {
+                        metrics::counter!("palisade_upstream_errors_total", "kind" => "connect")
+                            .increment(1);
                         continue;
                     }
-                    return page(
-                        StatusCode::BAD_GATEWAY,
-                        "The upstream could not be reached.",
-                    );
+                    return UpstreamError::Connect.answer(&fwd);
                 }
                 Ok(Err(e)) => {
                     let too_large = std::error::Error::source(&e)
                         .and_then(|s| s.downcast_ref::<http_body_util::LengthLimitError>())
                         .is_some();
                     if too_large {
-                        return page(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "The request body is larger than this site accepts.",
-                        );
+                        return UpstreamError::BodyTooLarge.answer(&fwd);
                     }
-                    metrics::counter!("palisade_upstream_errors_total", "kind" => "protocol")
-                        .increment(1);
                     tracing::debug!(target = %target.addr, error = %e, "upstream request failed");
-                    return page(StatusCode::BAD_GATEWAY, "The upstream failed to answer.");
+                    return UpstreamError::Protocol.answer(&fwd);
                 }
                 Ok(Ok(mut resp)) => {
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

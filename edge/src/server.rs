@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use palisade_raft::task::Shutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::pipeline::{Conn, Pipeline};
 use crate::tls::TlsConfigs;
@@ -36,14 +36,14 @@ impl Default for ListenerLimits {
     }
 }
 
-/// Serve `listener` until `shutdown` turns true; then stop accepting and let open connections
+/// Serve `listener` until `shutdown`; then stop accepting and let open connections
 /// finish their current request.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<TlsConfigs>>,
     pipeline: Arc<Pipeline>,
     limits: ListenerLimits,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let https = tls.is_some();
@@ -57,7 +57,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = stopped(&mut shutdown) => break,
+            _ = shutdown.cancelled() => break,
         };
         if refused_at_accept(&pipeline, peer.ip()) {
             continue;
@@ -191,9 +191,4 @@ fn refused_at_accept(pipeline: &Pipeline, ip: std::net::IpAddr) -> bool {
         metrics::counter!("palisade_ip_denied_total", "project" => "*", "list" => "cluster_block", "stage" => "accept").increment(1);
     }
     refused
-}
-
-/// Resolves once `rx` has turned true (or its sender is gone).
-pub async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }

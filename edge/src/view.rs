@@ -15,7 +15,7 @@ use palisade_raft::store::{Change, ChangeSet, StateReader};
 use rustls::sign::CertifiedKey;
 
 use crate::access::AccessRules;
-use crate::challenge::{Keyring, SigningKey};
+use crate::bot::keyring::{Keyring, SigningKey};
 use crate::upstream::UpstreamGroup;
 
 /// A routed host: its domain record and the live upstream group for it.
@@ -53,7 +53,7 @@ pub struct View {
 }
 
 /// A keyring key id (16 hex digits) as the bytes tokens and cookies carry.
-fn kid_bytes(kid: &palisade_raft::ids::Name) -> Option<crate::challenge::Kid> {
+fn kid_bytes(kid: &palisade_raft::ids::Name) -> Option<crate::bot::keyring::Kid> {
     hex::decode(kid.as_str()).ok()?.try_into().ok()
 }
 
@@ -97,7 +97,7 @@ impl View {
         if self.decisions.is_empty() {
             return None;
         }
-        let ip = crate::client_ip::canonical(ip);
+        let ip = ip.to_canonical();
         let running = self
             .decision_lens
             .keys()
@@ -220,9 +220,7 @@ impl View {
             Change::Delete(RecordKey::Alpn01 { host }) => {
                 self.alpn01.remove(host.as_str());
             }
-            Change::Put(Record::Settings(s)) => {
-                self.tls13_only = s.values.get("min_tls").map(String::as_str) == Some("1.3");
-            }
+            Change::Put(Record::Settings(s)) => self.tls13_only = s.tls13_only(),
             Change::Delete(RecordKey::Settings) => self.tls13_only = false,
             Change::Put(Record::BotKey(k)) => self.put_bot_key(k, master),
             Change::Delete(RecordKey::BotKey { kid }) => {
@@ -321,11 +319,10 @@ impl LiveView {
         self.current.load()
     }
 
-    /// Wait until the view reflects every change up to log index `index` (read-your-writes for
-    /// questions about what this node's edge does, such as the IP rule check).
-    pub async fn wait_for(&self, index: u64) {
-        let mut rx = self.seen.subscribe();
-        let _ = rx.wait_for(|&i| i >= index).await;
+    /// The last log index the view reflects, as it moves (read-your-writes for questions about
+    /// what this node's edge does, such as the IP rule check).
+    pub fn seen(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.seen.subscribe()
     }
 
     /// Load the view and follow the store's change events until the store stops.

@@ -15,7 +15,8 @@ use palisade_raft::model::{Cert, CertSource, Domain, Project, Record, RecordKey,
 
 use crate::config::Config;
 use crate::datadir::DataDir;
-use crate::{config_path, create_cluster, serve, NodeArgs};
+use crate::lifecycle::{config_path, create_cluster, NodeArgs};
+use crate::serve;
 
 const DEMO_HOST: &str = "demo.localhost";
 

@@ -5,13 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use palisade_admin::AdminState;
+use palisade_admin::{AdminState, EdgeRules};
+use palisade_edge::jobs;
+use palisade_edge::view::LiveView;
 use palisade_raft::cluster::{Cluster, MemberSetup};
 use palisade_raft::crypto::node_id_of_cert;
+use palisade_raft::ids::ProjectId;
+use palisade_raft::model::Verdict;
 use palisade_raft::store::Store;
+use palisade_raft::task::Shutdown;
 use palisade_raft::transport::tls::parse_cert;
 use palisade_raft::types::NodeInfo;
-use tokio::sync::watch;
 
 use crate::config::Validated;
 use crate::datadir::{DataDir, NodeFile};
@@ -72,7 +76,7 @@ pub fn prepare(cfg: &Validated) -> Result<Prepared> {
 /// A started node: cluster member, edge and admin API.
 pub struct Running {
     pub cluster: Arc<Cluster>,
-    stop_tx: watch::Sender<bool>,
+    shutdown: Shutdown,
     admin: tokio::task::JoinHandle<Result<()>>,
 }
 
@@ -90,7 +94,7 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
     let node_id = p.node_file.node_id;
     let master = p.setup.master_key.clone();
     let cluster = Cluster::start(p.setup, p.store, &p.data_dir.root).await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let shutdown = Shutdown::new();
     palisade_admin::metrics_handle();
     let edge = palisade_edge::Edge::start(
         cluster.reader.clone(),
@@ -98,7 +102,7 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
         cfg.edge.clone(),
         http,
         https,
-        stop_rx.clone(),
+        shutdown.clone(),
     )?;
     tracing::info!(
         node = node_id,
@@ -109,27 +113,27 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
         https = %cfg.https_listen,
         "node started"
     );
-    tokio::spawn(crate::sweep::run(
+    tokio::spawn(jobs::sweep::run(
         cluster.clone(),
         edge.view.clone(),
         cfg.rule_sweep_interval,
-        crate::sweep::Retention {
+        jobs::sweep::Retention {
             max_age: cfg.admin.audit_max_age,
             max_entries: cfg.admin.audit_max_entries,
         },
-        stop_rx.clone(),
+        shutdown.clone(),
     ));
-    tokio::spawn(palisade_edge::bot::run(cluster.clone(), stop_rx.clone()));
-    tokio::spawn(palisade_edge::detect::run_writer(
+    tokio::spawn(jobs::keyring::run(cluster.clone(), shutdown.clone()));
+    tokio::spawn(jobs::decisions::run(
         cluster.clone(),
         edge.detector.clone(),
-        stop_rx.clone(),
+        shutdown.clone(),
     ));
     match &cfg.acme {
         Some(acme) => {
             tracing::info!(directory = %acme.directory, challenge = ?acme.challenge, "automatic certificates on");
-            let worker = palisade_edge::acme::Acme::new(acme.clone(), cluster.clone());
-            tokio::spawn(worker.run(stop_rx.clone()));
+            let worker = jobs::acme::Acme::new(acme.clone(), cluster.clone());
+            tokio::spawn(worker.run(shutdown.clone()));
         }
         None => tracing::warn!(
             "acme.directory = \"off\": domains with tls = \"acme\" get no certificates from this node"
@@ -143,16 +147,21 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
     }
     let state = Arc::new(AdminState::new(
         cluster.clone(),
-        edge.view.clone(),
+        Arc::new(EdgeView(edge.view.clone())),
         cfg.admin.clone(),
     ));
     let admin_tls = match cfg.raw.admin.tls {
         true => Some(admin_tls(&p.data_dir, cfg)?),
         false => None,
     };
-    let admin = tokio::spawn(serve_admin(state, admin_listener, admin_tls, stop_rx));
+    let admin = tokio::spawn(serve_admin(
+        state,
+        admin_listener,
+        admin_tls,
+        shutdown.clone(),
+    ));
     if !p.node_file.joined {
-        tokio::spawn(finish_join(
+        tokio::spawn(crate::lifecycle::finish_join(
             cluster.clone(),
             p.data_dir,
             p.node_file.clone(),
@@ -160,33 +169,21 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
     }
     Ok(Running {
         cluster,
-        stop_tx,
+        shutdown,
         admin,
     })
 }
 
-/// Keep asking until the cluster has made this node a voter, then record it.
-async fn finish_join(cluster: Arc<Cluster>, dd: DataDir, mut nf: NodeFile) {
-    loop {
-        // Until this node hears from a leader, only the member that let it in knows it.
-        let attempt = match (cluster.local_status().leader, nf.seed.clone()) {
-            (None, Some(seed)) => cluster.join_via(seed).await,
-            _ => cluster.add_member(nf.node_id, cluster.node.clone()).await,
-        };
-        match attempt {
-            Ok(()) => {
-                nf.joined = true;
-                if let Err(e) = dd.save_node_file(&nf) {
-                    tracing::error!(error = %format!("{e:#}"), "cannot record the finished join");
-                }
-                tracing::info!(node = nf.node_id, "joined the cluster as a voter");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "joining as a voter failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
+/// The admin API's window on the edge: the IP decision exactly as this node's edge enforces it.
+struct EdgeView(Arc<LiveView>);
+
+impl EdgeRules for EdgeView {
+    fn seen(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.seen()
+    }
+
+    fn verdict(&self, project: Option<&ProjectId>, ip: std::net::IpAddr, now: u64) -> Verdict {
+        self.0.get().access.decide(project, ip, now)
     }
 }
 
@@ -196,7 +193,7 @@ impl Running {
     pub async fn until_signal(self) -> Result<()> {
         let Running {
             cluster,
-            stop_tx,
+            shutdown,
             admin,
             ..
         } = self;
@@ -211,7 +208,7 @@ impl Running {
                 _ => Err(anyhow::anyhow!("admin API stopped unexpectedly")),
             },
         };
-        let _ = stop_tx.send(true);
+        shutdown.cancel();
         let _ = tokio::time::timeout(DRAIN, admin).await;
         cluster.shutdown().await;
         tracing::info!("stopped");
@@ -249,13 +246,10 @@ async fn serve_admin(
     state: Arc<AdminState>,
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    mut stop: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<()> {
     let addr = listener.local_addr()?;
-    let stop = async move {
-        let _ = stop.wait_for(|s| *s).await.map(|_| ());
-    };
-    palisade_admin::serve(state, listener, tls, stop, DRAIN)
+    palisade_admin::serve(state, listener, tls, shutdown.cancelled_owned(), DRAIN)
         .await
         .with_context(|| format!("admin API on {addr}"))
 }

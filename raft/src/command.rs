@@ -8,11 +8,6 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{Hostname, Name, NodeId, RequestId};
 use crate::model::{AuditEntry, Lease, Millis, Record, RecordKey};
 
-/// How a refusal of a `Fenced` command whose lease has moved on begins.
-pub const STALE_FENCE: &str = "stale fencing token";
-/// How a refusal of a `Spend` over its limit begins.
-pub const BUDGET_SPENT: &str = "budget spent";
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
@@ -167,9 +162,9 @@ pub enum Response {
         node_id: NodeId,
         duplicate: bool,
     },
-    /// Not applied: the command was refused by the state machine, with the reason.
+    /// Not applied: the state machine refused the command, for this reason.
     Refused {
-        reason: String,
+        reason: Refusal,
     },
     /// A membership entry or a blank entry; no application command.
     Internal,
@@ -195,6 +190,76 @@ impl Response {
     }
 }
 
+/// Why the state machine refused a command. Callers match on the variant; the text is for
+/// people (the audit log's outcome, an API error).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "refusal", rename_all = "snake_case")]
+pub enum Refusal {
+    /// A `Fenced` command whose lease has moved on (expired, or taken by another holder).
+    #[error("stale fencing token {token} for lease {lease}")]
+    StaleFence { lease: Name, token: u64 },
+    /// A `Spend` over its limit; a use is possible again at `free_at`.
+    #[error("budget spent: {name} had {limit} uses in {window_ms} ms; the next use is possible at {free_at}")]
+    BudgetSpent {
+        name: Name,
+        limit: u32,
+        window_ms: u64,
+        free_at: Millis,
+    },
+    /// A `Create` of a record that exists.
+    #[error("{key} exists")]
+    Exists { key: String },
+    /// A `Put` of a record kind that only its own commands write; `rule` says which.
+    #[error("{rule}")]
+    OwnCommandsOnly { rule: String },
+    /// A `ReleaseLease` with a token that is not the current one.
+    #[error("lease {lease} is not held with token {token}")]
+    LeaseNotHeld { lease: Name, token: u64 },
+    #[error("join token expired")]
+    JoinTokenExpired,
+    #[error("join token unknown or already used")]
+    JoinTokenUnknown,
+    /// A refusal recorded by an earlier version, as its text (request ids are remembered for a
+    /// day, so their answers outlive an upgrade).
+    #[serde(untagged)]
+    #[error("{0}")]
+    Earlier(String),
+}
+
 fn default_prune_limit() -> u32 {
     10_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_round_trip_and_an_earlier_versions_text_still_reads() {
+        let typed = Response::Refused {
+            reason: Refusal::BudgetSpent {
+                name: "orders:ab".parse().unwrap(),
+                limit: 3,
+                window_ms: 60_000,
+                free_at: 99,
+            },
+        };
+        let json = serde_json::to_string(&typed).unwrap();
+        assert_eq!(serde_json::from_str::<Response>(&json).unwrap(), typed);
+        let earlier = r#"{"result":"refused","reason":"join token expired"}"#;
+        assert_eq!(
+            serde_json::from_str::<Response>(earlier).unwrap(),
+            Response::Refused {
+                reason: Refusal::Earlier("join token expired".into())
+            }
+        );
+        assert_eq!(
+            Refusal::StaleFence {
+                lease: "acme:a.test".parse().unwrap(),
+                token: 7
+            }
+            .to_string(),
+            "stale fencing token 7 for lease acme:a.test"
+        );
+    }
 }

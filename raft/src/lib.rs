@@ -7,8 +7,9 @@
 //! - [`store`]: RocksDB log and state machine, snapshots, change events, local reads;
 //! - [`transport`]: QUIC with mutual TLS between nodes;
 //! - [`cluster`]: a running member: Raft, leader forwarding, linearizable reads, membership,
-//!   joining;
-//! - [`crypto`]: the master key that seals secrets at rest, and the cluster CA.
+//!   joining, and leases on cluster work (a guard that fences every write);
+//! - [`crypto`]: the master key that seals secrets at rest, and the cluster CA;
+//! - [`task`]: the node's one shutdown signal and the loop background jobs run in.
 //!
 //! This crate knows nothing about HTTP: the edge and the admin API read the applied state through
 //! [`store::StateReader`] and write through [`cluster::Cluster::write`].
@@ -21,6 +22,7 @@ pub mod crypto;
 pub mod ids;
 pub mod model;
 pub mod store;
+pub mod task;
 pub mod transport;
 pub mod types;
 

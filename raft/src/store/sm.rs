@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, watch};
 use super::reader::StateReader;
 use super::snapshot::{self, SnapshotBuilder, SnapshotFile};
 use super::{decode, encode, io_err, CF_SM_DATA, CF_SM_META};
-use crate::command::{Command, Request, Response, BUDGET_SPENT, STALE_FENCE};
+use crate::command::{Command, Refusal, Request, Response};
 use crate::model::{
     prefix, AuditEntry, CertStatus, JoinToken, Lease, Millis, RateWindow, Record, RecordKey,
 };
@@ -148,10 +148,8 @@ impl<'a> Txn<'a> {
     }
 }
 
-fn refused(reason: impl Into<String>) -> Response {
-    Response::Refused {
-        reason: reason.into(),
-    }
+fn refused(reason: Refusal) -> Response {
+    Response::Refused { reason }
 }
 
 fn dedup_key(id: &str) -> Vec<u8> {
@@ -284,7 +282,7 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
             }
             let key = record.key();
             if txn.get_record(&key)?.is_some() {
-                return Ok(refused(format!("{} exists", key.encode())));
+                return Ok(refused(Refusal::Exists { key: key.encode() }));
             }
             txn.put_record(record.clone());
             applied
@@ -303,9 +301,12 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
             stamps.retain(|&t| t > since);
             if stamps.len() >= *limit as usize {
                 let free_at = stamps.iter().min().map_or(at, |t| t + window_ms);
-                return Ok(refused(format!(
-                    "{BUDGET_SPENT}: {name} had {limit} uses in {window_ms} ms; the next use is possible at {free_at}"
-                )));
+                return Ok(refused(Refusal::BudgetSpent {
+                    name: name.clone(),
+                    limit: *limit,
+                    window_ms: *window_ms,
+                    free_at,
+                }));
             }
             stamps.push(at);
             txn.put_record(Record::RateWindow(RateWindow {
@@ -367,7 +368,10 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
                     txn.delete_record(key);
                     applied
                 }
-                _ => refused(format!("lease {name} is not held with token {token}")),
+                _ => refused(Refusal::LeaseNotHeld {
+                    lease: name.clone(),
+                    token: *token,
+                }),
             }
         }
         Command::Fenced {
@@ -381,7 +385,10 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
                 Some(Record::Lease(l)) if l.token == *token && l.expires_at > at => {
                     apply_command(txn, index, at, command)?
                 }
-                _ => refused(format!("{STALE_FENCE} {token} for lease {lease}")),
+                _ => refused(Refusal::StaleFence {
+                    lease: lease.clone(),
+                    token: *token,
+                }),
             }
         }
         Command::CreateJoinToken {
@@ -409,8 +416,8 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
                         duplicate: false,
                     }
                 }
-                Some(_) => refused("join token expired"),
-                None => refused("join token unknown or already used"),
+                Some(_) => refused(Refusal::JoinTokenExpired),
+                None => refused(Refusal::JoinTokenUnknown),
             }
         }
         Command::AuditOnly => applied,
@@ -443,15 +450,17 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
     })
 }
 
-/// Records that only their own commands may write.
-fn not_puttable(r: &Record) -> Option<String> {
-    match r {
-        Record::Lease(_) => Some("leases are written by lease commands only".into()),
-        Record::Audit(_) => Some("audit entries are written with the change they record".into()),
-        Record::JoinToken(_) => Some("join tokens are written by join-token commands only".into()),
-        Record::RateWindow(_) => Some("budgets are written by spend commands only".into()),
-        _ => None,
-    }
+/// Records that only their own commands may write. (The texts go into audit outcomes, which
+/// every node must write alike: they do not change.)
+fn not_puttable(r: &Record) -> Option<Refusal> {
+    let rule = match r {
+        Record::Lease(_) => "leases are written by lease commands only",
+        Record::Audit(_) => "audit entries are written with the change they record",
+        Record::JoinToken(_) => "join tokens are written by join-token commands only",
+        Record::RateWindow(_) => "budgets are written by spend commands only",
+        _ => return None,
+    };
+    Some(Refusal::OwnCommandsOnly { rule: rule.into() })
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {

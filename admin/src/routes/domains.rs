@@ -1,0 +1,209 @@
+//! Domains: a host, its project, upstreams, TLS mode, redirect and bot override.
+
+use std::sync::Arc;
+
+use palisade_raft::command::Command;
+use palisade_raft::ids::{Hostname, ProjectId};
+use palisade_raft::model::{prefix, BotMode, Domain, Record, RecordKey, Role, TlsMode};
+use poem::http::{Method, StatusCode};
+use poem::web::{Data, Json, Path};
+use poem::{handler, IntoResponse};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::authz::{authorize, Within};
+use crate::http::{error, invalid, path_param, Caller, JsonBody, QueryParams};
+use crate::openapi::{op, Op, OPERATOR, VIEWER};
+use crate::read::{domain, get_record, page, project, read_barrier, ListOpts, ReadOpts};
+use crate::state::AdminState;
+use crate::write::{apply, audit, ApiResult};
+
+pub(crate) fn ops() -> Vec<Op> {
+    vec![
+        op(
+            Method::GET,
+            "/v1/domains",
+            VIEWER,
+            "List domains",
+            list_domains,
+        )
+        .query::<ListOpts>(),
+        op(
+            Method::GET,
+            "/v1/domains/:host",
+            VIEWER,
+            "Show a domain",
+            get_domain,
+        )
+        .query::<ReadOpts>(),
+        op(
+            Method::PUT,
+            "/v1/domains/:host",
+            OPERATOR,
+            "Create or replace a domain",
+            put_domain,
+        )
+        .json::<DomainBody>(),
+        op(
+            Method::DELETE,
+            "/v1/domains/:host",
+            OPERATOR,
+            "Delete a domain",
+            delete_domain,
+        ),
+    ]
+}
+
+#[derive(Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct DomainBody {
+    project: String,
+    upstreams: Vec<String>,
+    #[serde(default)]
+    tls: Option<TlsMode>,
+    #[serde(default)]
+    redirect_https: Option<bool>,
+    #[serde(default)]
+    bot_override: Option<BotMode>,
+}
+
+const MAX_UPSTREAMS: usize = 64;
+
+pub(crate) fn check_upstream(field: &str, u: &str) -> poem::Result<()> {
+    let port_ok = u
+        .rsplit_once(':')
+        .and_then(|(h, p)| (!h.is_empty()).then_some(p))
+        .and_then(|p| p.parse::<u16>().ok())
+        .is_some_and(|p| p > 0);
+    if !port_ok
+        || u.len() > 300
+        || u.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+    {
+        return Err(invalid(field, format!("{u:?} must be HOST:PORT")));
+    }
+    Ok(())
+}
+
+#[handler]
+async fn put_domain(
+    state: Data<&Arc<AdminState>>,
+    caller: Caller,
+    Path(host): Path<String>,
+    body: JsonBody<DomainBody>,
+) -> ApiResult {
+    let host: Hostname = path_param("host", &host)?;
+    let body = body.0;
+    let project_id: ProjectId = body
+        .project
+        .parse()
+        .map_err(|e| invalid("project", format!("{:?}: {e}", body.project)))?;
+    let p = authorize(
+        &state,
+        &caller,
+        Role::Operator,
+        Within::Project(&project_id),
+    )
+    .await?;
+    // Moving a domain between projects needs the right to both.
+    if let Some(Record::Domain(existing)) =
+        get_record(&state, &RecordKey::Domain { host: host.clone() })?
+    {
+        if let Some(mine) = &p.project {
+            if &existing.project != mine {
+                return Err(error(
+                    StatusCode::FORBIDDEN,
+                    format!("domain {host} belongs to project {}", existing.project),
+                ));
+            }
+        }
+    }
+    project(&state, &project_id)?;
+    if body.upstreams.is_empty() {
+        return Err(invalid("upstreams", "must name at least one HOST:PORT"));
+    }
+    if body.upstreams.len() > MAX_UPSTREAMS {
+        return Err(invalid(
+            "upstreams",
+            format!("holds more than {MAX_UPSTREAMS} entries"),
+        ));
+    }
+    for (i, u) in body.upstreams.iter().enumerate() {
+        check_upstream(&format!("upstreams[{i}]"), u)?;
+    }
+    let domain = Domain {
+        host: host.clone(),
+        project: project_id,
+        upstreams: body.upstreams,
+        tls: body.tls.unwrap_or_default(),
+        redirect_https: body.redirect_https.unwrap_or(true),
+        bot_override: body.bot_override,
+    };
+    let entry = audit(&p, &caller, "domain.put", &format!("domain/{host}"));
+    apply(
+        &state,
+        &caller,
+        Record::Domain(domain.clone()),
+        entry,
+        true,
+        json!({ "domain": domain }),
+    )
+    .await
+}
+
+#[handler]
+async fn delete_domain(
+    state: Data<&Arc<AdminState>>,
+    caller: Caller,
+    Path(host): Path<String>,
+) -> ApiResult {
+    let host: Hostname = path_param("host", &host)?;
+    let p = authorize(&state, &caller, Role::Operator, Within::Listing).await?;
+    let d = domain(&state, &host)?;
+    if p.project.as_ref().is_some_and(|mine| mine != &d.project) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            format!("domain {host} belongs to project {}", d.project),
+        ));
+    }
+    let entry = audit(&p, &caller, "domain.delete", &format!("domain/{host}"));
+    let command = Command::Delete {
+        key: RecordKey::Domain { host },
+    };
+    apply(&state, &caller, command, entry, false, json!({})).await
+}
+
+#[handler]
+async fn get_domain(
+    state: Data<&Arc<AdminState>>,
+    caller: Caller,
+    Path(host): Path<String>,
+    opts: QueryParams<ReadOpts>,
+) -> ApiResult {
+    let host: Hostname = path_param("host", &host)?;
+    let p = authorize(&state, &caller, Role::Viewer, Within::Listing).await?;
+    read_barrier(&state, opts.0.consistency.as_deref()).await?;
+    let d = domain(&state, &host)?;
+    if p.project.as_ref().is_some_and(|mine| mine != &d.project) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            format!("domain {host} belongs to project {}", d.project),
+        ));
+    }
+    Ok(Json(d).into_response())
+}
+
+#[handler]
+async fn list_domains(
+    state: Data<&Arc<AdminState>>,
+    caller: Caller,
+    opts: QueryParams<ListOpts>,
+) -> ApiResult {
+    let p = authorize(&state, &caller, Role::Viewer, Within::Listing).await?;
+    read_barrier(&state, opts.0.consistency.as_deref()).await?;
+    let (items, next) = page(&state, prefix::DOMAIN, &opts.0, |r| match (r, &p.project) {
+        (Record::Domain(d), Some(mine)) => &d.project == mine,
+        _ => true,
+    })?;
+    Ok(Json(json!({ "items": items, "next": next })).into_response())
+}

@@ -1,0 +1,284 @@
+//! The seven scenarios of `palisade-bench all`, each a [`Section`] of the report.
+//!
+//! Every figure is measured [`Ctx::repeats`] times, the targets interleaved within each
+//! repetition (Palisade, nginx, HAProxy, Palisade, …) so drift on a shared machine lands on all
+//! of them alike; the report gives the median and the range.
+//!
+//! - this module: what every scenario shares (the context, the three proxies in front of one
+//!   upstream, one measured run, the row of a figure);
+//! - [`proxy`]: `proxy-http`, `proxy-https`, `tls-handshakes`;
+//! - [`features`]: what each security feature costs;
+//! - [`cluster`]: `raft-writes`, `propagation`, `failover`.
+
+mod cluster;
+mod features;
+mod proxy;
+
+pub use cluster::{failover, propagation, raft_writes};
+pub use features::features;
+pub use proxy::{proxy, tls_handshakes};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use palisade_testkit::cluster::TestCluster;
+use palisade_testkit::pki::pki;
+use palisade_testkit::probe::{Probe, Upstream};
+use serde_json::json;
+
+use crate::baselines::{self, Listen, Server};
+use crate::cpu;
+use crate::load::{self, Mode, Outcome, Spec, Target, Tls};
+use crate::report::{Better, Row, Run};
+
+/// What every scenario shares: the binary, the mode, where output goes, and the log of every
+/// command started (for the report).
+pub struct Ctx {
+    pub bin: PathBuf,
+    pub quick: bool,
+    pub out_dir: PathBuf,
+    pub commands: Vec<String>,
+    pub started: Instant,
+}
+
+const HOST: &str = "bench.test";
+/// Keep-alive connections per target in the proxy scenarios.
+const CONNS: usize = 32;
+/// Concurrent new-connection loops in `tls-handshakes`.
+const HANDSHAKE_LOOPS: usize = 16;
+const OPEN_LOOP_SHARES: [f64; 3] = [0.5, 0.75, 0.9];
+const FAILOVER_WARMUP: Duration = Duration::from_millis(500);
+const CHART_PERCENTILES: [f64; 8] = [50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95];
+
+impl Ctx {
+    pub fn repeats(&self) -> usize {
+        5
+    }
+
+    pub fn measure(&self) -> Duration {
+        Duration::from_secs_f64(if self.quick { 1.5 } else { 5.0 })
+    }
+
+    pub fn warmup(&self) -> Duration {
+        Duration::from_secs_f64(if self.quick { 0.3 } else { 1.0 })
+    }
+
+    pub fn progress(&self, msg: &str) {
+        eprintln!("[{:7.1} s] {msg}", self.started.elapsed().as_secs_f64());
+    }
+
+    fn closed(&self, conns: usize) -> Spec {
+        Spec {
+            conns,
+            warmup: Duration::ZERO,
+            measure: self.measure(),
+            mode: Mode::Closed,
+        }
+    }
+}
+
+/// Palisade, nginx and HAProxy in front of one upstream, the proxies on core 0 and this
+/// process (load generator and upstream) on the others.
+struct Proxies {
+    names: [&'static str; 3],
+    http: [SocketAddr; 3],
+    https: [SocketAddr; 3],
+    pids: [u32; 3],
+    tls: Tls,
+    pinned: bool,
+    _servers: Vec<Server>,
+    _cluster: TestCluster,
+    up: Upstream,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxies {
+    fn start(ctx: &mut Ctx) -> Result<Proxies> {
+        cpu::pin_self(&cpu::all_cores());
+        let pinned = cpu::can_pin();
+        let cores = pinned.then_some(cpu::PROXY_CORES);
+        let up = Upstream::spawn()?;
+        let dir = tempfile::Builder::new()
+            .prefix("palisade-bench-")
+            .tempdir()?;
+        let pki = pki(&[HOST]);
+        let c = TestCluster::start(&ctx.bin, 1, &[("PALISADE_WORKERS", "1")])?;
+        ctx.commands.push(format!(
+            "PALISADE_WORKERS=1 {} run --config {}/config.toml (one node; made by palisade init), then taskset -a -p -c 0 PID",
+            ctx.bin.display(),
+            c.nodes[0].dir.display()
+        ));
+        let r = c.post(
+            0,
+            "/v1/projects",
+            json!({ "id": "bench", "name": "bench", "bot": { "mode": "off" } }),
+            None,
+        )?;
+        if r.status != 201 {
+            bail!("creating the project: {} {}", r.status, r.body);
+        }
+        let r = c.put(
+            0,
+            &format!("/v1/domains/{HOST}"),
+            json!({ "project": "bench", "upstreams": [up.addr.to_string()], "tls": "manual", "redirect_https": false }),
+        )?;
+        if r.status != 201 {
+            bail!("creating the domain: {} {}", r.status, r.body);
+        }
+        let r = c.post(
+            0,
+            "/v1/certificates",
+            json!({ "name": "bench", "chain_pem": pki.chain_pem, "key_pem": pki.key_pem }),
+            None,
+        )?;
+        if r.status != 201 {
+            bail!("uploading the certificate: {} {}", r.status, r.body);
+        }
+        let node_pid = c.nodes[0].pid().context("the node is running")?;
+        if pinned {
+            cpu::pin(node_pid, cpu::PROXY_CORES);
+        }
+        let (n_at, h_at) = (Listen::loopback(), Listen::loopback());
+        let nginx = baselines::start_nginx(
+            &dir.path().join("nginx"),
+            n_at,
+            up.addr,
+            HOST,
+            &pki.chain_pem,
+            &pki.key_pem,
+            cores,
+            &mut ctx.commands,
+        )?;
+        let haproxy = baselines::start_haproxy(
+            &dir.path().join("haproxy"),
+            h_at,
+            up.addr,
+            &pki.chain_pem,
+            &pki.key_pem,
+            cores,
+            &mut ctx.commands,
+        )?;
+        if pinned {
+            cpu::pin_self(&cpu::other_cores());
+        }
+        let p = Proxies {
+            names: ["Palisade", "nginx", "HAProxy"],
+            http: [c.nodes[0].http_addr.parse()?, n_at.http, h_at.http],
+            https: [c.nodes[0].https_addr.parse()?, n_at.https, h_at.https],
+            pids: [node_pid, nginx.pid(), haproxy.pid()],
+            tls: Tls::new(&pki.leaf_der, HOST)?,
+            pinned,
+            _servers: vec![nginx, haproxy],
+            _cluster: c,
+            up,
+            _dir: dir,
+        };
+        p.check()?;
+        Ok(p)
+    }
+
+    /// Every proxy answers 200 with the upstream's 1 KiB and the same security headers, over
+    /// HTTP and HTTPS, before anything is measured.
+    fn check(&self) -> Result<()> {
+        for i in 0..3 {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let a = loop {
+                let a = Probe::new(self.http[i], None).get(HOST, "/", None);
+                match a {
+                    Ok(a) if a.status == 200 => break a,
+                    _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                    Ok(a) => bail!("{} answered {} over HTTP", self.names[i], a.status),
+                    Err(e) => bail!("{} over HTTP: {e}", self.names[i]),
+                }
+            };
+            if a.body.len() != 1024 {
+                bail!(
+                    "{} gave {} bytes, not the upstream's 1024",
+                    self.names[i],
+                    a.body.len()
+                );
+            }
+            for (h, v) in &baselines::SECURITY_HEADERS[1..] {
+                if a.header(&h.to_ascii_lowercase()) != Some(*v) {
+                    bail!("{} did not send {h}: {v}", self.names[i]);
+                }
+            }
+            let spec = Spec {
+                conns: 1,
+                warmup: Duration::ZERO,
+                measure: Duration::from_millis(200),
+                mode: Mode::Closed,
+            };
+            let o = &load::run(&[self.target(i, true)], &spec)[0];
+            if let Some(p) = o.problem() {
+                bail!("{} over HTTPS: {p}", self.names[i]);
+            }
+        }
+        Ok(())
+    }
+
+    fn target(&self, i: usize, https: bool) -> Target {
+        if https {
+            Target::new(self.https[i], HOST).with_tls(self.tls.clone())
+        } else {
+            Target::new(self.http[i], HOST)
+        }
+    }
+
+    fn cpu(&self, i: usize) -> f64 {
+        cpu::family_cpu_seconds(self.pids[i])
+    }
+
+    fn pinning_note(&self) -> String {
+        if self.pinned {
+            "Pinning: each proxy on core 0 (`taskset`), the load generator and the upstream on the other cores.".into()
+        } else {
+            "Not pinned (one core, or no `taskset`): proxies and load share the cores.".into()
+        }
+    }
+}
+
+/// One measured run of `target`: its outcome, and how much `cpu` (CPU seconds of the process
+/// under test) grew meanwhile. The rate goes to the progress log, with the problem if invalid.
+fn measured(
+    ctx: &Ctx,
+    what: &str,
+    rep: usize,
+    target: &Target,
+    spec: &Spec,
+    cpu: impl Fn() -> f64,
+) -> (Outcome, f64) {
+    let c0 = cpu();
+    let o = load::run(std::slice::from_ref(target), spec).remove(0);
+    let used = cpu() - c0;
+    ctx.progress(&format!(
+        "{what}, run {}/{}: {:.0}/s{}",
+        rep + 1,
+        ctx.repeats(),
+        o.rate(),
+        invalid(&o)
+    ));
+    (o, used)
+}
+
+fn invalid(o: &Outcome) -> String {
+    o.problem()
+        .map(|p| format!(" INVALID: {p}"))
+        .unwrap_or_default()
+}
+
+/// Runs of one figure for several targets.
+type PerTarget = Vec<Vec<Run>>;
+
+fn per_target(n: usize) -> PerTarget {
+    vec![Vec::new(); n]
+}
+
+fn row(figure: &str, unit: &str, better: Better, names: &[&str], runs: PerTarget) -> Row {
+    names
+        .iter()
+        .zip(runs)
+        .fold(Row::new(figure, unit, better), |r, (n, v)| r.cell(n, v))
+}

@@ -1,0 +1,424 @@
+//! Automatic triggers: local counters in bounded memory, and the replicated decisions they lead
+//! to.
+//!
+//! Each node counts what it sees (as a CDN counts per data centre) in count-min sketches: a
+//! fixed table of counters however many sources an attacker sprays. A sketch serves one window
+//! length and keeps four sub-windows of a quarter each; the estimate for a key is the sum over
+//! the sub-windows of the smallest of its four cells, so it never counts events older than the
+//! window and, without collisions, is exact for bursts shorter than three quarters of it. Cells
+//! are updated conservatively (only those at the minimum grow), and the hash is keyed per process
+//! so that an attacker cannot aim collisions at a victim.
+//!
+//! A trigger that reaches its threshold challenges the source on this node at once and queues a
+//! decision ("challenge this prefix for this project until T"), bounded: what does not fit is
+//! dropped and counted. [`crate::jobs::decisions`] sends the queue to the cluster in batches.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use ipnet::IpNet;
+use palisade_raft::ids::{Cidr, ProjectId};
+use palisade_raft::model::{Decision, DecisionAction, Trigger};
+use tokio::sync::Notify;
+
+/// Cells per row of a sketch sub-window.
+const WIDTH: usize = 1 << 15;
+const DEPTH: usize = 4;
+const SLOTS: usize = 4;
+/// Distinct window lengths with a sketch of their own; others share the nearest.
+const MAX_SKETCHES: usize = 8;
+/// Decisions per batch the writer takes.
+pub const BATCH: usize = 64;
+/// Decisions waiting to be written, and sources remembered as decided (bounds).
+const MAX_PENDING: usize = 4_096;
+const MAX_DECIDED: usize = 65_536;
+/// How long this node's own decision applies before only the replicated one counts.
+const LOCAL_GRACE_MS: u64 = 10_000;
+
+/// A count-min sketch over a sliding window of four sub-windows.
+pub struct Sketch {
+    window_ms: u64,
+    cells: Vec<AtomicU32>,
+    /// The sub-window number each slot holds.
+    slot_epoch: [AtomicU64; SLOTS],
+    reset: Mutex<()>,
+}
+
+impl Sketch {
+    fn new(window_ms: u64) -> Sketch {
+        Sketch {
+            window_ms: window_ms.max(SLOTS as u64),
+            cells: (0..SLOTS * DEPTH * WIDTH)
+                .map(|_| AtomicU32::new(0))
+                .collect(),
+            slot_epoch: Default::default(),
+            reset: Mutex::new(()),
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.cells.len() * std::mem::size_of::<AtomicU32>()
+    }
+
+    fn slot_len(&self) -> u64 {
+        self.window_ms / SLOTS as u64
+    }
+
+    /// Make the slot of sub-window `epoch` current, clearing what it held before.
+    fn slot_for(&self, epoch: u64) -> usize {
+        let slot = (epoch % SLOTS as u64) as usize;
+        if self.slot_epoch[slot].load(Ordering::Acquire) != epoch {
+            let _g = self.reset.lock().unwrap_or_else(|p| p.into_inner());
+            if self.slot_epoch[slot].load(Ordering::Acquire) != epoch {
+                let base = slot * DEPTH * WIDTH;
+                for c in &self.cells[base..base + DEPTH * WIDTH] {
+                    c.store(0, Ordering::Relaxed);
+                }
+                self.slot_epoch[slot].store(epoch, Ordering::Release);
+            }
+        }
+        slot
+    }
+
+    fn index(hash: u64, row: usize) -> usize {
+        let (h1, h2) = (hash as u32, (hash >> 32) as u32 | 1);
+        (h1.wrapping_add(h2.wrapping_mul(row as u32)) as usize) % WIDTH
+    }
+
+    /// Count one event for `hash` at `now_ms`; the estimate within the window, this one included.
+    pub fn add(&self, hash: u64, now_ms: u64) -> u32 {
+        let epoch = now_ms / self.slot_len();
+        let slot = self.slot_for(epoch);
+        let base = slot * DEPTH * WIDTH;
+        let cells: [&AtomicU32; DEPTH] =
+            std::array::from_fn(|r| &self.cells[base + r * WIDTH + Self::index(hash, r)]);
+        let min = cells
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
+        for c in cells {
+            // Conservative update: only the cells at the minimum grow.
+            let _ = c.compare_exchange(min, min + 1, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        let mut total = min.saturating_add(1);
+        for back in 1..SLOTS as u64 {
+            let Some(e) = epoch.checked_sub(back) else {
+                break;
+            };
+            let s = (e % SLOTS as u64) as usize;
+            if self.slot_epoch[s].load(Ordering::Acquire) != e {
+                continue;
+            }
+            let base = s * DEPTH * WIDTH;
+            let m = (0..DEPTH)
+                .map(|r| {
+                    self.cells[base + r * WIDTH + Self::index(hash, r)].load(Ordering::Relaxed)
+                })
+                .min()
+                .unwrap_or(0);
+            total = total.saturating_add(m);
+        }
+        total
+    }
+}
+
+/// What a trigger counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    RequestRate,
+    RequestRateV6_64,
+    ClientErrors,
+    FailedLogins,
+    MissingHeaders,
+}
+
+impl Signal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::RequestRate => "request_rate",
+            Signal::RequestRateV6_64 => "request_rate_v6_64",
+            Signal::ClientErrors => "client_errors",
+            Signal::FailedLogins => "failed_logins",
+            Signal::MissingHeaders => "missing_headers",
+        }
+    }
+}
+
+/// The prefix a signal counts by: the address, or its /64 for [`Signal::RequestRateV6_64`].
+pub fn source_prefix(signal: Signal, ip: IpAddr) -> Option<Cidr> {
+    let ip = ip.to_canonical();
+    let len = match (signal, ip) {
+        (Signal::RequestRateV6_64, IpAddr::V6(_)) => 64,
+        (Signal::RequestRateV6_64, IpAddr::V4(_)) => return None,
+        (_, IpAddr::V4(_)) => 32,
+        (_, IpAddr::V6(_)) => 128,
+    };
+    IpNet::new(ip, len).ok().map(Cidr::from_net)
+}
+
+/// The node's counters and its queue of decisions.
+pub struct Detector {
+    hasher: RandomState,
+    sketches: RwLock<Vec<Arc<Sketch>>>,
+    /// Sources this node decided to challenge: until when, and when it decided. The decision
+    /// applies here for [`LOCAL_GRACE_MS`], until the cluster's copy takes over (so that an
+    /// operator lifting it is obeyed on this node too).
+    decided: Mutex<HashMap<(ProjectId, Cidr), (u64, u64)>>,
+    /// When the last local grace ends: before it, `decided` is worth locking for.
+    grace_ends: AtomicU64,
+    pending: Mutex<Vec<Decision>>,
+    /// Notified when a decision is queued.
+    pub wake: Notify,
+    dropped: AtomicU64,
+}
+
+impl Default for Detector {
+    fn default() -> Self {
+        Detector::new()
+    }
+}
+
+impl Detector {
+    pub fn new() -> Detector {
+        Detector {
+            hasher: RandomState::new(),
+            sketches: RwLock::new(Vec::new()),
+            decided: Mutex::new(HashMap::new()),
+            grace_ends: AtomicU64::new(0),
+            pending: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes held by counters: fixed per window length in use, whatever the traffic.
+    pub fn counter_bytes(&self) -> usize {
+        self.sketches
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|s| s.bytes())
+            .sum()
+    }
+
+    fn sketch(&self, window_ms: u64) -> Arc<Sketch> {
+        let window_ms = window_ms.max(SLOTS as u64);
+        if let Some(s) = self
+            .sketches
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|s| s.window_ms == window_ms)
+        {
+            return s.clone();
+        }
+        let mut all = self.sketches.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = all.iter().find(|s| s.window_ms == window_ms) {
+            return s.clone();
+        }
+        if all.len() >= MAX_SKETCHES {
+            // Out of sketches: share the one with the nearest window.
+            return all
+                .iter()
+                .min_by_key(|s| s.window_ms.abs_diff(window_ms))
+                .expect("MAX_SKETCHES > 0")
+                .clone();
+        }
+        let s = Arc::new(Sketch::new(window_ms));
+        all.push(s.clone());
+        s
+    }
+
+    /// Count one event of `signal` from `ip` for `project`. When it reaches the trigger's
+    /// threshold (and the trigger is not log-only), the source is challenged here at once and a
+    /// decision is queued for the cluster; returns whether the source is now decided.
+    pub fn count(
+        &self,
+        project: &ProjectId,
+        signal: Signal,
+        ip: IpAddr,
+        trigger: &Trigger,
+        now_ms: u64,
+    ) -> bool {
+        if !trigger.enabled {
+            return false;
+        }
+        let Some(prefix) = source_prefix(signal, ip) else {
+            return false;
+        };
+        let hash = self.hasher.hash_one((signal, project.as_str(), prefix));
+        let sketch = self.sketch(u64::from(trigger.window_seconds) * 1000);
+        let count = sketch.add(hash, now_ms);
+        if count < trigger.threshold {
+            return false;
+        }
+        let label = signal.as_str();
+        if trigger.log_only {
+            if count == trigger.threshold {
+                metrics::counter!("palisade_bot_triggers_total", "trigger" => label, "mode" => "log_only").increment(1);
+                tracing::info!(project = %project, %prefix, trigger = label, count, "bot trigger reached its threshold (log only: no challenge)");
+            }
+            return false;
+        }
+        let until = now_ms + u64::from(trigger.challenge_seconds) * 1000;
+        let key = (project.clone(), prefix);
+        {
+            let mut decided = self.decided.lock().unwrap_or_else(|p| p.into_inner());
+            // Already decided for at least half the duration again: nothing new to say.
+            if decided
+                .get(&key)
+                .is_some_and(|&(u, _)| u >= now_ms + u64::from(trigger.challenge_seconds) * 500)
+            {
+                return true;
+            }
+            if decided.len() >= MAX_DECIDED {
+                decided.retain(|_, (u, _)| *u > now_ms);
+            }
+            if decided.len() < MAX_DECIDED {
+                decided.insert(key.clone(), (until, now_ms));
+                self.grace_ends
+                    .fetch_max(now_ms + LOCAL_GRACE_MS, Ordering::Relaxed);
+            }
+        }
+        metrics::counter!("palisade_bot_triggers_total", "trigger" => label, "mode" => "challenge")
+            .increment(1);
+        tracing::info!(project = %project, %prefix, trigger = label, count, "bot trigger fired: challenging the source cluster-wide");
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.len() >= MAX_PENDING {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("palisade_bot_decisions_dropped_total").increment(1);
+        } else {
+            pending.push(Decision {
+                project: key.0,
+                prefix,
+                action: DecisionAction::Challenge,
+                until,
+                reason: format!(
+                    "{label}: {count} in {} s (threshold {})",
+                    trigger.window_seconds, trigger.threshold
+                ),
+            });
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// Until when this node's own recent decision challenges `ip` for `project`, if it does.
+    pub fn decided(&self, project: &ProjectId, ip: IpAddr, now_ms: u64) -> Option<u64> {
+        // The common case, no recent local decision at all: no lock on the request path.
+        if now_ms >= self.grace_ends.load(Ordering::Relaxed) {
+            return None;
+        }
+        let decided = self.decided.lock().unwrap_or_else(|p| p.into_inner());
+        if decided.is_empty() {
+            return None;
+        }
+        [Signal::RequestRate, Signal::RequestRateV6_64]
+            .into_iter()
+            .filter_map(|s| source_prefix(s, ip))
+            .filter_map(|p| decided.get(&(project.clone(), p)).copied())
+            .filter(|&(u, at)| u > now_ms && now_ms < at + LOCAL_GRACE_MS)
+            .map(|(u, _)| u)
+            .max()
+    }
+
+    /// Up to [`BATCH`] queued decisions, oldest first.
+    pub fn take_batch(&self) -> Vec<Decision> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let n = pending.len().min(BATCH);
+        pending.drain(..n).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project() -> ProjectId {
+        "shop".parse().unwrap()
+    }
+
+    #[test]
+    fn a_trigger_fires_at_its_threshold_and_not_below() {
+        let d = Detector::new();
+        let t = Trigger::new(10, 60, 600);
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..9 {
+            assert!(!d.count(&project(), Signal::RequestRate, ip, &t, 1_000));
+        }
+        assert!(d.decided(&project(), ip, 1_000).is_none());
+        assert!(d.count(&project(), Signal::RequestRate, ip, &t, 1_000));
+        assert_eq!(d.decided(&project(), ip, 1_000), Some(601_000));
+        assert_eq!(d.take_batch().len(), 1);
+        // Another source and another project are untouched.
+        assert!(!d.count(
+            &project(),
+            Signal::RequestRate,
+            "192.0.2.8".parse().unwrap(),
+            &t,
+            1_000
+        ));
+        assert!(d.decided(&"blog".parse().unwrap(), ip, 1_000).is_none());
+        // Log only counts but decides nothing.
+        let quiet = Trigger {
+            log_only: true,
+            ..t.clone()
+        };
+        let other: IpAddr = "192.0.2.9".parse().unwrap();
+        for _ in 0..20 {
+            assert!(!d.count(&project(), Signal::ClientErrors, other, &quiet, 1_000));
+        }
+        assert!(d.take_batch().is_empty());
+    }
+
+    #[test]
+    fn the_window_slides() {
+        let s = Sketch::new(60_000);
+        for _ in 0..5 {
+            s.add(42, 0);
+        }
+        assert_eq!(s.add(42, 30_000), 6);
+        // Sixty seconds after the first events, their quarter has left the window.
+        assert_eq!(s.add(42, 60_000), 2);
+        assert_eq!(s.add(42, 200_000), 1);
+    }
+
+    #[test]
+    fn a_million_sprayed_ipv6_sources_stay_in_the_counters_bound_and_miss_no_heavy_hitter() {
+        let d = Detector::new();
+        let rate = Triggers::default().request_rate;
+        let per64 = Triggers::default().request_rate_v6_64;
+        let p = project();
+        let heavy: IpAddr = "2001:db8:ffff::1".parse().unwrap();
+        let before = d.counter_bytes();
+        let mut fired = 0;
+        for i in 0..1_000_000u64 {
+            let now = i / 50; // a million requests within 20 s
+            let ip = IpAddr::V6(std::net::Ipv6Addr::from(
+                (0x2001_0db8u128 << 96) | (u128::from(i) << 64) | u128::from(i),
+            ));
+            fired += d.count(&p, Signal::RequestRate, ip, &rate, now) as u32;
+            fired += d.count(&p, Signal::RequestRateV6_64, ip, &per64, now) as u32;
+            if i % 1000 == 0 {
+                d.count(&p, Signal::RequestRate, heavy, &rate, now);
+            }
+        }
+        assert_eq!(fired, 0, "no sprayed source reached a threshold");
+        let bytes = d.counter_bytes();
+        // Both triggers have a 60 s window: one sketch, 2 MiB, however many sources.
+        assert!(
+            before == 0 && bytes == SLOTS * DEPTH * WIDTH * 4,
+            "{bytes} bytes"
+        );
+        // The heavy hitter sent 1,000; its next request is over 600.
+        assert!(d.count(&p, Signal::RequestRate, heavy, &rate, 20_000));
+        assert!(d.decided.lock().unwrap().len() <= MAX_DECIDED);
+        eprintln!("counters for 1,000,000 IPv6 sources: {} KiB", bytes / 1024);
+    }
+
+    use palisade_raft::model::Triggers;
+}

@@ -1,0 +1,16 @@
+//! Bot protection in the request path: who must pass a challenge, and what earns a clearance.
+//!
+//! - [`gate`]: the pipeline stage: decides, serves the challenge page, checks the answer, sets
+//!   the clearance cookie, and feeds the triggers with what it sees;
+//! - [`challenge`] (and its page script, `challenge.js`): stateless signed challenges, the proof
+//!   of work, clearance cookies, replay protection;
+//! - [`keyring`]: the replicated signing keys, opened;
+//! - [`detect`]: the automatic triggers' counters in bounded memory, and the decisions they
+//!   queue (written to the cluster by [`crate::jobs::decisions`]).
+
+pub mod challenge;
+pub mod detect;
+pub mod gate;
+pub mod keyring;
+
+pub use gate::BotGate;

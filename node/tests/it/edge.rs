@@ -1,0 +1,576 @@
+//! The edge through real node processes, with a real TLS client and real upstream servers.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use palisade_testkit::http::*;
+use palisade_testkit::origin::upstream;
+use palisade_testkit::pki::pki;
+use palisade_testkit::TestCluster;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::bin;
+
+/// A project, a domain to `upstreams`, and a certificate for `hosts`; returns the CA PEM.
+fn site(
+    c: &TestCluster,
+    node: usize,
+    project: &str,
+    host: &str,
+    upstreams: &[String],
+    hosts: &[&str],
+) -> String {
+    let r = c
+        .post(
+            node,
+            "/v1/projects",
+            json!({ "id": project, "name": project, "limits": { "max_body_bytes": 200u64 << 20 }, "bot": { "mode": "off" } }),
+            None,
+        )
+        .unwrap();
+    assert!(r.status == 201 || r.status == 409, "{}", r.body);
+    let r = c
+        .put(
+            node,
+            &format!("/v1/domains/{host}"),
+            json!({ "project": project, "upstreams": upstreams }),
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let pki = pki(hosts);
+    let r = c
+        .post(node, "/v1/certificates", json!({ "name": format!("{project}-{}", host.replace('*', "star")), "chain_pem": pki.chain_pem, "key_pem": pki.key_pem }), None)
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    pki.ca_pem
+}
+
+fn assert_security_headers(h: &hyper::HeaderMap, https: bool) {
+    if https {
+        assert_eq!(
+            h["strict-transport-security"],
+            "max-age=31536000; includeSubDomains"
+        );
+    }
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["x-xss-protection"], "1; mode=block");
+}
+
+#[test]
+fn tls_headers_and_changes_reach_every_node() {
+    let rt = rt();
+    let (up, _task) = rt.block_on(upstream("a"));
+    let c = TestCluster::start(bin(), 3, &[]).unwrap();
+    let r = c
+        .post(
+            0,
+            "/v1/projects",
+            json!({ "id": "site", "name": "site", "bot": { "mode": "off" } }),
+            None,
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = c
+        .put(
+            0,
+            "/v1/domains/a.edge.test",
+            json!({ "project": "site", "upstreams": [up.to_string()] }),
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let pki = pki(&["a.edge.test"]);
+    // The certificate is written through another node than the domain.
+    let t0 = Instant::now();
+    let r = c
+        .post(
+            1,
+            "/v1/certificates",
+            json!({ "name": "a", "chain_pem": pki.chain_pem, "key_pem": pki.key_pem }),
+            None,
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let acked = t0.elapsed();
+    for i in 0..3 {
+        let addr = c.nodes[i].https_addr.clone();
+        let seen = rt.block_on(async {
+            let start = Instant::now();
+            loop {
+                if let Ok(a) = https_get(&addr, "a.edge.test", "/", &pki.ca_pem).await {
+                    if a.status == 200 {
+                        return Some(start.elapsed());
+                    }
+                }
+                if start.elapsed() > Duration::from_secs(1) {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let seen = seen.unwrap_or_else(|| {
+            panic!("node index {i} did not serve the new certificate within 1 s of commit")
+        });
+        eprintln!("node index {i}: serving {seen:?} after the write was acknowledged ({acked:?} to acknowledge)");
+    }
+
+    // Body, headers, TLS 1.3, on every node.
+    for i in 0..3 {
+        let addr = c.nodes[i].https_addr.clone();
+        let (a, version) = rt.block_on(async {
+            let tls = tls_connect(
+                &addr,
+                "a.edge.test",
+                client_config(
+                    &pki.ca_pem,
+                    &[&rustls::version::TLS13, &rustls::version::TLS12],
+                ),
+            )
+            .await
+            .unwrap();
+            let version = tls.get_ref().1.protocol_version();
+            (
+                send(tls, get("a.edge.test", "/hello")).await.unwrap(),
+                version,
+            )
+        });
+        assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_3));
+        assert_eq!(a.status, 200);
+        assert_eq!(a.body.len(), 1024);
+        assert_eq!(a.headers["x-upstream"], "a");
+        assert_security_headers(&a.headers, true);
+        assert!(a.headers.contains_key("x-request-id"));
+        // Plain HTTP: a permanent redirect to HTTPS, with the headers too.
+        let h = rt
+            .block_on(http_get(&c.nodes[i].http_addr, "a.edge.test", "/p?q=1"))
+            .unwrap();
+        assert_eq!(h.status, 308);
+        assert_eq!(h.headers["location"], "https://a.edge.test/p?q=1");
+        assert_security_headers(&h.headers, false);
+    }
+
+    // An unknown name fails the handshake; an unknown host with a known name gets 421.
+    assert!(rt
+        .block_on(https_get(
+            &c.nodes[0].https_addr,
+            "nobody.test",
+            "/",
+            &pki.ca_pem
+        ))
+        .is_err());
+    let a = rt
+        .block_on(async {
+            let tls = tls_connect(
+                &c.nodes[0].https_addr,
+                "a.edge.test",
+                client_config(&pki.ca_pem, &[&rustls::version::TLS13]),
+            )
+            .await?;
+            send(tls, get("other.test", "/")).await
+        })
+        .unwrap();
+    assert_eq!(a.status, 421);
+    assert_security_headers(&a.headers, true);
+
+    // TLS 1.2 works until the cluster says min_tls = 1.3.
+    let tls12 = |addr: String| {
+        let ca = pki.ca_pem.clone();
+        rt.block_on(async move {
+            tls_connect(
+                &addr,
+                "a.edge.test",
+                client_config(&ca, &[&rustls::version::TLS12]),
+            )
+            .await
+            .is_ok()
+        })
+    };
+    assert!(tls12(c.nodes[2].https_addr.clone()));
+    let r = c
+        .put(0, "/v1/settings", json!({ "values": { "min_tls": "1.3" } }))
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    for i in 0..3 {
+        c.wait_for(Duration::from_secs(1), "TLS 1.2 refused", || {
+            Ok((!tls12(c.nodes[i].https_addr.clone())).then_some(()))
+        })
+        .unwrap();
+    }
+
+    // Removing the domain stops routing it everywhere.
+    let r = c.delete(2, "/v1/domains/a.edge.test").unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    for i in 0..3 {
+        let addr = c.nodes[i].https_addr.clone();
+        c.wait_for(Duration::from_secs(1), "the domain to stop routing", || {
+            Ok(rt
+                .block_on(https_get(&addr, "a.edge.test", "/", &pki.ca_pem))
+                .ok()
+                .filter(|a| a.status == 421)
+                .map(|_| ()))
+        })
+        .unwrap();
+    }
+}
+
+#[test]
+fn upstream_failures_and_bad_clients() {
+    let env = [("PALISADE_EDGE_HEADER_READ_TIMEOUT_MS", "1000")];
+    let c = TestCluster::start(bin(), 1, &env).unwrap();
+    let rt_a = rt();
+    let rt_b = rt();
+    let (a, _) = rt_a.block_on(upstream("a"));
+    let (b, _) = rt_b.block_on(upstream("b"));
+    let ca = site(
+        &c,
+        0,
+        "two",
+        "two.test",
+        &[a.to_string(), b.to_string()],
+        &["two.test"],
+    );
+    let https = c.nodes[0].https_addr.clone();
+    let rt = rt();
+    let who = |path: &str| {
+        rt.block_on(https_get(&https, "two.test", path, &ca))
+            .map(|a| {
+                (
+                    a.status,
+                    a.headers
+                        .get("x-upstream")
+                        .map(|v| v.to_str().unwrap().to_string()),
+                    a,
+                )
+            })
+    };
+
+    c.wait_for(Duration::from_secs(2), "the site to be served", || {
+        Ok(who("/").ok().filter(|w| w.0 == 200).map(|_| ()))
+    })
+    .unwrap();
+    let seen: std::collections::HashSet<_> = (0..6).map(|_| who("/").unwrap().1.unwrap()).collect();
+    assert_eq!(seen.len(), 2, "both targets get traffic: {seen:?}");
+
+    // Kill target a: it is ejected, everything goes to b.
+    rt_a.shutdown_background();
+    c.wait_for(
+        Duration::from_secs(5),
+        "five answers in a row from b",
+        || {
+            Ok((0..5)
+                .all(|_| who("/").ok().and_then(|w| w.1).as_deref() == Some("b"))
+                .then_some(()))
+        },
+    )
+    .unwrap();
+    for _ in 0..20 {
+        let (status, name, _) = who("/").unwrap();
+        assert_eq!((status, name.as_deref()), (200, Some("b")));
+    }
+
+    // A forged X-Forwarded-For from an untrusted peer is ignored.
+    let forged = rt
+        .block_on(async {
+            let tls = tls_connect(
+                &https,
+                "two.test",
+                client_config(&ca, &[&rustls::version::TLS13]),
+            )
+            .await?;
+            let mut req = get("two.test", "/");
+            req.headers_mut()
+                .insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+            send(tls, req).await
+        })
+        .unwrap();
+    assert_eq!(forged.headers["x-seen-xff"], "127.0.0.1");
+
+    // Headers over the limit: 431. A body over the project's limit: 413.
+    let big = rt
+        .block_on(async {
+            let tls = tls_connect(
+                &https,
+                "two.test",
+                client_config(&ca, &[&rustls::version::TLS13]),
+            )
+            .await?;
+            let mut req = get("two.test", "/");
+            req.headers_mut()
+                .insert("x-big", "y".repeat(70 << 10).parse().unwrap());
+            send(tls, req).await
+        })
+        .unwrap();
+    assert_eq!(big.status, 431);
+    let too_long = rt.block_on(async {
+        let tls = tls_connect(
+            &https,
+            "two.test",
+            client_config(&ca, &[&rustls::version::TLS13]),
+        )
+        .await?;
+        let req = hyper::Request::post("/upload")
+            .header("host", "two.test")
+            .header("content-length", (300u64 << 20).to_string())
+            .body(
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .unwrap();
+        send(tls, req).await
+    });
+    match too_long {
+        Ok(a) => assert_eq!(a.status, 413),
+        Err(e) => panic!("expected 413, got {e}"),
+    }
+
+    // Garbage on the TLS port and a client that sends its headers a byte at a time: both are
+    // cut off, and a normal client is served meanwhile.
+    let slow = rt.spawn({
+        let https = https.clone();
+        let ca = ca.clone();
+        async move {
+            let mut tls = tls_connect(&https, "two.test", client_config(&ca, &[&rustls::version::TLS13])).await.unwrap();
+            let start = Instant::now();
+            for b in b"GET / HTTP/1.1\r\nHost: two.test\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n" {
+                if tls.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if start.elapsed() > Duration::from_secs(8) {
+                    break;
+                }
+            }
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), tls.read_to_end(&mut rest)).await;
+            (start.elapsed(), String::from_utf8_lossy(&rest).to_string())
+        }
+    });
+    let garbage = rt.block_on(async {
+        let mut s = tokio::net::TcpStream::connect(&https).await.unwrap();
+        s.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+            .await
+            .unwrap();
+        s.write_all(&vec![0x42; 4096]).await.unwrap_or(());
+        let mut buf = vec![0u8; 1024];
+        tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await
+    });
+    assert!(
+        garbage.is_ok(),
+        "the garbage connection was closed by the node"
+    );
+    assert_eq!(
+        who("/").unwrap().0,
+        200,
+        "a normal client is served while the slow one waits"
+    );
+    let (elapsed, answer) = rt.block_on(slow).unwrap();
+    assert!(
+        elapsed < Duration::from_secs(8),
+        "the slow client was cut off ({elapsed:?})"
+    );
+    assert!(
+        !answer.contains("200 OK"),
+        "the slow client must not get a response: {answer}"
+    );
+
+    // All targets down: 502 or 503, with a request id in the page and the header.
+    rt_b.shutdown_background();
+    let a = c
+        .wait_for(
+            Duration::from_secs(5),
+            "an error page once every target is down",
+            || {
+                Ok(who("/")
+                    .ok()
+                    .filter(|w| w.0 == 502 || w.0 == 503)
+                    .map(|w| w.2))
+            },
+        )
+        .unwrap();
+    let id = a.headers["x-request-id"].to_str().unwrap().to_string();
+    assert!(
+        String::from_utf8_lossy(&a.body).contains(&id),
+        "error page carries the request id"
+    );
+    assert_security_headers(&a.headers, true);
+}
+
+#[test]
+fn websocket_and_large_bodies_stream_through() {
+    let c = TestCluster::start(bin(), 1, &[]).unwrap();
+    let up_rt = rt();
+    let (up, _) = up_rt.block_on(upstream("big"));
+    let ca = site(&c, 0, "big", "big.test", &[up.to_string()], &["big.test"]);
+    let https = c.nodes[0].https_addr.clone();
+    let rt = rt();
+    c.wait_for(Duration::from_secs(2), "the site to be served", || {
+        Ok(rt
+            .block_on(https_get(&https, "big.test", "/", &ca))
+            .ok()
+            .filter(|a| a.status == 200)
+            .map(|_| ()))
+    })
+    .unwrap();
+
+    // An upgraded connection is tunnelled both ways.
+    let echoed = rt.block_on(async {
+        let mut tls = tls_connect(&https, "big.test", client_config(&ca, &[&rustls::version::TLS13])).await.unwrap();
+        tls.write_all(b"GET /ws HTTP/1.1\r\nHost: big.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            tls.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        tls.write_all(b"ping through palisade").await.unwrap();
+        let mut buf = vec![0u8; 21];
+        tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut buf)).await.unwrap().unwrap();
+        buf
+    });
+    assert_eq!(echoed, b"ping through palisade");
+
+    let pid = c.nodes[0].pid().unwrap();
+    let before = palisade_testkit::proc::peak_rss_kib(pid);
+    const SIZE: usize = 100 << 20;
+    // Download: count bytes as they arrive, never holding the body.
+    let got = rt.block_on(async {
+        let tls = tls_connect(
+            &https,
+            "big.test",
+            client_config(&ca, &[&rustls::version::TLS13]),
+        )
+        .await
+        .unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let resp = sender
+            .send_request(get("big.test", &format!("/bytes/{SIZE}")))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut n = 0usize;
+        while let Some(f) = body.frame().await {
+            n += f.unwrap().data_ref().map(|d| d.len()).unwrap_or(0);
+        }
+        n
+    });
+    assert_eq!(got, SIZE);
+    // Upload: a streamed body of 100 MB.
+    let counted = rt.block_on(async {
+        let tls = tls_connect(
+            &https,
+            "big.test",
+            client_config(&ca, &[&rustls::version::TLS13]),
+        )
+        .await
+        .unwrap();
+        let chunk = Bytes::from(vec![b'u'; 64 << 10]);
+        let frames = futures::stream::iter(
+            (0..SIZE / (64 << 10))
+                .map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))),
+        );
+        let req = hyper::Request::post("/upload")
+            .header("host", "big.test")
+            .header("content-length", SIZE.to_string())
+            .body(BodyExt::boxed(http_body_util::StreamBody::new(frames)))
+            .unwrap();
+        send(tls, req).await.unwrap()
+    });
+    assert_eq!(counted.status, 200);
+    assert_eq!(String::from_utf8_lossy(&counted.body), SIZE.to_string());
+    let after = palisade_testkit::proc::peak_rss_kib(pid);
+    eprintln!("node peak RSS {before} KiB before, {after} KiB after moving 2 x 100 MiB");
+    assert!(
+        after < before + 64 * 1024,
+        "proxy memory grew by {} KiB: bodies must stream",
+        after - before
+    );
+}
+
+/// Start `palisade dev`, run the curl line it prints, stop it; returns curl's output.
+fn dev_run_and_curl(dir: &Path) -> String {
+    use std::io::{BufRead, BufReader};
+    let port = || format!("127.0.0.1:{}", palisade_testkit::net::free_port());
+    let cluster = port();
+    let mut child = std::process::Command::new(bin())
+        .args(["dev", "--data-dir", dir.to_str().unwrap()])
+        .args([
+            "--https-addr",
+            &port(),
+            "--http-addr",
+            &port(),
+            "--admin-addr",
+            &port(),
+            "--cluster-addr",
+            &cluster,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let curl = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("palisade dev printed its curl line");
+        if line.trim_start().starts_with("curl ") {
+            break line.trim().to_string();
+        }
+    };
+    let out = std::process::Command::new("sh")
+        .args(["-c", &curl])
+        .output()
+        .unwrap();
+    // Ctrl-C stops it cleanly.
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "palisade dev exit: {status:?}");
+    assert!(
+        out.status.success(),
+        "{curl}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_lowercase()
+}
+
+#[test]
+fn palisade_dev_prints_a_curl_line_that_works_and_reuses_its_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    for run in 0..2 {
+        let text = dev_run_and_curl(dir.path());
+        assert!(
+            text.starts_with("http/1.1 200") || text.starts_with("http/2 200"),
+            "run {run}: {text}"
+        );
+        assert!(
+            text.contains("strict-transport-security: max-age=31536000; includesubdomains"),
+            "{text}"
+        );
+        assert!(text.contains("x-content-type-options: nosniff"), "{text}");
+        assert!(text.contains("x-frame-options: deny"), "{text}");
+        assert!(text.contains("x-xss-protection: 1; mode=block"), "{text}");
+        assert!(text.contains("hello from the demo upstream"), "{text}");
+    }
+}

@@ -1,0 +1,190 @@
+//! Bot protection: a project's policy and triggers, the keys that sign clearance cookies, and
+//! the decisions (challenge or block a prefix until a time) the triggers lead to.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Millis, Sealed};
+use crate::ids::{Cidr, Name, ProjectId};
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum BotMode {
+    Off,
+    #[default]
+    Automatic,
+    AlwaysOn,
+}
+
+/// One automatic trigger: more than `threshold` events from one source within `window_seconds`
+/// challenges that source for `challenge_seconds` on every node. `log_only` logs and counts what
+/// it would do and changes nothing, to tune a threshold safely.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default)]
+pub struct Trigger {
+    pub enabled: bool,
+    pub threshold: u32,
+    pub window_seconds: u32,
+    pub challenge_seconds: u32,
+    pub log_only: bool,
+}
+
+impl Trigger {
+    pub const fn new(threshold: u32, window_seconds: u32, challenge_seconds: u32) -> Trigger {
+        Trigger {
+            enabled: true,
+            threshold,
+            window_seconds,
+            challenge_seconds,
+            log_only: false,
+        }
+    }
+}
+
+impl Default for Trigger {
+    fn default() -> Self {
+        Trigger::new(600, 60, 600)
+    }
+}
+
+/// The automatic triggers of a project (`mode = "automatic"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default)]
+pub struct Triggers {
+    /// Requests from one IP address.
+    pub request_rate: Trigger,
+    /// Requests from one IPv6 /64 (one subscriber's whole allocation).
+    pub request_rate_v6_64: Trigger,
+    /// 4xx answers to one IP address: path scanning.
+    pub client_errors: Trigger,
+    /// 401/403 from the upstream on a login path, per IP address.
+    pub failed_logins: Trigger,
+    /// Requests with no `User-Agent` or no `Accept`, per IP address.
+    pub missing_headers: Trigger,
+}
+
+impl Default for Triggers {
+    fn default() -> Self {
+        Triggers {
+            request_rate: Trigger::new(600, 60, 600),
+            request_rate_v6_64: Trigger::new(2_400, 60, 600),
+            client_errors: Trigger::new(60, 60, 600),
+            failed_logins: Trigger::new(5, 600, 600),
+            missing_headers: Trigger::new(30, 60, 600),
+        }
+    }
+}
+
+impl Triggers {
+    pub fn all(&self) -> [(&'static str, &Trigger); 5] {
+        [
+            ("request_rate", &self.request_rate),
+            ("request_rate_v6_64", &self.request_rate_v6_64),
+            ("client_errors", &self.client_errors),
+            ("failed_logins", &self.failed_logins),
+            ("missing_headers", &self.missing_headers),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default)]
+pub struct BotPolicy {
+    pub mode: BotMode,
+    /// Leading zero bits the proof of work must find.
+    pub difficulty_bits: u8,
+    /// Seconds a client without JavaScript waits before its clearance.
+    pub no_script_wait_seconds: u32,
+    /// Seconds a challenge may be answered in (at most five minutes).
+    pub answer_within_seconds: u32,
+    /// Clearance lifetime after an automatic trigger.
+    pub session_minutes: u32,
+    /// Clearance lifetime while the challenge is switched on by hand (`always_on`).
+    pub manual_session_minutes: u32,
+    /// Bumping the epoch invalidates every clearance cookie of the project at once.
+    pub epoch: u32,
+    /// Paths never challenged (webhooks, health checks): exact, or a prefix ending in `*`.
+    /// `/.well-known/acme-challenge/*` and `/robots.txt` are always exempt.
+    pub exempt_paths: Vec<String>,
+    /// Paths whose 401/403 answers count as failed logins: exact, or a prefix ending in `*`.
+    pub login_paths: Vec<String>,
+    pub triggers: Triggers,
+}
+
+impl Default for BotPolicy {
+    fn default() -> Self {
+        BotPolicy {
+            mode: BotMode::Automatic,
+            difficulty_bits: 18,
+            no_script_wait_seconds: 8,
+            answer_within_seconds: 300,
+            session_minutes: 30,
+            manual_session_minutes: 720,
+            epoch: 0,
+            exempt_paths: Vec::new(),
+            login_paths: [
+                "/login",
+                "/signin",
+                "/sign-in",
+                "/wp-login.php",
+                "/user/login",
+                "/api/login",
+                "/api/auth/*",
+                "/auth/*",
+                "/oauth/token",
+            ]
+            .map(String::from)
+            .to_vec(),
+            triggers: Triggers::default(),
+        }
+    }
+}
+
+impl BotPolicy {
+    /// The longest a clearance cookie of this project lives, in milliseconds.
+    pub fn longest_session_ms(&self) -> u64 {
+        u64::from(self.session_minutes.max(self.manual_session_minutes)) * 60_000
+    }
+}
+
+/// Whether `path` is one of `patterns`: exact, or a prefix when the pattern ends in `*`.
+pub fn path_matches(patterns: &[String], path: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => path == p,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BotKeyState {
+    Next,
+    Active,
+    VerifyOnly,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BotKey {
+    pub kid: Name,
+    pub secret: Sealed,
+    pub state: BotKeyState,
+    pub not_after: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionAction {
+    Challenge,
+    Block,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub project: ProjectId,
+    pub prefix: Cidr,
+    pub action: DecisionAction,
+    pub until: Millis,
+    #[serde(default)]
+    pub reason: String,
+}

@@ -1,0 +1,92 @@
+//! Projects and their domains: security headers, request limits, upstreams, TLS mode.
+
+use serde::{Deserialize, Serialize};
+
+use super::bot::{BotMode, BotPolicy};
+use super::Millis;
+use crate::ids::{Hostname, ProjectId};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default)]
+pub struct HeaderPolicy {
+    pub hsts_max_age: u64,
+    pub hsts_include_subdomains: bool,
+    pub hsts_preload: bool,
+    pub nosniff: bool,
+    pub frame_deny: bool,
+    pub xss_protection: bool,
+    /// Keep a header the upstream set instead of replacing it with the policy's value.
+    pub keep_upstream: bool,
+}
+
+impl Default for HeaderPolicy {
+    fn default() -> Self {
+        HeaderPolicy {
+            hsts_max_age: 31_536_000,
+            hsts_include_subdomains: true,
+            hsts_preload: false,
+            nosniff: true,
+            frame_deny: true,
+            xss_protection: true,
+            keep_upstream: false,
+        }
+    }
+}
+
+/// Request limits of a project's domains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 10 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    pub id: ProjectId,
+    pub name: String,
+    #[serde(default)]
+    pub headers: HeaderPolicy,
+    #[serde(default)]
+    pub bot: BotPolicy,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub created_at: Millis,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    #[default]
+    Acme,
+    Manual,
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Domain {
+    pub host: Hostname,
+    pub project: ProjectId,
+    pub upstreams: Vec<String>,
+    #[serde(default)]
+    pub tls: TlsMode,
+    #[serde(default = "yes")]
+    pub redirect_https: bool,
+    #[serde(default)]
+    pub bot_override: Option<BotMode>,
+}
+
+fn yes() -> bool {
+    true
+}

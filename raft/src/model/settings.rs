@@ -1,0 +1,284 @@
+//! The cluster settings: one table of every name, its default and the values it takes, and typed
+//! accessors. `PUT /v1/settings` checks a change against the table in one loop; the edge and the
+//! background jobs read typed values, never string keys.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Cluster-wide settings that every node applies. Absent names take their default.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ClusterSettings {
+    #[serde(default)]
+    pub values: BTreeMap<String, String>,
+}
+
+/// What a setting accepts.
+#[derive(Debug, Clone, Copy)]
+pub enum Takes {
+    /// One of these words.
+    OneOf(&'static [&'static str]),
+    /// A whole number at least this.
+    AtLeast(u64),
+}
+
+impl Takes {
+    fn check(self, value: &str) -> Result<(), String> {
+        match self {
+            Takes::OneOf(words) if words.contains(&value) => Ok(()),
+            Takes::OneOf(words) => Err(format!(
+                "{value:?} must be {}",
+                words
+                    .iter()
+                    .map(|w| format!("{w:?}"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )),
+            Takes::AtLeast(min) => match value.parse::<u64>() {
+                Ok(n) if n >= min => Ok(()),
+                Ok(_) => Err(format!("{value:?} is below the least allowed, {min}")),
+                Err(_) => Err(format!("{value:?} is not a whole number")),
+            },
+        }
+    }
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub takes: Takes,
+    pub about: &'static str,
+}
+
+pub const MIN_TLS: &str = "min_tls";
+pub const BOT_KEY_ROTATION_SECONDS: &str = "bot.key_rotation_seconds";
+pub const ACME_MAX_ORDERS: &str = "acme.max_orders";
+pub const ACME_ORDERS_WINDOW_MINUTES: &str = "acme.orders_window_minutes";
+pub const ACME_MAX_FAILED_VALIDATIONS: &str = "acme.max_failed_validations";
+pub const ACME_FAILED_WINDOW_MINUTES: &str = "acme.failed_window_minutes";
+pub const ACME_RENEW_BEFORE_HOURS: &str = "acme.renew_before_hours";
+pub const ACME_MIN_REISSUE_MINUTES: &str = "acme.min_reissue_minutes";
+
+/// Every cluster setting. The ACME defaults are Let's Encrypt's published limits (300 new orders
+/// per account per 3 hours, 5 failed validations per name per hour).
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        name: MIN_TLS,
+        default: "1.2",
+        takes: Takes::OneOf(&["1.2", "1.3"]),
+        about: "the oldest TLS version the public HTTPS listener accepts",
+    },
+    Setting {
+        name: BOT_KEY_ROTATION_SECONDS,
+        default: "86400",
+        // Shorter rotations would churn the log for nothing.
+        takes: Takes::AtLeast(5),
+        about: "seconds between rotations of the key that signs clearance cookies",
+    },
+    Setting {
+        name: ACME_MAX_ORDERS,
+        default: "300",
+        takes: Takes::AtLeast(0),
+        about: "new orders per account in the orders window",
+    },
+    Setting {
+        name: ACME_ORDERS_WINDOW_MINUTES,
+        default: "180",
+        takes: Takes::AtLeast(0),
+        about: "the orders window",
+    },
+    Setting {
+        name: ACME_MAX_FAILED_VALIDATIONS,
+        default: "5",
+        takes: Takes::AtLeast(0),
+        about: "failed validations per name in the failure window",
+    },
+    Setting {
+        name: ACME_FAILED_WINDOW_MINUTES,
+        default: "60",
+        takes: Takes::AtLeast(0),
+        about: "the failure window",
+    },
+    Setting {
+        name: ACME_RENEW_BEFORE_HOURS,
+        default: "0",
+        takes: Takes::AtLeast(0),
+        about: "renew when this little is left (0: when a third of the lifetime is left)",
+    },
+    Setting {
+        name: ACME_MIN_REISSUE_MINUTES,
+        default: "1440",
+        takes: Takes::AtLeast(0),
+        about: "never reorder a name sooner after a success, except on request",
+    },
+];
+
+/// A value the table does not accept: the setting's name and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}: {why}")]
+pub struct SettingError {
+    pub name: String,
+    pub why: String,
+}
+
+/// The row of `name`.
+pub fn setting(name: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.name == name)
+}
+
+/// The ACME worker's limits toward its CA, and when to renew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcmeLimits {
+    pub max_orders: u32,
+    pub orders_window_ms: u64,
+    pub max_failed_validations: u32,
+    pub failed_window_ms: u64,
+    /// Renew when this little is left; `None`: by the CA's window or a third of the lifetime.
+    pub renew_before_ms: Option<u64>,
+    pub min_reissue_ms: u64,
+}
+
+impl ClusterSettings {
+    /// Check every value against the table; the first bad one (or unknown name) is the error.
+    pub fn check(&self) -> Result<(), SettingError> {
+        for (name, value) in &self.values {
+            let Some(row) = setting(name) else {
+                let known: Vec<&str> = SETTINGS.iter().map(|s| s.name).collect();
+                return Err(SettingError {
+                    name: name.clone(),
+                    why: format!("is not a setting (known: {})", known.join(", ")),
+                });
+            };
+            row.takes.check(value).map_err(|why| SettingError {
+                name: name.clone(),
+                why,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The value of `name`: the stored one when the table accepts it, else the default.
+    fn value(&self, name: &str) -> &str {
+        let row = setting(name).expect("a setting of the table");
+        match self.values.get(name) {
+            Some(v) if row.takes.check(v).is_ok() => v,
+            _ => row.default,
+        }
+    }
+
+    fn number(&self, name: &str) -> u64 {
+        self.value(name).parse().unwrap_or(0)
+    }
+
+    /// `min_tls = "1.3"`: the public listener refuses TLS 1.2.
+    pub fn tls13_only(&self) -> bool {
+        self.value(MIN_TLS) == "1.3"
+    }
+
+    pub fn bot_key_rotation(&self) -> Duration {
+        Duration::from_secs(self.number(BOT_KEY_ROTATION_SECONDS))
+    }
+
+    pub fn acme(&self) -> AcmeLimits {
+        let count = |name| self.number(name).min(u64::from(u32::MAX)) as u32;
+        let minutes = |name| self.number(name).saturating_mul(60_000);
+        AcmeLimits {
+            max_orders: count(ACME_MAX_ORDERS),
+            orders_window_ms: minutes(ACME_ORDERS_WINDOW_MINUTES),
+            max_failed_validations: count(ACME_MAX_FAILED_VALIDATIONS),
+            failed_window_ms: minutes(ACME_FAILED_WINDOW_MINUTES),
+            renew_before_ms: Some(
+                self.number(ACME_RENEW_BEFORE_HOURS)
+                    .saturating_mul(3_600_000),
+            )
+            .filter(|&ms| ms > 0),
+            min_reissue_ms: minutes(ACME_MIN_REISSUE_MINUTES),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(pairs: &[(&str, &str)]) -> ClusterSettings {
+        ClusterSettings {
+            values: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn every_default_passes_its_own_check() {
+        for s in SETTINGS {
+            assert!(s.takes.check(s.default).is_ok(), "{}", s.name);
+        }
+    }
+
+    #[test]
+    fn a_change_is_checked_against_the_table_naming_the_setting() {
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            ("min_tls", "1.3", None),
+            ("min_tls", "1.1", Some("\"1.1\" must be \"1.2\" or \"1.3\"")),
+            ("bot.key_rotation_seconds", "5", None),
+            (
+                "bot.key_rotation_seconds",
+                "4",
+                Some("below the least allowed, 5"),
+            ),
+            ("acme.max_orders", "ten", Some("not a whole number")),
+            ("acme.max_orders", "0", None),
+            (
+                "colour",
+                "blue",
+                Some("is not a setting (known: min_tls, bot.key"),
+            ),
+        ];
+        for (name, value, wrong) in cases {
+            let got = with(&[(name, value)]).check();
+            match wrong {
+                None => assert_eq!(got, Ok(()), "{name} = {value}"),
+                Some(why) => {
+                    let e = got.unwrap_err();
+                    assert_eq!(e.name, *name);
+                    assert!(e.why.contains(why), "{name} = {value}: {}", e.why);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn typed_values_fall_back_to_the_defaults() {
+        let none = ClusterSettings::default();
+        assert!(!none.tls13_only());
+        assert_eq!(none.bot_key_rotation(), Duration::from_secs(86_400));
+        let acme = none.acme();
+        assert_eq!(
+            (acme.max_orders, acme.orders_window_ms),
+            (300, 180 * 60_000)
+        );
+        assert_eq!(
+            (acme.max_failed_validations, acme.failed_window_ms),
+            (5, 3_600_000)
+        );
+        assert_eq!(acme.renew_before_ms, None);
+        assert_eq!(acme.min_reissue_ms, 1440 * 60_000);
+
+        let set = with(&[
+            ("min_tls", "1.3"),
+            ("bot.key_rotation_seconds", "60"),
+            ("acme.renew_before_hours", "2"),
+            // Stored by an older version that checked less: the default stands.
+            ("acme.max_orders", "many"),
+        ]);
+        assert!(set.tls13_only());
+        assert_eq!(set.bot_key_rotation(), Duration::from_secs(60));
+        assert_eq!(set.acme().renew_before_ms, Some(7_200_000));
+        assert_eq!(set.acme().max_orders, 300);
+    }
+}
