@@ -7,11 +7,12 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
 use palisade_testkit::net::free_port;
+use palisade_testkit::wait;
 
 /// A program a scenario needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,17 +180,17 @@ impl Server {
 }
 
 impl Drop for Server {
+    #[allow(unsafe_code)]
     fn drop(&mut self) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let exited = wait::until("the baseline to exit", Duration::from_secs(5), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        if exited.is_ok() {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -198,16 +199,10 @@ impl Drop for Server {
 
 /// Wait until something accepts TCP connections on `addr`.
 pub fn wait_listening(addr: SocketAddr, within: Duration) -> Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("nothing listens on {addr} after {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait::until(&format!("something to listen on {addr}"), within, || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    })?;
+    Ok(())
 }
 
 /// The security headers Palisade sets by default, for the baselines to set too.
@@ -477,25 +472,21 @@ impl Etcd {
             clients.push(format!("http://127.0.0.1:{client}"));
         }
         let e = Etcd { members, clients };
-        let deadline = Instant::now() + Duration::from_secs(30);
         let agent = palisade_testkit::admin::agent();
-        for url in &e.clients {
-            loop {
-                let healthy = agent
-                    .get(format!("{url}/health"))
-                    .call()
-                    .ok()
-                    .and_then(|mut r| r.body_mut().read_to_string().ok())
-                    .is_some_and(|b| b.contains("\"true\""));
-                if healthy {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!("etcd at {url} not healthy after 30 s");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        wait::until(
+            "every etcd member to be healthy",
+            Duration::from_secs(30),
+            || {
+                e.clients.iter().all(|url| {
+                    agent
+                        .get(format!("{url}/health"))
+                        .call()
+                        .ok()
+                        .and_then(|mut r| r.body_mut().read_to_string().ok())
+                        .is_some_and(|b| b.contains("\"true\""))
+                })
+            },
+        )?;
         Ok(e)
     }
 

@@ -15,6 +15,7 @@ use crate::cpu::{cpu_seconds, pin_apart};
 use crate::iprules::{http_addrs, load, site};
 use palisade_testkit::cluster::TestCluster;
 use palisade_testkit::probe::Probe;
+use palisade_testkit::wait;
 
 pub const USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64) palisade-bench";
 
@@ -72,17 +73,20 @@ pub fn clearance_cookie(target: SocketAddr, host: &str, xff: Option<&str>) -> Re
     let mut p = Probe::new(target, None)
         .with_header("user-agent", USER_AGENT)
         .with_header("accept", "text/html");
-    let deadline = Instant::now() + std::time::Duration::from_secs(30);
-    let page = loop {
-        let a = p.get(host, "/", xff)?;
-        if a.status == 403 {
-            break String::from_utf8_lossy(&a.body).into_owned();
-        }
-        if Instant::now() > deadline {
-            bail!("no challenge page from {host}: {}", a.status);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let mut last = None;
+    let page = wait::until(
+        &format!("a challenge page from {host}"),
+        std::time::Duration::from_secs(30),
+        || match p.get(host, "/", xff) {
+            Ok(a) if a.status == 403 => Some(Ok(String::from_utf8_lossy(&a.body).into_owned())),
+            Ok(a) => {
+                last = Some(a.status);
+                None
+            }
+            Err(e) => Some(Err(e)),
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e} (last answer {last:?})"))??;
     let pick = |anchor: &str| -> Result<String> {
         let at = page
             .find(anchor)

@@ -4,6 +4,7 @@ use std::process::{Command, Stdio};
 
 /// Cores online on this machine (not this process's affinity mask, which the harness itself
 /// narrows when it pins the load generator).
+#[allow(unsafe_code)]
 pub fn cores() -> usize {
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };

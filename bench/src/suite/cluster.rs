@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use palisade_testkit::admin::agent;
 use palisade_testkit::cluster::TestCluster;
 use palisade_testkit::probe::{Probe, Upstream};
+use palisade_testkit::wait;
 use serde_json::json;
 
 use crate::baselines::Etcd;
@@ -293,13 +294,11 @@ pub fn failover(ctx: &mut Ctx) -> Result<Section> {
         let addrs = http_addrs(&c);
         for a in &addrs {
             let mut probe = Probe::new(*a, None);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while probe.status("fo.test", None).ok() != Some(200) {
-                if Instant::now() > deadline {
-                    bail!("node at {a} does not serve fo.test");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            wait::until(
+                &format!("node at {a} to serve fo.test"),
+                Duration::from_secs(30),
+                || probe.status("fo.test", None).ok() == Some(200),
+            )?;
         }
         let targets: Vec<Target> = addrs.iter().map(|a| Target::new(*a, "fo.test")).collect();
         let spec = Spec {

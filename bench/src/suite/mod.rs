@@ -26,6 +26,7 @@ use anyhow::{bail, Context, Result};
 use palisade_testkit::cluster::TestCluster;
 use palisade_testkit::pki::pki;
 use palisade_testkit::probe::{Probe, Upstream};
+use palisade_testkit::wait;
 use serde_json::json;
 
 use crate::baselines::{self, Listen, Server};
@@ -183,15 +184,26 @@ impl Proxies {
     /// HTTP and HTTPS, before anything is measured.
     fn check(&self) -> Result<()> {
         for i in 0..3 {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let a = loop {
-                let a = Probe::new(self.http[i], None).get(HOST, "/", None);
-                match a {
-                    Ok(a) if a.status == 200 => break a,
-                    _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                    Ok(a) => bail!("{} answered {} over HTTP", self.names[i], a.status),
-                    Err(e) => bail!("{} over HTTP: {e}", self.names[i]),
+            let mut last = None;
+            let served =
+                wait::until(
+                    "the proxy to answer 200",
+                    Duration::from_secs(10),
+                    || match Probe::new(self.http[i], None).get(HOST, "/", None) {
+                        Ok(a) if a.status == 200 => Some(a),
+                        other => {
+                            last = Some(other.map(|a| a.status).map_err(|e| e.to_string()));
+                            None
+                        }
+                    },
+                );
+            let a = match (served, last) {
+                (Ok(a), _) => a,
+                (Err(_), Some(Ok(status))) => {
+                    bail!("{} answered {status} over HTTP", self.names[i])
                 }
+                (Err(_), Some(Err(e))) => bail!("{} over HTTP: {e}", self.names[i]),
+                (Err(e), None) => bail!("{}: {e}", self.names[i]),
             };
             if a.body.len() != 1024 {
                 bail!(

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use palisade_testkit::net::{free_port, PublicNet};
 use palisade_testkit::pebble::{served_leaf, tls13_client, Pebble};
-use palisade_testkit::TestCluster;
+use palisade_testkit::{wait, TestCluster};
 use serde_json::{json, Value};
 
 use super::bin;
@@ -82,26 +82,25 @@ impl Acme {
     /// The leaf every node in `nodes` serves for `host`, once they all serve one that verifies
     /// against Pebble's root.
     fn served_everywhere(&self, host: &str, nodes: &[usize], within: Duration) -> Vec<u8> {
-        let deadline = Instant::now() + within;
-        loop {
-            let leaves: Vec<Result<Vec<u8>, String>> = nodes
+        let mut leaves: Vec<Result<Vec<u8>, String>> = Vec::new();
+        let what = format!("{host} served alike by nodes {nodes:?}");
+        let agreed = wait::until(&what, within, || {
+            leaves = nodes
                 .iter()
                 .map(|&i| served_leaf(&self.https(i), host, &self.client))
                 .collect();
-            if let Ok(first) = &leaves[0] {
-                if leaves.iter().all(|l| l.as_ref() == Ok(first)) {
-                    return first.clone();
-                }
+            match &leaves[0] {
+                Ok(first) if leaves.iter().all(|l| l.as_ref() == Ok(first)) => Some(first.clone()),
+                _ => None,
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "{host} not served by nodes {nodes:?} within {within:?}: {leaves:?}\nstatus: {}\npebble: {}",
-                    self.acme_status(nodes[0], host),
-                    tail(&self.pebble.log(), 30)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        });
+        agreed.unwrap_or_else(|e| {
+            panic!(
+                "{e}: {leaves:?}\nstatus: {}\npebble: {}",
+                self.acme_status(nodes[0], host),
+                tail(&self.pebble.log(), 30)
+            )
+        })
     }
 
     fn acme_status(&self, idx: usize, host: &str) -> Value {
@@ -232,15 +231,11 @@ fn http01_certificates_reach_every_node_renew_without_a_failed_handshake_and_kee
         })
         .collect();
     a.put_settings(json!({ "acme.renew_before_hours": "100000", "acme.min_reissue_minutes": "0" }));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let new = loop {
+    let new = wait::until("a renewed certificate", Duration::from_secs(60), || {
         let leaf = a.served_everywhere(host, &[0, 1, 2], Duration::from_secs(60));
-        if leaf != old {
-            break leaf;
-        }
-        assert!(Instant::now() < deadline, "no renewal within 60 s");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        (leaf != old).then_some(leaf)
+    })
+    .unwrap();
     a.put_settings(json!({}));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut handshakes = 0;
@@ -404,20 +399,15 @@ fn owner_caught_mid_order(a: &Acme, host: &str) -> (usize, std::net::TcpStream) 
     a.pebble.point(host, &stall_ip);
     a.add_domain(0, host);
     stall.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match stall.accept() {
-            Ok((conn, _)) => return (owner, conn), // the CA is validating: the order is in flight
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(
-                    Instant::now() < deadline,
-                    "the CA never came to validate {host}"
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => panic!("accept: {e}"),
-        }
-    }
+    // The CA is validating once it connects: the order is in flight.
+    let what = format!("the CA to come and validate {host}");
+    let conn = wait::until(&what, Duration::from_secs(60), || match stall.accept() {
+        Ok((conn, _)) => Some(conn),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+        Err(e) => panic!("accept: {e}"),
+    })
+    .unwrap();
+    (owner, conn)
 }
 
 #[test]
@@ -463,14 +453,13 @@ fn a_paused_owner_is_replaced_and_its_late_writes_are_refused() {
     // The old owner wakes up, finds its order failed or done, and writes: refused.
     drop(held);
     a.c.signal(owner, "CONT").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while a.metric(owner, "palisade_acme_fenced_refusals_total") < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the deposed owner never tried a late write; its log:\n{}",
-            tail(&a.c.nodes[owner].log_text(), 30)
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    let late = wait::until(
+        "a late write of the deposed owner",
+        Duration::from_secs(60),
+        || a.metric(owner, "palisade_acme_fenced_refusals_total") >= 1.0,
+    );
+    if let Err(e) = late {
+        panic!("{e}; its log:\n{}", tail(&a.c.nodes[owner].log_text(), 30));
     }
     assert!(a.c.nodes[owner]
         .log_text()
@@ -497,21 +486,17 @@ fn a_name_that_fails_validation_backs_off_within_budget_and_others_are_unaffecte
     a.served_everywhere(good, &[0, 1, 2], Duration::from_secs(60));
 
     // Two failures, then the budget holds further orders back.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = a.acme_status(0, bad);
-        if s["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("failed validations"))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the budget never held {bad}: {s}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let held = wait::until(
+        &format!("the budget to hold {bad}"),
+        Duration::from_secs(60),
+        || {
+            let s = a.acme_status(0, bad);
+            s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("failed validations"))
+        },
+    );
+    held.unwrap_or_else(|e| panic!("{e}: {}", a.acme_status(0, bad)));
     let s = a.acme_status(0, bad);
     assert_eq!(s["state"], "failing", "{s}");
     assert!(s["failures"].as_u64().unwrap() >= 2, "{s}");
@@ -584,19 +569,14 @@ fn a_name_that_fails_validation_backs_off_within_budget_and_others_are_unaffecte
         said.contains("renewal of fine.shop.test requested"),
         "{said}"
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while a
-        .audit(0, "cert.issue")
-        .iter()
-        .filter(|e| e["target"] == format!("cert/{good}"))
-        .count()
-        < 2
-    {
-        assert!(
-            Instant::now() < deadline,
-            "renewal on request did not happen"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait::until("the renewal on request", Duration::from_secs(60), || {
+        let issued = a.audit(0, "cert.issue");
+        issued
+            .iter()
+            .filter(|e| e["target"] == format!("cert/{good}"))
+            .count()
+            >= 2
+    })
+    .unwrap();
     assert_eq!(a.audit(0, "certificate.renew").len(), 1);
 }

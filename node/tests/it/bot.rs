@@ -10,7 +10,7 @@ use futures::FutureExt;
 use palisade_testkit::http::*;
 use palisade_testkit::origin::upstream;
 use palisade_testkit::pki::pki;
-use palisade_testkit::TestCluster;
+use palisade_testkit::{wait, TestCluster};
 use serde_json::{json, Value};
 
 use super::bin;
@@ -46,15 +46,11 @@ fn with_state(keys: &[(String, String)], state: &str) -> Vec<String> {
 fn the_keyring_rotates_through_the_replicated_next_key_and_every_change_is_audited() {
     let c = TestCluster::start(bin(), 3, &[]).unwrap();
     // A new cluster gets an active key and the next one within a second or two.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let first = loop {
+    let first = wait::until("an active and a next key", Duration::from_secs(30), || {
         let k = keyring(&c, 1);
-        if with_state(&k, "active").len() == 1 && with_state(&k, "next").len() == 1 {
-            break k;
-        }
-        assert!(Instant::now() < deadline, "no keyring: {k:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        (with_state(&k, "active").len() == 1 && with_state(&k, "next").len() == 1).then_some(k)
+    })
+    .unwrap();
     let active = with_state(&first, "active")[0].clone();
     let next = with_state(&first, "next")[0].clone();
 
@@ -79,15 +75,11 @@ fn the_keyring_rotates_through_the_replicated_next_key_and_every_change_is_audit
     assert_eq!(r.status, 200, "{}", r.body);
     // The active key was due in a day; a shorter period rotates at once: the replicated next
     // key signs, the old one only verifies, and a new next key is made.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let second = loop {
+    let second = wait::until("a rotation", Duration::from_secs(30), || {
         let k = keyring(&c, 2);
-        if with_state(&k, "active") == vec![next.clone()] {
-            break k;
-        }
-        assert!(Instant::now() < deadline, "no rotation: {k:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        (with_state(&k, "active") == vec![next.clone()]).then_some(k)
+    })
+    .unwrap();
     assert!(
         with_state(&second, "verify_only").contains(&active),
         "{second:?}"
@@ -97,16 +89,15 @@ fn the_keyring_rotates_through_the_replicated_next_key_and_every_change_is_audit
     assert!(next2[0] != active && next2[0] != next);
 
     // Five seconds on, again: the key that was next at the last rotation signs.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let third = wait::until("a second rotation", Duration::from_secs(30), || {
         let k = keyring(&c, 0);
-        if with_state(&k, "active") == next2 {
-            assert!(with_state(&k, "verify_only").contains(&next), "{k:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no second rotation: {k:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        (with_state(&k, "active") == next2).then_some(k)
+    })
+    .unwrap();
+    assert!(
+        with_state(&third, "verify_only").contains(&next),
+        "{third:?}"
+    );
     // Every node holds the same keyring.
     assert_eq!(keyring(&c, 0), keyring(&c, 1));
     assert_eq!(keyring(&c, 1), keyring(&c, 2));
@@ -338,19 +329,6 @@ fn shop(c: &TestCluster, up: SocketAddr, project: &str, host: &str, policy: Valu
     pki.ca_pem
 }
 
-/// Wait until `f` holds, polling for up to `secs`.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(Instant::now() < deadline, "{what} within {secs} s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn metric(c: &TestCluster, idx: usize, line_start: &str) -> f64 {
     let (_, text) = c.get_text(idx, "/metrics").unwrap();
     text.lines()
@@ -384,10 +362,11 @@ fn the_challenge_earns_a_cookie_every_node_honours_and_nothing_else_passes() {
     let browser = Client::browser(Some(&ca));
     rt.block_on(async {
         // The keyring is made within seconds of the cluster; until then the page says so.
-        eventually(30, "a challenge page", || async {
+        wait::until_async("a challenge page", Duration::from_secs(30), || async {
             browser.get(&addr(0), "app.test", "/").await.status == 403
         })
-        .await;
+        .await
+        .unwrap();
         let a = browser.get(&addr(0), "app.test", "/account?tab=1").await;
         let body = text(&a);
         let csp = a.headers["content-security-policy"].to_str().unwrap();
@@ -570,23 +549,18 @@ fn the_challenge_earns_a_cookie_every_node_honours_and_nothing_else_passes() {
             )
             .unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let new_cookie = loop {
-            let p = page(&browser.get(&addr(0), "app.test", "/").await);
-            let cookie = clearance(
-                &browser
-                    .get(&addr(0), "app.test", &answer_path(&p, &solve(&p)))
-                    .await,
-            );
-            if kid_of(&cookie) != old_kid {
-                break cookie;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no cookie signed with the next key"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let new_cookie = wait::until_async(
+            "a cookie signed with the next key",
+            Duration::from_secs(30),
+            || async {
+                let p = page(&browser.get(&addr(0), "app.test", "/").await);
+                let (at, path) = (addr(0), answer_path(&p, &solve(&p)));
+                let cookie = clearance(&browser.get(&at, "app.test", &path).await);
+                (kid_of(&cookie) != old_kid).then_some(cookie)
+            },
+        )
+        .await
+        .unwrap();
         for i in 0..3 {
             assert_eq!(
                 cleared.get(&addr(i), "app.test", "/").await.status,
@@ -736,10 +710,13 @@ fn each_trigger_fires_at_its_threshold_for_that_client_only_on_every_node() {
         let retry: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
         assert!((590..=600).contains(&retry), "Retry-After {retry}");
         for node in [1, 2] {
-            eventually(5, "the decision on the other nodes", || {
-                status(fast.clone(), node, "/").map(|s| s == 429)
-            })
-            .await;
+            wait::until_async(
+                "the decision on the other nodes",
+                Duration::from_secs(5),
+                || status(fast.clone(), node, "/").map(|s| s == 429),
+            )
+            .await
+            .unwrap();
         }
         assert_eq!(
             status(via_proxy("198.51.100.2"), 1, "/").await,
@@ -773,10 +750,13 @@ fn each_trigger_fires_at_its_threshold_for_that_client_only_on_every_node() {
             429,
             "the third failure on node index 1 fired"
         );
-        eventually(5, "the failed-login decision on node index 0", || {
-            status(guesser.clone(), 0, "/").map(|s| s == 429)
-        })
-        .await;
+        wait::until_async(
+            "the failed-login decision on node index 0",
+            Duration::from_secs(5),
+            || status(guesser.clone(), 0, "/").map(|s| s == 429),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             status(via_proxy("198.51.100.4"), 1, "/").await,
             200,
@@ -840,21 +820,21 @@ fn each_trigger_fires_at_its_threshold_for_that_client_only_on_every_node() {
         "198.51.100.6/32",
         "2001:db8:1:2::/64",
     ];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let prefixes: Vec<String> = loop {
-        let list = c.get(2, "/v1/projects/shop/bot/decisions").unwrap();
-        let prefixes: Vec<String> = list.body["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d["prefix"].as_str().unwrap().to_string())
-            .collect();
-        if expected.iter().all(|p| prefixes.iter().any(|q| q == p)) {
-            break prefixes;
-        }
-        assert!(Instant::now() < deadline, "decisions listed: {prefixes:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let prefixes: Vec<String> =
+        wait::until("every decision listed", Duration::from_secs(10), || {
+            let list = c.get(2, "/v1/projects/shop/bot/decisions").unwrap();
+            let prefixes: Vec<String> = list.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["prefix"].as_str().unwrap().to_string())
+                .collect();
+            expected
+                .iter()
+                .all(|p| prefixes.iter().any(|q| q == p))
+                .then_some(prefixes)
+        })
+        .unwrap();
     assert!(!prefixes
         .iter()
         .any(|p| p.starts_with("198.51.100.2") || p.starts_with("198.51.100.4")));
@@ -879,11 +859,12 @@ fn each_trigger_fires_at_its_threshold_for_that_client_only_on_every_node() {
     rt.block_on(async {
         for node in 0..3 {
             let a = addr(node);
-            eventually(15, "the lifted decision", || {
+            wait::until_async("the lifted decision", Duration::from_secs(15), || {
                 let (a, client) = (a.clone(), via_proxy("198.51.100.1"));
                 async move { client.get(&a, host, "/").await.status == 200 }
             })
-            .await;
+            .await
+            .unwrap();
         }
     });
     let r = c
@@ -943,26 +924,22 @@ impl Browser {
             .next()
             .unwrap()
             .to_string();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let page_ws = loop {
+        let page_ws = wait::until("the browser's page target", Duration::from_secs(20), || {
             let targets: Value = palisade_testkit::admin::agent()
                 .get(&format!("http://127.0.0.1:{port}/json/list"))
                 .call()
                 .ok()
                 .and_then(|mut r| r.body_mut().read_json().ok())
                 .unwrap_or(Value::Null);
-            if let Some(url) = targets
+            targets
                 .as_array()
                 .into_iter()
                 .flatten()
                 .find(|t| t["type"] == "page")
                 .and_then(|t| t["webSocketDebuggerUrl"].as_str())
-            {
-                break url.to_string();
-            }
-            assert!(Instant::now() < deadline, "no page target: {targets}");
-            std::thread::sleep(Duration::from_millis(100));
-        };
+                .map(str::to_string)
+        })
+        .unwrap();
         let (ws, _) = tungstenite::connect(page_ws).unwrap();
         if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
             s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -1013,18 +990,17 @@ impl Browser {
     /// Open `url` and wait until the document is the upstream's page (1 KiB of `x`).
     fn open(&mut self, url: &str) -> String {
         self.call("Page.navigate", json!({ "url": url }));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let seen = self.eval("document.location.href + ' | ' + document.title + ' | ' + (document.body ? document.body.innerText.slice(0, 64) : '')");
-            if seen.contains("xxxxxxxxxxxxxxxx") {
-                return seen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the browser did not reach the page: {seen}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut seen = String::new();
+        let reached = wait::until(
+            "the browser to reach the page",
+            Duration::from_secs(60),
+            || {
+                seen = self.eval("document.location.href + ' | ' + document.title + ' | ' + (document.body ? document.body.innerText.slice(0, 64) : '')");
+                seen.contains("xxxxxxxxxxxxxxxx")
+            },
+        );
+        reached.unwrap_or_else(|e| panic!("{e}: {seen}"));
+        seen
     }
 }
 
@@ -1055,14 +1031,12 @@ fn a_headless_browser_solves_the_challenge_once_and_every_node_honours_its_cooki
             .to_string()
     };
     // Wait for the keyring, as a browser would meet it.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while c.get(0, "/v1/bot/keys").unwrap().body["items"]
-        .as_array()
-        .is_none_or(|a| a.len() < 2)
-    {
-        assert!(Instant::now() < deadline, "no keyring");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait::until("the keyring", Duration::from_secs(30), || {
+        c.get(0, "/v1/bot/keys").unwrap().body["items"]
+            .as_array()
+            .is_some_and(|a| a.len() >= 2)
+    })
+    .unwrap();
     let mut b = Browser::start("MAP app.test 127.0.0.1");
     let started = Instant::now();
     let seen = b.open(&format!("https://app.test:{}/account?x=1", port(0)));

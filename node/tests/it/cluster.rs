@@ -1,9 +1,9 @@
 //! Cluster behaviour through real `palisade` processes on loopback.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use palisade_testkit::TestCluster;
+use palisade_testkit::{wait, TestCluster};
 use serde_json::{json, Value};
 
 use super::bin;
@@ -23,26 +23,21 @@ fn create_project(c: &TestCluster, idx: usize, id: &str) -> u16 {
 
 /// Write through whichever node answers, retrying with the same idempotency key.
 fn write_until_acknowledged(c: &TestCluster, id: &str, start: usize) -> usize {
-    let deadline = Instant::now() + LONG;
     let mut i = start;
-    loop {
+    let what = format!("write {id} to be acknowledged");
+    wait::until(&what, LONG, || {
         let live = c.live();
         let idx = live[i % live.len()];
-        match c.post(
-            idx,
-            "/v1/projects",
-            json!({ "id": id, "name": id }),
-            Some(id),
-        ) {
-            Ok(r) if r.status == 201 => return i,
-            _ => i += 1,
+        let body = json!({ "id": id, "name": id });
+        match c.post(idx, "/v1/projects", body, Some(id)) {
+            Ok(r) if r.status == 201 => Some(i),
+            _ => {
+                i += 1;
+                None
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "write {id} not acknowledged within {LONG:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    })
+    .unwrap()
 }
 
 fn projects_local(c: &TestCluster, idx: usize) -> Vec<String> {

@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use palisade_testkit::http::*;
 use palisade_testkit::origin::upstream;
 use palisade_testkit::pki::pki;
-use palisade_testkit::TestCluster;
+use palisade_testkit::{wait, TestCluster};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -527,15 +527,17 @@ fn dev_run_and_curl(dir: &Path) -> String {
             }
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let curl = loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("palisade dev printed its curl line");
-        if line.trim_start().starts_with("curl ") {
-            break line.trim().to_string();
-        }
-    };
+    let curl = wait::until(
+        "palisade dev to print its curl line",
+        Duration::from_secs(60),
+        || {
+            rx.try_recv()
+                .ok()
+                .filter(|line| line.trim_start().starts_with("curl "))
+                .map(|line| line.trim().to_string())
+        },
+    )
+    .unwrap();
     let out = std::process::Command::new("sh")
         .args(["-c", &curl])
         .output()
