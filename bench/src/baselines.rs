@@ -113,7 +113,9 @@ pub fn install(missing: &[Baseline]) -> Result<()> {
     };
     let mut args = vec!["install", "-y", "--no-install-recommends"];
     args.extend(&pkgs);
-    if !apt(&args)? && !(apt(&["update"])? && apt(&args)?) {
+    // Install; when that fails (stale package lists), update once and install again.
+    let installed = apt(&args)? || (apt(&["update"])? && apt(&args)?);
+    if !installed {
         bail!("apt-get could not install {}", pkgs.join(" "));
     }
     let still = self::missing(missing);
@@ -325,6 +327,7 @@ backend be
 }
 
 /// Start nginx in `dir` (certificate files written there) pinned to `cores`.
+#[allow(clippy::too_many_arguments)]
 pub fn start_nginx(
     dir: &Path,
     at: Listen,

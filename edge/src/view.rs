@@ -235,13 +235,12 @@ impl View {
                     self.count_decision_len(&d.prefix, 1);
                 }
             }
-            Change::Delete(RecordKey::Decision { project, prefix }) => {
+            Change::Delete(RecordKey::Decision { project, prefix })
                 if Arc::make_mut(&mut self.decisions)
                     .remove(&(project.clone(), *prefix))
-                    .is_some()
-                {
-                    self.count_decision_len(prefix, -1);
-                }
+                    .is_some() =>
+            {
+                self.count_decision_len(prefix, -1);
             }
             Change::Put(Record::IpRule(r)) => self.access.put(r),
             Change::Delete(RecordKey::IpRule {

@@ -235,32 +235,6 @@ pub fn node_key_and_csr() -> Result<(String, String), CryptoError> {
     Ok((key.serialize_pem(), csr.pem().map_err(cert_err)?))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sealed_secrets_open_only_with_the_same_key_and_context() {
-        let k = MasterKey::generate();
-        let s = k.seal(b"private key", "cert/a");
-        assert_eq!(k.open(&s, "cert/a").unwrap(), b"private key");
-        assert!(k.open(&s, "cert/b").is_err());
-        assert!(MasterKey::generate().open(&s, "cert/a").is_err());
-        assert!(!format!("{k:?}").contains(&k.to_hex()));
-    }
-
-    #[test]
-    fn node_certificates_name_the_node() {
-        let ca = CaMaterial::generate("test").unwrap();
-        let (_key, csr) = node_key_and_csr().unwrap();
-        let pem = ca.sign_node_csr(7, &csr).unwrap();
-        let der = rustls_pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
-            .map(|c: rustls_pki_types::CertificateDer<'static>| c)
-            .unwrap();
-        assert_eq!(node_id_of_cert(&der), Some(7));
-    }
-}
-
 /// The DNS names, validity (Unix ms) and issuer of the first certificate of a PEM chain.
 pub fn cert_facts(
     chain_pem: &str,
@@ -290,4 +264,30 @@ pub fn cert_facts(
         ms(cert.validity().not_after),
         cert.issuer().to_string(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_secrets_open_only_with_the_same_key_and_context() {
+        let k = MasterKey::generate();
+        let s = k.seal(b"private key", "cert/a");
+        assert_eq!(k.open(&s, "cert/a").unwrap(), b"private key");
+        assert!(k.open(&s, "cert/b").is_err());
+        assert!(MasterKey::generate().open(&s, "cert/a").is_err());
+        assert!(!format!("{k:?}").contains(&k.to_hex()));
+    }
+
+    #[test]
+    fn node_certificates_name_the_node() {
+        let ca = CaMaterial::generate("test").unwrap();
+        let (_key, csr) = node_key_and_csr().unwrap();
+        let pem = ca.sign_node_csr(7, &csr).unwrap();
+        let der = rustls_pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+            .map(|c: rustls_pki_types::CertificateDer<'static>| c)
+            .unwrap();
+        assert_eq!(node_id_of_cert(&der), Some(7));
+    }
 }

@@ -132,7 +132,7 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed.max(1))
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -140,7 +140,7 @@ impl Rng {
     }
     /// An address in 16.0.0.0-95.255.255.255.
     pub fn addr(&mut self) -> u32 {
-        (16 << 24) + (self.next() % (80u64 << 24)) as u32
+        (16 << 24) + (self.next_u64() % (80u64 << 24)) as u32
     }
 }
 
@@ -204,12 +204,13 @@ impl BigList {
         let mut rng = Rng::new(seed);
         (0..n)
             .map(|_| {
-                let (net, len) = self.entries[(rng.next() % self.entries.len() as u64) as usize];
+                let (net, len) =
+                    self.entries[(rng.next_u64() % self.entries.len() as u64) as usize];
                 let host_bits = 32 - u32::from(len);
                 let host = if host_bits == 0 {
                     0
                 } else {
-                    (rng.next() as u32) & ((1u32 << host_bits) - 1)
+                    (rng.next_u64() as u32) & ((1u32 << host_bits) - 1)
                 };
                 net | host
             })

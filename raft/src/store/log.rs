@@ -107,7 +107,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let e: Entry = decode(&v)?;
                 Some(e.log_id)
             }
-            None => last_purged.clone(),
+            None => last_purged,
         };
         Ok(LogState {
             last_purged_log_id: last_purged,

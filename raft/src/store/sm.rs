@@ -493,11 +493,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => Response::Internal,
                 EntryPayload::Normal(req) => apply_request(&mut txn, entry.log_id.index, req)?,
                 EntryPayload::Membership(m) => {
-                    membership = Some(StoredMembership::new(Some(entry.log_id.clone()), m.clone()));
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
                     Response::Internal
                 }
             };
-            last = Some(entry.log_id.clone());
+            last = Some(entry.log_id);
             if let Some(r) = responder {
                 replies.push((r, resp));
             }
@@ -507,7 +507,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             mut batch, changes, ..
         } = txn;
         let meta = self.cf_meta();
-        batch.put_cf(meta, KEY_APPLIED, encode(&Some(last.clone())));
+        batch.put_cf(meta, KEY_APPLIED, encode(&Some(last)));
         if let Some(m) = &membership {
             batch.put_cf(meta, KEY_MEMBERSHIP, encode(m));
         }

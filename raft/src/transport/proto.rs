@@ -13,7 +13,10 @@ pub const FRAME_VERSION: u8 = 1;
 pub const MAX_FRAME: usize = 32 << 20;
 
 /// Externally tagged: an internally tagged enum would buffer its content, and serde cannot then
-/// read the integer map keys (node ids) inside openraft's membership.
+/// read the integer map keys (node ids) inside openraft's membership. An RPC is encoded as soon as
+/// it is made and decoded where it is handled, never moved around in bulk: the size of its
+/// largest variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rpc {

@@ -250,7 +250,14 @@ mod tests {
             ..valid("a.test", 0)
         };
         let other = cert("b.test", 0, 90 * DAY);
-        let cases: &[(&str, Option<&CertStatus>, Option<&Cert>, Millis, bool)] = &[
+        type Case<'a> = (
+            &'a str,
+            Option<&'a CertStatus>,
+            Option<&'a Cert>,
+            Millis,
+            bool,
+        );
+        let cases: &[Case] = &[
             ("never ordered", None, None, 0, true),
             (
                 "valid, before its renewal point",

@@ -258,7 +258,6 @@ impl Acme {
                         }
                     }
                 }
-                drop(authorizations);
                 self.note_failed_validation(host, lease, &budget).await?;
                 return Err(Failure::Failed {
                     message: format!(
