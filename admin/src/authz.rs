@@ -79,6 +79,7 @@ async fn authenticate_caller(
     let reader = &state.cluster.reader;
     let mut result = authenticate(reader, key, needs, now_ms());
     if result.as_ref().err() == Some(&AuthError::Unknown)
+        && state.guard.may_catch_up()
         && state.cluster.linearizable_barrier().await.is_ok()
     {
         result = authenticate(reader, key, needs, now_ms());

@@ -22,6 +22,10 @@ use tokio::sync::mpsc;
 use crate::auth::FailureTracker;
 
 pub const FAILURE_AUDITS_PER_SEC: u32 = 20;
+/// Times a second a node asks the leader to catch up before refusing a key it does not know
+/// (one made a moment ago through another node): an unauthenticated caller must not make the
+/// leader work for free.
+pub const CATCH_UPS_PER_SEC: u32 = 10;
 const QUEUE: usize = 256;
 
 pub struct Guard {
@@ -30,6 +34,8 @@ pub struct Guard {
     audit_tx: mpsc::Sender<AuditEntry>,
     audit_rx: Mutex<Option<mpsc::Receiver<AuditEntry>>>,
     unrecorded: AtomicU64,
+    /// The second, and how many catch-ups for unknown keys it has seen.
+    catch_ups: Mutex<(u64, u32)>,
 }
 
 impl Default for Guard {
@@ -41,6 +47,7 @@ impl Default for Guard {
             audit_tx,
             audit_rx: Mutex::new(Some(audit_rx)),
             unrecorded: AtomicU64::new(0),
+            catch_ups: Mutex::new((0, 0)),
         }
     }
 }
@@ -54,6 +61,18 @@ impl Guard {
                 .expect("key use lock")
                 .insert(name, now_ms());
         }
+    }
+
+    /// Whether an unknown key may make this node catch up with the leader before it is refused
+    /// (at most [`CATCH_UPS_PER_SEC`] a second).
+    pub fn may_catch_up(&self) -> bool {
+        let second = now_ms() / 1000;
+        let mut c = self.catch_ups.lock().unwrap_or_else(|p| p.into_inner());
+        if c.0 != second {
+            *c = (second, 0);
+        }
+        c.1 += 1;
+        c.1 <= CATCH_UPS_PER_SEC
     }
 
     /// Record a failed authentication (queued for the audit log); how long to hold the answer.

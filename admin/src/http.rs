@@ -7,6 +7,7 @@
 
 use std::net::IpAddr;
 
+use palisade_raft::crypto::Sha256;
 use poem::http::{HeaderMap, Method, StatusCode};
 use poem::web::Json;
 use poem::{FromRequest, IntoResponse, Request, RequestBody};
@@ -29,6 +30,8 @@ fn code(status: StatusCode) -> &'static str {
         409 => "conflict",
         413 => "too_large",
         415 => "unsupported_media_type",
+        422 => "idempotency_key_reused",
+        429 => "busy",
         503 => "unavailable",
         504 => "timeout",
         _ => "internal",
@@ -56,8 +59,69 @@ pub(crate) fn invalid(field: &str, message: impl std::fmt::Display) -> poem::Err
     fail(StatusCode::BAD_REQUEST, Some(field), message)
 }
 
+/// 429 with `Retry-After`: the node does one of these at a time.
+pub(crate) fn busy(message: impl std::fmt::Display, retry_after_secs: u64) -> poem::Error {
+    let message = message.to_string();
+    let body = json!({ "code": "busy", "field": null, "message": message, "error": message });
+    let mut resp = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+    if let Ok(v) = retry_after_secs.to_string().parse() {
+        resp.headers_mut()
+            .insert(poem::http::header::RETRY_AFTER, v);
+    }
+    poem::Error::from_response(resp)
+}
+
 pub(crate) fn too_large(field: &str, message: impl std::fmt::Display) -> poem::Error {
     fail(StatusCode::PAYLOAD_TOO_LARGE, Some(field), message)
+}
+
+/// 422: the idempotency key was used before, for a request other than this one.
+pub(crate) fn idempotency_reused(message: impl std::fmt::Display) -> poem::Error {
+    fail(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("idempotency-key"),
+        message,
+    )
+}
+
+/// What a changing request is, so that a retry under the same idempotency key can be told from
+/// a different request that reuses it: a digest of the method, path, query (but `wait`, which
+/// changes only when the answer comes), content type and body. The body is fed in as the route
+/// reads it (a JSON body whole, an import line by line), so nothing is buffered for it.
+#[derive(Clone)]
+pub struct Fingerprint(std::sync::Arc<std::sync::Mutex<Sha256>>);
+
+impl Fingerprint {
+    pub fn of_head(req: &Request) -> Self {
+        let mut h = Sha256::default();
+        let mut part = |p: &[u8]| {
+            h.update(&(p.len() as u64).to_be_bytes());
+            h.update(p);
+        };
+        part(req.method().as_str().as_bytes());
+        part(req.uri().path().as_bytes());
+        for pair in req.uri().query().unwrap_or("").split('&') {
+            if !pair.is_empty() && !pair.starts_with("wait=") {
+                part(pair.as_bytes());
+            }
+        }
+        let ct = req.content_type().unwrap_or("");
+        part(ct.split(';').next().unwrap_or("").trim().as_bytes());
+        Fingerprint(std::sync::Arc::new(std::sync::Mutex::new(h)))
+    }
+
+    pub fn feed(&self, bytes: &[u8]) {
+        if let Ok(mut h) = self.0.lock() {
+            h.update(bytes);
+        }
+    }
+
+    pub fn value(&self) -> String {
+        match self.0.lock() {
+            Ok(h) => h.hex(),
+            Err(poisoned) => poisoned.into_inner().hex(),
+        }
+    }
 }
 
 /// The caller of a request: source address, method and path, headers, and whether it asked a
@@ -70,6 +134,8 @@ pub struct Caller {
     pub wait_all: bool,
     /// The key's owner, when the route's operation has checked the key already.
     pub principal: Option<crate::auth::Principal>,
+    /// What a changing request is, for its idempotency key (see [`Fingerprint`]).
+    pub fingerprint: Option<Fingerprint>,
 }
 
 impl Caller {
@@ -115,6 +181,7 @@ impl<'a> FromRequest<'a> for Caller {
             headers: req.headers().clone(),
             wait_all,
             principal: req.extensions().get::<crate::auth::Principal>().cloned(),
+            fingerprint: req.extensions().get::<Fingerprint>().cloned(),
         })
     }
 }
@@ -169,6 +236,9 @@ async fn read_json<T: DeserializeOwned + serde::Serialize>(
         let drain = tokio::io::copy(&mut rest, &mut sink);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
         return Err(over());
+    }
+    if let Some(fingerprint) = req.extensions().get::<Fingerprint>() {
+        fingerprint.feed(&bytes);
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);

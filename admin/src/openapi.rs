@@ -128,7 +128,7 @@ fn parameters(op: &Op, g: &mut SchemaGenerator) -> Vec<Value> {
     if !op.method.is_safe() {
         out.push(json!({
             "name": "Idempotency-Key", "in": "header", "required": false,
-            "description": "A retry with the same key is applied once.",
+            "description": "A retry with the same key (from the same API key, within 24 hours) is applied once and answers as the first did; the key on a different request gets 422.",
             "schema": { "type": "string", "maxLength": 128 },
         }));
         out.push(json!({
@@ -273,8 +273,22 @@ fn authenticated(ep: BoxEndpoint<'static>, role: Role) -> BoxEndpoint<'static> {
         let caller = crate::http::Caller::from_request_without_body(&req).await?;
         let principal =
             crate::authz::authorize(&state, &caller, role, crate::authz::Within::Listing).await?;
+        // A change is checked against state at least as new as any write acknowledged anywhere
+        // (a domain for a project created through another node a moment ago); only callers
+        // with a key make the leader do that.
+        if !req.method().is_safe() {
+            state
+                .cluster
+                .linearizable_barrier()
+                .await
+                .map_err(crate::write::cluster_error)?;
+        }
         // The handler's own check reuses it instead of hashing the key again.
         req.extensions_mut().insert(principal);
+        if !req.method().is_safe() {
+            let fingerprint = crate::http::Fingerprint::of_head(&req);
+            req.extensions_mut().insert(fingerprint);
+        }
         ep.call(req).await
     })
     .boxed()

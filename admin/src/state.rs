@@ -51,6 +51,9 @@ pub struct AdminState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub options: AdminOptions,
     pub guard: Arc<Guard>,
+    /// Bulk imports (IP lists, configuration) run one at a time per node: each may hold a
+    /// large body in memory while it is checked.
+    pub imports: tokio::sync::Semaphore,
 }
 
 impl AdminState {
@@ -61,6 +64,7 @@ impl AdminState {
             metrics: crate::metrics_handle(),
             options,
             guard: Arc::new(Guard::default()),
+            imports: tokio::sync::Semaphore::new(1),
         }
     }
 }

@@ -1,11 +1,13 @@
 //! The write path every changing route takes: the caller's idempotency key as request id, the
 //! audit entry committed in the same log entry as the change, `?wait=all`, and the one mapping
-//! from the cluster's answer to an HTTP status (409 for a refusal, 503 when a retry can help).
+//! from the cluster's answer to an HTTP status (409 for a refusal, 422 for an idempotency key
+//! reused on another request, 503 when a retry can help).
 
 use std::time::Duration;
 
 use palisade_raft::cluster::ClusterError;
-use palisade_raft::command::{Command, Request, Response};
+use palisade_raft::command::{Command, Refusal, Request, Response};
+use palisade_raft::crypto::sha256_hex;
 use palisade_raft::ids::RequestId;
 use palisade_raft::model::AuditEntry;
 use palisade_raft::now_ms;
@@ -15,7 +17,7 @@ use poem::IntoResponse;
 use serde_json::json;
 
 use crate::auth::Principal;
-use crate::http::{error, invalid, Caller};
+use crate::http::{error, idempotency_reused, invalid, Caller};
 use crate::state::AdminState;
 
 pub(crate) type ApiResult = poem::Result<poem::Response>;
@@ -51,6 +53,11 @@ pub(crate) fn written(
     };
     match outcome {
         Ok(Response::Applied { index, duplicate }) => Ok((index, duplicate)),
+        Ok(Response::Refused {
+            reason: Refusal::IdempotencyReused,
+        }) => Err(idempotency_reused(say(
+            Refusal::IdempotencyReused.to_string()
+        ))),
         Ok(Response::Refused { reason }) => {
             Err(error(StatusCode::CONFLICT, say(reason.to_string())))
         }
@@ -59,15 +66,41 @@ pub(crate) fn written(
     }
 }
 
+/// The id a write is deduplicated under: random, or derived from the caller's `Idempotency-Key`
+/// and the API key that sent it, so that two clients who happen to pick the same key never
+/// answer each other's requests.
 pub(crate) fn request_id(caller: &Caller) -> poem::Result<RequestId> {
-    match caller.headers.get("idempotency-key") {
+    match client_key(caller)? {
         None => Ok(RequestId::random()),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| invalid("idempotency-key", "must be 1 to 128 printable characters")),
+        Some(key) => {
+            let owner = caller.principal.as_ref().map_or("", |p| p.key_id.as_str());
+            let scoped = sha256_hex(format!("{owner}\n{key}").as_bytes());
+            Ok(format!("ik-{}", &scoped[..32]).parse().map_err(internal)?)
+        }
     }
+}
+
+/// The caller's `Idempotency-Key`, checked: 1 to 128 printable characters.
+fn client_key(caller: &Caller) -> poem::Result<Option<&str>> {
+    let Some(v) = caller.headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .map(Some)
+        .ok_or_else(|| invalid("idempotency-key", "must be 1 to 128 printable characters"))
+}
+
+/// `req` under the caller's request id; with an idempotency key, also with what the request
+/// was, so that the same key on a different request is refused (422) instead of answered with
+/// the first one's outcome.
+pub(crate) fn identified(caller: &Caller, req: Request) -> poem::Result<Request> {
+    let req = req.with_id(request_id(caller)?);
+    Ok(match (client_key(caller)?, &caller.fingerprint) {
+        (Some(_), Some(fingerprint)) => req.with_fingerprint(fingerprint.value()),
+        _ => req,
+    })
 }
 
 pub(crate) fn audit(p: &Principal, caller: &Caller, action: &str, target: &str) -> AuditEntry {
@@ -91,9 +124,7 @@ pub(crate) async fn commit(
     command: impl Into<Command>,
     audit: AuditEntry,
 ) -> poem::Result<(u64, bool)> {
-    let req = Request::new(command.into())
-        .with_id(request_id(caller)?)
-        .with_audit(audit);
+    let req = identified(caller, Request::new(command.into()).with_audit(audit))?;
     let (index, duplicate) = written(state.cluster.write(req).await, None)?;
     if caller.wait_all {
         state

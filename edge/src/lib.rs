@@ -10,6 +10,7 @@
 //!   bot keys and decisions) behind `arc-swap`, kept current from the store's change events;
 //! - [`server`]: the public listeners (PROXY protocol, TLS, HTTP/1.1 and h2, limits, timeouts);
 //! - [`tls`]: certificates by SNI from the view;
+//! - [`proxy_protocol`]: PROXY v1/v2 headers from trusted load balancers;
 //! - [`client_ip`], [`pipeline`]: the one client-IP resolver and the ordered request stages;
 //! - [`access`]: IP allow and block lists compiled into prefix tables;
 //! - [`bot`]: bot protection in the pipeline (gate, challenge and cookies, keyring, triggers);
@@ -108,15 +109,18 @@ impl Edge {
 
 /// Check every upstream of the view once a [`upstream::HEALTH_INTERVAL`], until `shutdown`.
 async fn health_checks(view: Arc<view::LiveView>, shutdown: Shutdown) {
+    let round = || async {
+        let groups = view.get().upstream_groups();
+        futures::future::join_all(groups.iter().map(|g| g.check())).await;
+        Ok::<(), std::convert::Infallible>(())
+    };
+    // The first round at once, then one an interval.
+    let _ = round().await;
     every(
         upstream::HEALTH_INTERVAL,
         &shutdown,
         "upstream health",
-        || async {
-            let groups = view.get().upstream_groups();
-            futures::future::join_all(groups.iter().map(|g| g.check())).await;
-            Ok::<(), std::convert::Infallible>(())
-        },
+        round,
     )
     .await
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::body::Incoming;
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderValue, HOST};
 use hyper::{Request, Response, StatusCode};
 use palisade_raft::crypto::MasterKey;
 use palisade_raft::model::{HeaderPolicy, Project, Record, RecordKey, Verdict};
@@ -49,6 +49,9 @@ pub struct Conn {
     /// The socket peer, or the source a PROXY protocol header named.
     pub peer: SocketAddr,
     pub https: bool,
+    /// Whether `X-Forwarded-For` may be believed from this connection's peer (false after a
+    /// PROXY `LOCAL` or `UNKNOWN` header).
+    pub forwarded: bool,
 }
 
 pub struct Pipeline {
@@ -75,35 +78,88 @@ fn new_request_id() -> String {
     format!("{prefix}{:010x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// The host a request is for, lower case, without port.
-fn host_of(req: &Request<Incoming>) -> Option<String> {
-    let raw = req.uri().host().map(str::to_string).or_else(|| {
+/// The host a request is for (`:authority`, or the `Host` header), lower case, without port or
+/// trailing dot. `Ok(None)`: it names none; `Err`: what it names is neither a DNS name (letters,
+/// digits, hyphens, dots) nor an IP literal, and nothing may route by it.
+fn host_of(req: &Request<Incoming>) -> Result<Option<String>, ()> {
+    let Some(raw) = req.uri().host().map(str::to_string).or_else(|| {
         req.headers()
-            .get("host")
-            .and_then(|h| h.to_str().ok())
-            .map(|h| {
-                if h.starts_with('[') {
-                    h.split(']')
-                        .next()
-                        .unwrap_or(h)
-                        .trim_start_matches('[')
-                        .to_string()
-                } else {
-                    h.rsplit_once(':').map(|(h, _)| h).unwrap_or(h).to_string()
-                }
-            })
-    })?;
-    Some(raw.trim_end_matches('.').to_ascii_lowercase())
+            .get(HOST)
+            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+    }) else {
+        return Ok(None);
+    };
+    let host = split_port(&raw).ok_or(())?;
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    match valid_host(&host) {
+        true => Ok(Some(host)),
+        false => Err(()),
+    }
+}
+
+/// `host[:port]` or `[v6][:port]` without the port; `None` when the port is not a number.
+fn split_port(raw: &str) -> Option<&str> {
+    if let Some(rest) = raw.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        return match after {
+            "" => Some(inside),
+            p => p
+                .strip_prefix(':')
+                .filter(|p| valid_port(p))
+                .map(|_| inside),
+        };
+    }
+    match raw.rsplit_once(':') {
+        // More than one colon without brackets: an IPv6 literal, which may not carry a port.
+        Some((h, _)) if h.contains(':') => Some(raw),
+        Some((h, p)) => valid_port(p).then_some(h),
+        None => Some(raw),
+    }
+}
+
+fn valid_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A DNS name (labels of letters, digits and inner hyphens, 253 bytes at most) or an IP literal.
+fn valid_host(h: &str) -> bool {
+    if h.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 impl Pipeline {
     pub async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<Body> {
         let started = Instant::now();
         let request_id = new_request_id();
-        let client_ip = self.client_ip.resolve(conn.peer.ip(), req.headers());
+        let forwarded = conn.forwarded.then(|| req.headers());
+        let client_ip = self.client_ip.resolve(conn.peer.ip(), forwarded);
         let json = wants_json(req.headers());
         let view = self.view.get();
-        let host = host_of(&req).unwrap_or_default();
+        let Ok(host) = host_of(&req) else {
+            let mut resp = error_page(
+                StatusCode::BAD_REQUEST,
+                "The request names no valid host.",
+                &request_id,
+                json,
+            );
+            finish(&mut resp, &HeaderPolicy::default(), conn.https, &request_id);
+            metrics::counter!("palisade_requests_total", "project" => "-", "status" => "400")
+                .increment(1);
+            return resp;
+        };
+        let host = host.unwrap_or_default();
         let route = view.route(&host).cloned();
         let project = route
             .as_ref()
@@ -176,6 +232,7 @@ impl Pipeline {
                                 request_id: &request_id,
                                 max_body,
                                 wants_json: json,
+                                forwarded_header: policy.forwarded,
                             };
                             let uri = req.uri().clone();
                             let resp = self.proxy.forward(req, &route, fwd).await;
@@ -275,5 +332,43 @@ fn finish(resp: &mut Response<Body>, policy: &HeaderPolicy, https: bool, request
     apply_security_headers(resp.headers_mut(), policy, https);
     if let Ok(v) = HeaderValue::from_str(request_id) {
         resp.headers_mut().insert("x-request-id", v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_dns_names_and_ip_literals_are_hosts() {
+        let host = |raw: &str| {
+            split_port(raw)
+                .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+                .filter(|h| valid_host(h))
+        };
+        #[rustfmt::skip]
+        let cases: &[(&str, Option<&str>)] = &[
+            ("Shop.Example.COM", Some("shop.example.com")),
+            ("shop.example.com:8443", Some("shop.example.com")),
+            ("shop.example.com.", Some("shop.example.com")),
+            ("127.0.0.1:80", Some("127.0.0.1")),
+            ("[2001:db8::1]:443", Some("2001:db8::1")),
+            ("[::1]", Some("::1")),
+            ("evil%2ecom/.example.com", None),
+            ("evil.com/.example.com", None),
+            ("a b.example.com", None),
+            ("exa_mple.com", None),
+            ("-x.example.com", None),
+            ("x-.example.com", None),
+            ("x..example.com", None),
+            ("example.com:http", None),
+            ("example.com:", None),
+            ("[2001:db8::1]x", None),
+            ("ex\u{e4}mple.com", None),
+            ("", None),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(host(raw).as_deref(), *want, "{raw:?}");
+        }
     }
 }

@@ -52,6 +52,37 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     hyper::header::PROXY_AUTHORIZATION,
 ];
 
+/// Headers through which clients and proxies state a request's origin. The edge removes what
+/// the client sent of them and sets `X-Forwarded-For/-Proto/-Host`, `X-Real-IP`, and (when the
+/// project asks for it) `Forwarded` itself.
+const CLIENT_FORWARDING: [HeaderName; 15] = [
+    hyper::header::FORWARDED,
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("fastly-client-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("x-original-forwarded-for"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("front-end-https"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+];
+
+/// The RFC 7239 `Forwarded` value for this hop: `for` (IPv6 quoted and bracketed), `proto`,
+/// `host` (quoted).
+fn forwarded(fwd: &Forwarded<'_>) -> String {
+    let proto = if fwd.https { "https" } else { "http" };
+    match fwd.client_ip {
+        IpAddr::V4(ip) => format!("for={ip};proto={proto};host=\"{}\"", fwd.host),
+        IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto={proto};host=\"{}\"", fwd.host),
+    }
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.contains_key(CONNECTION) {
         for n in &HOP_BY_HOP[1..] {
@@ -153,7 +184,7 @@ impl UpstreamError {
             BadAddress => (
                 StatusCode::BAD_GATEWAY,
                 "The upstream address is invalid.",
-                Some("address"),
+                None,
             ),
         }
     }
@@ -176,6 +207,8 @@ pub struct Forwarded<'a> {
     pub request_id: &'a str,
     pub max_body: u64,
     pub wants_json: bool,
+    /// Send the RFC 7239 `Forwarded` header (the project's `headers.forwarded`).
+    pub forwarded_header: bool,
 }
 
 impl Proxy {
@@ -234,6 +267,15 @@ impl Proxy {
         );
         set(&mut parts.headers, "x-forwarded-host", fwd.host);
         set(&mut parts.headers, "x-request-id", fwd.request_id);
+        // What the client said about the request's origin never reaches the upstream as if the
+        // edge had said it: frameworks believe these.
+        for name in &CLIENT_FORWARDING {
+            parts.headers.remove(name);
+        }
+        set(&mut parts.headers, "x-real-ip", &fwd.client_ip.to_string());
+        if fwd.forwarded_header {
+            set(&mut parts.headers, "forwarded", &forwarded(&fwd));
+        }
         if let Ok(host) = HeaderValue::from_str(fwd.host) {
             parts.headers.insert(HOST, host);
         }

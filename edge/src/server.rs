@@ -71,6 +71,7 @@ pub async fn serve(
             let _active = ActiveConnection::new();
             let mut stream = stream;
             let mut peer = peer;
+            let mut forwarded = true;
             // Only a trusted load balancer may say where a connection comes from; anyone else
             // is taken at the socket's word.
             if limits.proxy_protocol && pipeline.client_ip.is_trusted(peer.ip()) {
@@ -86,7 +87,9 @@ pub async fn serve(
                             return;
                         }
                     }
-                    Ok(Ok(None)) => {}
+                    // LOCAL or UNKNOWN: the balancer speaks for itself (a health check), so
+                    // what the request says about its client is not believed.
+                    Ok(Ok(None)) => forwarded = false,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "bad PROXY header");
                         return;
@@ -94,7 +97,11 @@ pub async fn serve(
                     Err(_) => return,
                 }
             }
-            let conn = Conn { peer, https };
+            let conn = Conn {
+                peer,
+                https,
+                forwarded,
+            };
             match tls {
                 Some(tls) => {
                     let cfg = tls.pick(pipeline.view.get().tls13_only);

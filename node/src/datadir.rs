@@ -2,7 +2,7 @@
 //! master key. Secrets are written with mode 0600 and never logged.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -141,20 +141,50 @@ impl DataDir {
     }
 }
 
+/// Write `path` whole or not at all: a fresh temporary file beside it (a random name, created
+/// exclusively, so never a leftover file or a symlink someone planted), given its final mode
+/// before the content goes in, synced, then renamed over `path`.
 fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(content)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".palisade-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    tmp.write_all(content)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_never_follows_a_planted_symlink_and_has_its_mode_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        // Where an earlier release put its temporary file: a symlink planted there.
+        std::os::unix::fs::symlink(&victim, dir.path().join("master.tmp")).unwrap();
+        let dd = DataDir::new(dir.path());
+        dd.write_secret("master.key", "secret").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        let written = dir.path().join("master.key");
+        assert_eq!(std::fs::read_to_string(&written).unwrap(), "secret");
+        let mode = std::fs::metadata(&written).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Nothing is left beside it.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".palisade-"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 }

@@ -54,6 +54,10 @@ pub(crate) fn write_config(dd: &DataDir, args: &NodeArgs) -> Result<config::Vali
         ..Config::default()
     };
     cfg.cluster.listen = args.cluster_addr.clone();
+    // Off this machine the admin API speaks TLS from the start: keys cross the network.
+    cfg.admin.tls = !admin
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
     cfg.admin.listen = admin;
     cfg.public.https = args.public_addr.clone();
     cfg.public.http = args.http_addr.clone();
@@ -75,6 +79,13 @@ pub(crate) async fn init(args: NodeArgs) -> Result<()> {
         "start the node: palisade run --config {}",
         config_path(&dd).display()
     );
+    let cfg = Config::load(&config_path(&dd))?;
+    if cfg.admin.tls {
+        println!(
+            "the admin API speaks TLS: give the CLI the cluster CA, {} (--ca, PALISADE_ADMIN_CA, or ca = \"…\" in ~/.config/palisade/client.toml)",
+            dd.root.join("tls/ca.pem").display()
+        );
+    }
     Ok(())
 }
 
@@ -136,6 +147,30 @@ pub(crate) async fn create_cluster(dd: &DataDir, args: &NodeArgs) -> Result<(Str
     })
     .await??;
     Ok((cluster_id, key.secret))
+}
+
+/// The join token: from a file (`-`: standard input), else `PALISADE_JOIN_TOKEN`, else
+/// `--token` (with a warning: a command line is visible to every user of the machine).
+pub(crate) fn join_token(flag: Option<String>, file: Option<&std::path::Path>) -> Result<String> {
+    if let Some(path) = file {
+        let text = match path.to_str() {
+            Some("-") => std::io::read_to_string(std::io::stdin())
+                .context("reading the join token from standard input")?,
+            _ => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the join token from {}", path.display()))?,
+        };
+        return Ok(text.trim().to_string());
+    }
+    if let Ok(token) = std::env::var("PALISADE_JOIN_TOKEN") {
+        return Ok(token.trim().to_string());
+    }
+    match flag {
+        Some(token) => {
+            eprintln!("warning: --token leaves the join token in the process list; prefer --token-file or PALISADE_JOIN_TOKEN");
+            Ok(token)
+        }
+        None => bail!("no join token: give --token-file FILE (- for standard input), set PALISADE_JOIN_TOKEN, or --token"),
+    }
 }
 
 pub(crate) async fn join(token: &str, args: NodeArgs) -> Result<()> {
@@ -205,6 +240,29 @@ pub(crate) async fn finish_join(cluster: Arc<Cluster>, dd: DataDir, mut nf: Node
                 tracing::warn!(error = %e, "joining as a voter failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_admin_api_off_this_machine_speaks_tls_from_the_start() {
+        for (admin, tls) in [("127.0.0.1:7001", false), ("10.0.0.5:7001", true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let dd = DataDir::new(dir.path());
+            let args = NodeArgs {
+                data_dir: dir.path().to_path_buf(),
+                cluster_addr: "127.0.0.1:7000".into(),
+                admin_addr: Some(admin.into()),
+                public_addr: "127.0.0.1:8443".into(),
+                http_addr: "127.0.0.1:8080".into(),
+            };
+            write_config(&dd, &args).unwrap();
+            let written = Config::load(&config_path(&dd)).unwrap();
+            assert_eq!(written.admin.tls, tls, "{admin}");
         }
     }
 }

@@ -1,4 +1,12 @@
 //! `palisade`: one binary for every node of a cluster, and the operator's command line.
+//!
+//! - `cli`: the command tree, and one file per resource group of the admin API;
+//! - `config`: the TOML file, the environment's overrides, validation;
+//! - `lifecycle`: `init` (a new cluster), `join` (spend a token), finishing a join;
+//! - `serve`: start a node (the composition root: cluster member, edge, jobs, admin API) and
+//!   stop it on a signal;
+//! - `dev`: `palisade dev`, a one-node cluster with a demo site;
+//! - `datadir`: the data dir's files.
 
 #![forbid(unsafe_code)]
 

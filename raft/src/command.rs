@@ -97,6 +97,12 @@ pub enum Command {
     /// Change nothing: the request's audit entry alone is the point (membership changes, which
     /// are Raft entries of their own).
     AuditOnly,
+    /// Delete a project, and with it what must not outlive it: its scoped API keys are revoked
+    /// (kept, so the audit log's `key:{id}` still resolves) and its bot-protection decisions
+    /// lifted, so that a project made again under the same id inherits neither.
+    DeleteProject {
+        id: crate::ids::ProjectId,
+    },
 }
 
 impl From<Record> for Command {
@@ -115,6 +121,10 @@ pub struct Request {
     pub command: Command,
     #[serde(default)]
     pub audit: Option<AuditEntry>,
+    /// What the request was (a hash of its method, path and body), for ids a client chose: a
+    /// retry under the same id must be the same request, or it is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 impl Request {
@@ -124,7 +134,12 @@ impl Request {
             at: crate::now_ms(),
             command,
             audit: None,
+            fingerprint: None,
         }
+    }
+    pub fn with_fingerprint(mut self, fingerprint: String) -> Self {
+        self.fingerprint = Some(fingerprint);
+        self
     }
     pub fn with_audit(mut self, audit: AuditEntry) -> Self {
         self.audit = Some(audit);
@@ -190,10 +205,11 @@ impl Response {
     }
 }
 
-/// Why the state machine refused a command. Callers match on the variant; the text is for
-/// people (the audit log's outcome, an API error).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[serde(tag = "refusal", rename_all = "snake_case")]
+/// Why the state machine refused a command. Callers match on the variant; on the wire and in
+/// the store a refusal is its text, exactly as releases before the enum wrote it, so that nodes
+/// of both kinds read each other's answers during a rolling upgrade and the audit outcomes
+/// every node writes stay the same.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// A `Fenced` command whose lease has moved on (expired, or taken by another holder).
     #[error("stale fencing token {token} for lease {lease}")]
@@ -219,11 +235,85 @@ pub enum Refusal {
     JoinTokenExpired,
     #[error("join token unknown or already used")]
     JoinTokenUnknown,
-    /// A refusal recorded by an earlier version, as its text (request ids are remembered for a
-    /// day, so their answers outlive an upgrade).
-    #[serde(untagged)]
+    /// A request under an id (a client's idempotency key) already used for another request.
+    #[error("the idempotency key was used before, for another request")]
+    IdempotencyReused,
+    /// A text this release does not know (from a newer one).
     #[error("{0}")]
-    Earlier(String),
+    Other(String),
+}
+
+/// The texts of [`Refusal::OwnCommandsOnly`].
+pub const OWN_COMMANDS_ONLY: [&str; 4] = [
+    "leases are written by lease commands only",
+    "audit entries are written with the change they record",
+    "join tokens are written by join-token commands only",
+    "budgets are written by spend commands only",
+];
+
+impl Refusal {
+    /// Read a refusal's text back into its variant.
+    pub fn parse(text: &str) -> Refusal {
+        Self::typed(text).unwrap_or_else(|| Refusal::Other(text.to_string()))
+    }
+
+    fn typed(text: &str) -> Option<Refusal> {
+        if let Some(rest) = text.strip_prefix("stale fencing token ") {
+            let (token, lease) = rest.split_once(" for lease ")?;
+            return Some(Refusal::StaleFence {
+                lease: lease.parse().ok()?,
+                token: token.parse().ok()?,
+            });
+        }
+        if let Some(rest) = text.strip_prefix("budget spent: ") {
+            let (name, rest) = rest.split_once(" had ")?;
+            let (limit, rest) = rest.split_once(" uses in ")?;
+            let (window_ms, free_at) = rest.split_once(" ms; the next use is possible at ")?;
+            return Some(Refusal::BudgetSpent {
+                name: name.parse().ok()?,
+                limit: limit.parse().ok()?,
+                window_ms: window_ms.parse().ok()?,
+                free_at: free_at.parse().ok()?,
+            });
+        }
+        if let Some(rest) = text.strip_prefix("lease ") {
+            let (lease, token) = rest.split_once(" is not held with token ")?;
+            return Some(Refusal::LeaseNotHeld {
+                lease: lease.parse().ok()?,
+                token: token.parse().ok()?,
+            });
+        }
+        if OWN_COMMANDS_ONLY.contains(&text) {
+            return Some(Refusal::OwnCommandsOnly {
+                rule: text.to_string(),
+            });
+        }
+        match text {
+            "join token expired" => return Some(Refusal::JoinTokenExpired),
+            "join token unknown or already used" => return Some(Refusal::JoinTokenUnknown),
+            "the idempotency key was used before, for another request" => {
+                return Some(Refusal::IdempotencyReused)
+            }
+            _ => {}
+        }
+        let key = text.strip_suffix(" exists")?;
+        Some(Refusal::Exists {
+            key: key.to_string(),
+        })
+    }
+}
+
+impl Serialize for Refusal {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Refusal {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Refusal, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(Refusal::parse(&text))
+    }
 }
 
 fn default_prune_limit() -> u32 {
@@ -235,24 +325,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refusals_round_trip_and_an_earlier_versions_text_still_reads() {
-        let typed = Response::Refused {
-            reason: Refusal::BudgetSpent {
-                name: "orders:ab".parse().unwrap(),
-                limit: 3,
-                window_ms: 60_000,
-                free_at: 99,
+    fn a_refusal_is_its_text_on_the_wire_and_reads_back_typed() {
+        let all = [
+            Refusal::StaleFence {
+                lease: "acme:a.test".parse().unwrap(),
+                token: 7,
             },
-        };
-        let json = serde_json::to_string(&typed).unwrap();
-        assert_eq!(serde_json::from_str::<Response>(&json).unwrap(), typed);
-        let earlier = r#"{"result":"refused","reason":"join token expired"}"#;
-        assert_eq!(
-            serde_json::from_str::<Response>(earlier).unwrap(),
-            Response::Refused {
-                reason: Refusal::Earlier("join token expired".into())
-            }
-        );
+            Refusal::BudgetSpent {
+                name: "orders:ab12".parse().unwrap(),
+                limit: 300,
+                window_ms: 10_800_000,
+                free_at: 1_700_000_000_000,
+            },
+            Refusal::Exists {
+                key: "acme/account/https://ca.test/dir".into(),
+            },
+            Refusal::OwnCommandsOnly {
+                rule: OWN_COMMANDS_ONLY[1].into(),
+            },
+            Refusal::LeaseNotHeld {
+                lease: "sweep".parse().unwrap(),
+                token: 9,
+            },
+            Refusal::JoinTokenExpired,
+            Refusal::JoinTokenUnknown,
+            Refusal::IdempotencyReused,
+            Refusal::Other("something a newer release says".into()),
+        ];
+        for r in all {
+            let resp = Response::Refused { reason: r.clone() };
+            let json = serde_json::to_string(&resp).unwrap();
+            // The format releases before the enum wrote, and read.
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(&json).unwrap(),
+                serde_json::json!({ "result": "refused", "reason": r.to_string() })
+            );
+            assert_eq!(
+                serde_json::from_str::<Response>(&json).unwrap(),
+                resp,
+                "{r}"
+            );
+        }
         assert_eq!(
             Refusal::StaleFence {
                 lease: "acme:a.test".parse().unwrap(),

@@ -32,6 +32,26 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, data))
 }
 
+/// SHA-256 over data that arrives in pieces; [`Sha256::hex`] reads the digest so far and keeps
+/// going.
+#[derive(Clone)]
+pub struct Sha256(ring::digest::Context);
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Sha256(ring::digest::Context::new(&ring::digest::SHA256))
+    }
+}
+
+impl Sha256 {
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+    pub fn hex(&self) -> String {
+        hex::encode(self.0.clone().finish())
+    }
+}
+
 /// The key that seals secrets at rest. It lives in the data dir (mode 0600), never in RocksDB,
 /// and its `Debug` never prints it.
 #[derive(Clone)]

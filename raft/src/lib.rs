@@ -9,7 +9,8 @@
 //! - [`cluster`]: a running member: Raft, leader forwarding, linearizable reads, membership,
 //!   joining, and leases on cluster work (a guard that fences every write);
 //! - [`crypto`]: the master key that seals secrets at rest, and the cluster CA;
-//! - [`task`]: the node's one shutdown signal and the loop background jobs run in.
+//! - [`task`]: the node's one shutdown signal and the loop background jobs run in;
+//! - [`types`]: openraft's type configuration and the node record every member publishes.
 //!
 //! This crate knows nothing about HTTP: the edge and the admin API read the applied state through
 //! [`store::StateReader`] and write through [`cluster::Cluster::write`].

@@ -165,9 +165,17 @@ impl TestCluster {
     pub fn join_node_with(&mut self, token: &str) -> Result<usize> {
         let mut node = self.new_node_slot(0);
         let log = File::create(&node.log)?;
+        // The token goes in a file, as an operator should give it (not on the command line).
+        let token_file = self
+            .dir
+            .path()
+            .join(format!("n{}.token", self.nodes.len() + 1));
+        std::fs::write(&token_file, token)?;
         let child = self
             .command()
-            .args(["join", "--token", token, "--data-dir"])
+            .args(["join", "--token-file"])
+            .arg(&token_file)
+            .arg("--data-dir")
             .arg(&node.dir)
             .args([
                 "--cluster-addr",
@@ -382,6 +390,13 @@ impl TestCluster {
             bail!("status answered {}", r.status);
         }
         Ok(r.body)
+    }
+
+    /// The node ids node `idx` lists as members.
+    pub fn member_ids(&self, idx: usize) -> Result<Vec<u64>> {
+        let s = self.status(idx)?;
+        let members = s["members"].as_array().context("status without members")?;
+        Ok(members.iter().filter_map(|m| m["id"].as_u64()).collect())
     }
 
     /// Run the palisade binary with `args` (and this cluster's environment) to completion.

@@ -11,7 +11,8 @@
 //! - [`origin`]: a real upstream (hyper) with the behaviours edge tests need; [`probe`]: a
 //!   plain-socket upstream and keep-alive client for measurements (any source address);
 //! - [`http`]: TLS and HTTP/1.1 clients with any SNI; [`pki`]: a CA and a leaf certificate;
-//! - [`pebble`]: Pebble, the ACME test CA, with its DNS;
+//! - [`pebble`]: Pebble, the ACME test CA, with its DNS; [`quic`]: a stranger on the cluster
+//!   port (no node certificate, raw frames);
 //! - [`iprules`]: IP-list helpers (a site, probes on every node, propagation, a big list);
 //! - [`stats`], [`proc`]: percentiles, and what the OS says about a process.
 
@@ -25,6 +26,7 @@ pub mod pebble;
 pub mod pki;
 pub mod probe;
 pub mod proc;
+pub mod quic;
 pub mod stats;
 pub mod wait;
 

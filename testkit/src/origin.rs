@@ -18,7 +18,8 @@ pub(crate) fn full(b: impl Into<Bytes>) -> TestBody {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
-/// A real origin: `GET /` answers 1 KiB and names itself; `GET /bytes/N` streams N bytes;
+/// A real origin: `GET /` answers 1 KiB and names itself; `GET /echo` answers the request's
+/// headers as a JSON object; `GET /bytes/N` streams N bytes;
 /// `POST /upload` counts what it receives; `/login` answers 401 and `/missing…` 404; an
 /// `Upgrade` request is switched and echoed.
 pub async fn upstream(name: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
@@ -84,6 +85,19 @@ async fn handle(
         r.headers_mut()
             .insert("content-length", n.to_string().parse().unwrap());
         r
+    } else if path == "/echo" {
+        // Every request header as the origin received it, as a JSON object.
+        let mut seen = serde_json::Map::new();
+        for (name, value) in req.headers() {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            match seen.get_mut(name.as_str()) {
+                Some(serde_json::Value::String(v)) => v.push_str(&format!(", {value}")),
+                _ => {
+                    seen.insert(name.to_string(), value.into());
+                }
+            }
+        }
+        Response::new(full(serde_json::Value::Object(seen).to_string()))
     } else if path == "/login" {
         // A login that always fails, for the failed-login trigger.
         let mut r = Response::new(full("bad password"));

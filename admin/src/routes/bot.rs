@@ -122,7 +122,10 @@ async fn put_bot(
     let bot = body.0;
     check_bot("", &bot)?;
     let mut project = project(&state, &id)?;
-    project.bot = bot;
+    // The epoch only grows (the state machine holds to it too, against a racing revocation):
+    // a policy written without it, or from an older read, does not bring revoked cookies back.
+    let epoch = project.bot.epoch.max(bot.epoch);
+    project.bot = BotPolicy { epoch, ..bot };
     let entry = audit(&p, &caller, "bot.policy.put", &format!("project/{id}"));
     apply(
         &state,
@@ -144,7 +147,7 @@ async fn revoke_sessions(
     let id: ProjectId = path_param("id", &id)?;
     let p = authorize(&state, &caller, Role::Operator, Within::Project(&id)).await?;
     let mut project = project(&state, &id)?;
-    project.bot.epoch = project.bot.epoch.wrapping_add(1);
+    project.bot.epoch = project.bot.epoch.saturating_add(1);
     let entry = audit(&p, &caller, "bot.sessions.revoke", &format!("project/{id}"));
     apply(
         &state,

@@ -26,8 +26,8 @@ use serde_json::json;
 use tokio::io::AsyncReadExt;
 
 use crate::authz::{authorize, Within};
+use crate::http::{busy, too_large, Caller, JsonBody};
 use crate::http::{error, invalid};
-use crate::http::{too_large, Caller, JsonBody};
 use crate::openapi::{op, Op};
 use crate::state::AdminState;
 use crate::write::{audit, cluster_error, commit, internal};
@@ -181,6 +181,12 @@ async fn import(
             "the export's passphrase must come in this header",
         )
     })?;
+    let Ok(_one_at_a_time) = state.imports.try_acquire() else {
+        return Err(busy(
+            "another import is running on this node; try again shortly",
+            5,
+        ));
+    };
     let mut bytes = Vec::new();
     body.into_async_read()
         .take(MAX_IMPORT_BYTES + 1)
@@ -236,11 +242,17 @@ async fn import(
                         .map_err(|e| invalid(&field, format!("{e} (wrong passphrase?)")))?;
                     Record::Cert(c)
                 }
+                // The same table `PUT /v1/settings` checks against.
+                Record::Settings(settings) => {
+                    settings
+                        .check()
+                        .map_err(|e| invalid(&format!("{field}.values.{}", e.name), e.why))?;
+                    Record::Settings(settings)
+                }
                 r @ (Record::Project(_)
                 | Record::Domain(_)
                 | Record::IpRule(_)
-                | Record::ApiKey(_)
-                | Record::Settings(_)) => r,
+                | Record::ApiKey(_)) => r,
                 other => {
                     return Err(invalid(
                         &field,

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use palisade_raft::command::Command;
 use palisade_raft::ids::{Hostname, ProjectId};
-use palisade_raft::model::{prefix, BotMode, Domain, Record, RecordKey, Role, TlsMode};
+use palisade_raft::model::{
+    prefix, BotMode, ClusterSettings, Domain, Record, RecordKey, Role, TlsMode,
+};
 use poem::http::{Method, StatusCode};
 use poem::web::{Data, Json, Path};
 use poem::{handler, IntoResponse};
@@ -16,7 +18,7 @@ use crate::http::{error, invalid, path_param, Caller, JsonBody, QueryParams};
 use crate::openapi::{op, Op, OPERATOR, VIEWER};
 use crate::read::{domain, get_record, page, project, read_barrier, ListOpts, ReadOpts};
 use crate::state::AdminState;
-use crate::write::{apply, audit, ApiResult};
+use crate::write::{apply, audit, internal, ApiResult};
 
 pub(crate) fn ops() -> Vec<Op> {
     vec![
@@ -119,6 +121,7 @@ async fn put_domain(
         }
     }
     project(&state, &project_id)?;
+    check_quota(&state, &project_id, &host)?;
     if body.upstreams.is_empty() {
         return Err(invalid("upstreams", "must name at least one HOST:PORT"));
     }
@@ -206,4 +209,31 @@ async fn list_domains(
         _ => true,
     })?;
     Ok(Json(json!({ "items": items, "next": next })).into_response())
+}
+
+/// A project holds at most `project.max_domains` domains (a new one, or one moved in, counts).
+fn check_quota(state: &AdminState, project: &ProjectId, host: &Hostname) -> poem::Result<()> {
+    let max = match get_record(state, &RecordKey::Settings)? {
+        Some(Record::Settings(s)) => s.max_domains_per_project(),
+        _ => ClusterSettings::default().max_domains_per_project(),
+    };
+    let mut held = 0u64;
+    state
+        .cluster
+        .reader
+        .for_each(prefix::DOMAIN, |r| {
+            if let Record::Domain(d) = r {
+                if &d.project == project && &d.host != host {
+                    held += 1;
+                }
+            }
+        })
+        .map_err(internal)?;
+    if held >= max {
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!("project {project} holds {held} domains, its limit (the cluster setting project.max_domains)"),
+        ));
+    }
+    Ok(())
 }

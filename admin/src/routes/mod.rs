@@ -25,7 +25,6 @@ use poem::{Endpoint, EndpointExt, IntoResponse};
 
 use crate::openapi::Op;
 use crate::state::AdminState;
-use crate::write::cluster_error;
 
 /// Every operation of the API.
 fn ops() -> Vec<Op> {
@@ -50,11 +49,9 @@ fn ops() -> Vec<Op> {
 pub fn routes(state: Arc<AdminState>) -> impl Endpoint {
     let route = crate::openapi::router(ops());
     let allowed = state.options.allowed_ips.clone();
-    let cluster = state.cluster.clone();
     route
         .around(move |ep, req| {
             let allowed = allowed.clone();
-            let cluster = cluster.clone();
             async move {
                 // Outside admin.allowed_ips the admin API does not exist: the same bare 404 as
                 // a path that matches no route, before authentication or any other work.
@@ -64,11 +61,6 @@ pub fn routes(state: Arc<AdminState>) -> impl Endpoint {
                 }
                 let started = std::time::Instant::now();
                 let method = req.method().to_string();
-                // A change is checked against state at least as new as any write acknowledged
-                // anywhere (a domain for a project created through another node a moment ago).
-                if !req.method().is_safe() {
-                    cluster.linearizable_barrier().await.map_err(cluster_error)?;
-                }
                 let resp = ep.call(req).await.map(IntoResponse::into_response);
                 let status = match &resp {
                     Ok(r) => r.status().as_u16(),

@@ -231,11 +231,19 @@ async fn delete_project(
             format!("project {id} still has {rules} IP rules; clear its lists first (DELETE …/ip-rules?list=allow|block&all=true)"),
         ));
     }
-    let entry = audit(&p, &caller, "project.delete", &format!("project/{id}"));
-    let command = Command::Delete {
-        key: RecordKey::Project { id },
-    };
-    apply(&state, &caller, command, entry, false, json!({})).await
+    // Its scoped keys are revoked and its decisions lifted in the same entry (the state
+    // machine does it): a project made again under this id inherits neither.
+    let mut entry = audit(&p, &caller, "project.delete", &format!("project/{id}"));
+    entry.outcome = "ok: its scoped API keys revoked, its bot-protection decisions lifted".into();
+    apply(
+        &state,
+        &caller,
+        Command::DeleteProject { id },
+        entry,
+        false,
+        json!({}),
+    )
+    .await
 }
 
 #[handler]

@@ -154,6 +154,46 @@ pub async fn run(cluster: Arc<Cluster>, shutdown: Shutdown) {
 }
 
 async fn pass(cluster: &Arc<Cluster>) -> Result<(), String> {
+    if planned(cluster)?.is_none() {
+        return Ok(());
+    }
+    let Some(lease) = cluster
+        .take_lease(LEASE.parse().expect("a valid name"), LEASE_TTL)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(());
+    };
+    // Another node (a leader before this one) may have changed the keyring just before the
+    // grant: plan again from the state as of the grant, never from an older read.
+    cluster.reader.wait_applied(lease.token()).await;
+    let Some(change) = planned(cluster)? else {
+        lease.release().await;
+        return Ok(());
+    };
+    let mut records: Vec<Record> = change.put.into_iter().map(Record::BotKey).collect();
+    let deletes: Vec<RecordKey> = change
+        .delete
+        .into_iter()
+        .map(|kid| RecordKey::BotKey { kid })
+        .collect();
+    let command = if deletes.is_empty() {
+        Command::PutMany {
+            records: std::mem::take(&mut records),
+        }
+    } else {
+        Command::DeleteMany { keys: deletes }
+    };
+    let audit = AuditEntry::by_node(cluster.node_id, change.action, change.target, "ok");
+    let written = lease.write(command, Some(audit)).await;
+    lease.release().await;
+    written.map_err(|e| e.to_string())?;
+    tracing::info!(action = change.action, "bot keyring changed");
+    Ok(())
+}
+
+/// What the keyring needs now, from this node's applied state.
+fn planned(cluster: &Cluster) -> Result<Option<KeyringChange>, String> {
     let now = now_ms();
     let reader = &cluster.reader;
     let mut keys = Vec::new();
@@ -180,35 +220,7 @@ async fn pass(cluster: &Arc<Cluster>) -> Result<(), String> {
     // A verify-only key must outlive every cookie it signed, and a cookie lives at most one
     // session (plus a minute of clock skew between nodes).
     let verify_ms = longest_session_ms + 60_000;
-    let Some(change) = plan(&keys, now, rotate_ms, verify_ms, cluster.master_key()) else {
-        return Ok(());
-    };
-    let Some(lease) = cluster
-        .take_lease(LEASE.parse().expect("a valid name"), LEASE_TTL)
-        .await
-        .map_err(|e| e.to_string())?
-    else {
-        return Ok(());
-    };
-    let mut records: Vec<Record> = change.put.into_iter().map(Record::BotKey).collect();
-    let deletes: Vec<RecordKey> = change
-        .delete
-        .into_iter()
-        .map(|kid| RecordKey::BotKey { kid })
-        .collect();
-    let command = if deletes.is_empty() {
-        Command::PutMany {
-            records: std::mem::take(&mut records),
-        }
-    } else {
-        Command::DeleteMany { keys: deletes }
-    };
-    let audit = AuditEntry::by_node(cluster.node_id, change.action, change.target, "ok");
-    let written = lease.write(command, Some(audit)).await;
-    lease.release().await;
-    written.map_err(|e| e.to_string())?;
-    tracing::info!(action = change.action, "bot keyring changed");
-    Ok(())
+    Ok(plan(&keys, now, rotate_ms, verify_ms, cluster.master_key()))
 }
 
 #[cfg(test)]

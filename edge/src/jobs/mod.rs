@@ -7,10 +7,11 @@
 //!
 //! - [`acme`]: certificates for every `acme` domain, one order per name cluster-wide (a lease
 //!   per name, owners by rendezvous hashing over the healthy voters): [`acme::schedule`] (when a
-//!   name is due, its owner, back-off, renewal point), [`acme::steps`] (RFC 8555), the loop;
+//!   name is due, its owner, back-off, renewal point), its RFC 8555 steps, and the loop;
 //! - [`keyring`]: rotation of the keys that sign clearance cookies (the leader, lease
 //!   `bot-keyring`);
-//! - [`sweep`]: expired IP rules, ended decisions, old audit entries (the leader, lease `sweep`);
+//! - [`sweep`]: expired IP rules, ended decisions, old audit entries, orphaned ACME challenges
+//!   (the leader, lease `sweep`, taken only when there is something to sweep);
 //! - [`decisions`]: this node's bot-protection decisions, batched into the log (every node
 //!   writes its own; no lease).
 

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_raft::cluster::{Cluster, LeaseGuard};
+use palisade_raft::cluster::{Cluster, LeaseError, LeaseGuard};
 use palisade_raft::command::Command;
 use palisade_raft::ids::{Cidr, ProjectId};
 use palisade_raft::model::{prefix, AuditEntry, Record, RecordKey, RuleList};
@@ -45,7 +45,9 @@ pub async fn run(
     shutdown: Shutdown,
 ) {
     every(interval, &shutdown, "sweep", || async {
-        if !cluster.is_leader() {
+        let now = now_ms();
+        // An idle cluster writes nothing: the lease is taken only when there is work.
+        if !cluster.is_leader() || !due(&cluster, &view, retention, now)? {
             return Ok(());
         }
         let Some(mut lease) = cluster
@@ -55,15 +57,45 @@ pub async fn run(
             return Ok(());
         };
         lease.keep_renewed();
-        let swept = sweep(&cluster, &lease, &view, retention, now_ms()).await;
+        let swept = sweep(&cluster, &lease, &view, retention, now).await;
         lease.release().await;
         swept
     })
     .await
 }
 
-/// One sweep: the audit log, ended decisions, expired IP rules. Each part goes on when another
-/// fails; the first failure is the answer.
+/// Whether a sweep has anything to do at `now` (reads only).
+fn due(
+    cluster: &Cluster,
+    view: &LiveView,
+    retention: Retention,
+    now: u64,
+) -> Result<bool, JobError> {
+    let ended = view
+        .get()
+        .decisions
+        .values()
+        .any(|(until, _)| *until <= now);
+    Ok(ended
+        || !expired(view, now).is_empty()
+        || audit_over(cluster, retention, now)?
+        || !expired_challenges(cluster, now)?.is_empty())
+}
+
+/// Whether the audit log holds more entries than it keeps, or entries older than it keeps.
+fn audit_over(cluster: &Cluster, keep: Retention, now: u64) -> Result<bool, JobError> {
+    let before = now.saturating_sub(keep.max_age.as_millis() as u64);
+    let oldest_expired = cluster
+        .reader
+        .scan(prefix::AUDIT, None, 1)?
+        .first()
+        .is_some_and(|r| matches!(r, Record::Audit(a) if a.at < before));
+    Ok(oldest_expired || cluster.reader.count(prefix::AUDIT)? > keep.max_entries)
+}
+
+/// One sweep: the audit log, ended decisions, expired IP rules, orphaned challenges. A part
+/// that fails does not hold up the next; the first failure is the answer. Once the lease is
+/// lost, nothing more is tried.
 async fn sweep(
     cluster: &Cluster,
     lease: &LeaseGuard,
@@ -71,51 +103,33 @@ async fn sweep(
     retention: Retention,
     now: u64,
 ) -> Result<(), JobError> {
-    let audit = prune_audit(cluster, lease, retention, now).await;
-    let decisions = sweep_decisions(cluster, lease, view, now).await;
-    let rules = sweep_rules(cluster, lease, view, now).await;
-    let challenges = sweep_challenges(cluster, lease, now).await;
-    audit.and(decisions).and(rules).and(challenges)
-}
-
-/// Remove ACME challenge records past their expiry: an owner that died mid-order left them
-/// (the owner deletes its own when the attempt ends).
-async fn sweep_challenges(cluster: &Cluster, lease: &LeaseGuard, now: u64) -> Result<(), JobError> {
-    let mut keys = Vec::new();
-    let reader = &cluster.reader;
-    reader.for_each(prefix::HTTP01, |r| {
-        if let Record::Http01(h) = r {
-            if h.expires_at <= now {
-                keys.push(RecordKey::Http01 { token: h.token });
+    let mut first_failure = None;
+    for part in 0..4 {
+        let done = match part {
+            0 => prune_audit(cluster, lease, retention, now).await,
+            1 => sweep_decisions(cluster, lease, view, now).await,
+            2 => sweep_rules(cluster, lease, view, now).await,
+            _ => sweep_challenges(cluster, lease, now).await,
+        };
+        match done {
+            Ok(()) => {}
+            Err(e @ JobError::Lease(LeaseError::Deposed { .. })) => return Err(e),
+            Err(e) => {
+                first_failure.get_or_insert(e);
             }
         }
-    })?;
-    reader.for_each(prefix::ALPN01, |r| {
-        if let Record::Alpn01(a) = r {
-            if a.expires_at <= now {
-                keys.push(RecordKey::Alpn01 { host: a.host });
-            }
-        }
-    })?;
-    for batch in keys.chunks(BATCH) {
-        lease
-            .write(
-                Command::DeleteMany {
-                    keys: batch.to_vec(),
-                },
-                None,
-            )
-            .await?;
     }
-    Ok(())
+    first_failure.map_or(Ok(()), Err)
 }
 
+/// Remove expired IP rules, list by list; a list that fails does not hold up the others.
 async fn sweep_rules(
     cluster: &Cluster,
     lease: &LeaseGuard,
     view: &LiveView,
     now: u64,
 ) -> Result<(), JobError> {
+    let mut first_failure = None;
     for (project, list, cidrs) in expired(view, now) {
         for batch in cidrs.chunks(BATCH) {
             let keys = batch
@@ -137,10 +151,55 @@ async fn sweep_rules(
             );
             let audit = AuditEntry::by_node(cluster.node_id, "ip_rule.expire", target, "ok");
             let cmd = Command::DeleteExpired { keys, at: now };
-            lease.write(cmd, Some(audit)).await?;
+            match lease.write(cmd, Some(audit)).await {
+                Ok(_) => {}
+                Err(e @ LeaseError::Deposed { .. }) => return Err(e.into()),
+                Err(e) => {
+                    first_failure.get_or_insert(e.into());
+                    break;
+                }
+            }
         }
     }
+    first_failure.map_or(Ok(()), Err)
+}
+
+/// Remove ACME challenge records past their expiry: an owner that died mid-order left them
+/// (the owner deletes its own when the attempt ends).
+async fn sweep_challenges(cluster: &Cluster, lease: &LeaseGuard, now: u64) -> Result<(), JobError> {
+    let keys = expired_challenges(cluster, now)?;
+    for batch in keys.chunks(BATCH) {
+        lease
+            .write(
+                Command::DeleteMany {
+                    keys: batch.to_vec(),
+                },
+                None,
+            )
+            .await?;
+    }
     Ok(())
+}
+
+/// ACME challenge records past their expiry.
+fn expired_challenges(cluster: &Cluster, now: u64) -> Result<Vec<RecordKey>, JobError> {
+    let mut keys = Vec::new();
+    let reader = &cluster.reader;
+    reader.for_each(prefix::HTTP01, |r| {
+        if let Record::Http01(h) = r {
+            if h.expires_at <= now {
+                keys.push(RecordKey::Http01 { token: h.token });
+            }
+        }
+    })?;
+    reader.for_each(prefix::ALPN01, |r| {
+        if let Record::Alpn01(a) = r {
+            if a.expires_at <= now {
+                keys.push(RecordKey::Alpn01 { host: a.host });
+            }
+        }
+    })?;
+    Ok(keys)
 }
 
 /// Remove bot-protection decisions that have run out (they stopped applying at their end on

@@ -42,9 +42,13 @@ pub(crate) enum Cmd {
     /// Create a new one-node cluster in a data dir and print its first (owner) API key.
     Init(NodeArgs),
     /// Join an existing cluster with a token from `palisade token create`, then run.
+    /// The token comes from `--token-file` (`-`: standard input) or `PALISADE_JOIN_TOKEN`;
+    /// `--token` works too, but leaves it in the process list for as long as the node runs.
     Join {
         #[arg(long)]
-        token: String,
+        token: Option<String>,
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -126,7 +130,14 @@ pub(crate) enum Cmd {
 pub(crate) fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Init(args) => runtime(0)?.block_on(lifecycle::init(args)),
-        Cmd::Join { token, node } => runtime(0)?.block_on(lifecycle::join(&token, node)),
+        Cmd::Join {
+            token,
+            token_file,
+            node,
+        } => {
+            let token = lifecycle::join_token(token, token_file.as_deref())?;
+            runtime(0)?.block_on(lifecycle::join(&token, node))
+        }
         Cmd::Run { config } => {
             let cfg = Config::load(&config)?.apply_env()?.validate()?;
             init_logging(&cfg.raw.log.level);

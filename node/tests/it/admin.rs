@@ -175,13 +175,19 @@ fn roles_scopes_and_the_life_of_a_key() {
         // An unscoped key from a scoped admin.
         (&admin_alpha, "POST", "/v1/keys", json!({ "role": "viewer" }), 403),
         (&admin_alpha, "POST", "/v1/keys", json!({ "role": "admin", "project": "alpha" }), 403),
-        (&admin_alpha, "POST", "/v1/keys", json!({ "role": "viewer", "project": "alpha" }), 201),
         (&admin, "DELETE", &revoke_owner, Value::Null, 403),
     ];
     for (i, (key, method, path, body, status)) in scoped.into_iter().enumerate() {
         let r = call(&c, i % 3, method, path, key, body);
         assert_eq!(r.status, status, "case {i}: {method} {path}: {}", r.body);
     }
+    // What a scoped admin may make: a key below admin in its own project.
+    make_key(
+        &c,
+        0,
+        &admin_alpha,
+        json!({ "role": "viewer", "project": "alpha" }),
+    );
     // Listings show a scoped key its own project only.
     let r = call(&c, 2, "GET", "/v1/projects", &op_alpha, Value::Null);
     let ids: Vec<&str> = r.body["items"]
@@ -1153,7 +1159,7 @@ fn a_configuration_export_restores_into_an_empty_cluster() {
     }
 
     let b = TestCluster::start(bin(), 1, &[]).unwrap();
-    let import = |pass: &str| {
+    let import_doc = |doc: &Value, pass: &str| {
         b.call(
             0,
             "POST",
@@ -1163,10 +1169,23 @@ fn a_configuration_export_restores_into_an_empty_cluster() {
                 ("Content-Type", "application/json".into()),
                 ("X-Palisade-Passphrase", pass.into()),
             ],
-            serde_json::to_vec(&export).unwrap(),
+            serde_json::to_vec(doc).unwrap(),
         )
         .unwrap()
     };
+    let import = |pass: &str| import_doc(&export, pass);
+    // A settings record is held to the same table as `PUT /v1/settings`.
+    let mut tampered = export.clone();
+    let records = tampered["records"].as_array_mut().unwrap();
+    records.push(json!({ "kind": "settings", "values": { "min_tls": "1.1" } }));
+    let at = records.len() - 1;
+    let r = import_doc(&tampered, pass);
+    assert_eq!(
+        (r.status, r.body["field"].as_str()),
+        (400, Some(format!("records[{at}].values.min_tls").as_str())),
+        "{}",
+        r.body
+    );
     let r = import("the wrong passphrase entirely");
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(
@@ -1428,5 +1447,289 @@ fn a_project_with_ip_rules_is_not_deleted_until_its_lists_are_cleared() {
         4,
         "3 batches of the block list, 1 of the allow list: {}",
         r.body
+    );
+}
+
+#[test]
+fn revocations_stay_revoked() {
+    let c = TestCluster::start(bin(), 1, &[]).unwrap();
+    project(&c, 0, "shop");
+    let epoch = |c: &TestCluster| c.get(0, "/v1/projects/shop/bot").unwrap().body["epoch"].clone();
+
+    // Revoking every clearance bumps the epoch; a policy written without it, or with an older
+    // one (a read-modify-write that raced the revocation), keeps it.
+    let r = c
+        .post(0, "/v1/projects/shop/bot/sessions/revoke", json!({}), None)
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body["epoch"].as_u64()),
+        (200, Some(1)),
+        "{}",
+        r.body
+    );
+    for body in [
+        json!({ "mode": "always_on" }),
+        json!({ "mode": "automatic", "epoch": 0 }),
+    ] {
+        let r = c.put(0, "/v1/projects/shop/bot", body.clone()).unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["bot"]["epoch"], 1, "{body}: {}", r.body);
+        assert_eq!(epoch(&c), 1, "{body}");
+    }
+
+    // Deleting a project revokes its scoped keys and lifts its decisions: the same id made
+    // again inherits neither.
+    let (_, scoped) = make_key(
+        &c,
+        0,
+        &c.key,
+        json!({ "role": "operator", "project": "shop" }),
+    );
+    let decision = json!({ "prefix": "203.0.113.0/24", "action": "block", "minutes": 60 });
+    let r = c
+        .post(0, "/v1/projects/shop/bot/decisions", decision, None)
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = c.delete(0, "/v1/projects/shop").unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    project(&c, 0, "shop");
+    let r = call(&c, 0, "GET", "/v1/projects/shop", &scoped, Value::Null);
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(
+        r.body["message"].as_str().unwrap().contains("revoked"),
+        "{}",
+        r.body
+    );
+    let r = c.get(0, "/v1/projects/shop/bot/decisions").unwrap();
+    assert_eq!(r.body["items"], json!([]), "{}", r.body);
+    let r = c.get(0, "/v1/audit?action=project.delete").unwrap();
+    let outcome = r.body["items"][0]["outcome"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(outcome.contains("keys revoked"), "{}", r.body);
+}
+
+#[test]
+fn a_tenant_sees_no_operator_notes_and_imports_and_domains_have_limits() {
+    let c = TestCluster::start(bin(), 1, &[]).unwrap();
+    project(&c, 0, "shop");
+
+    // A project-scoped viewer learns that a cluster-wide entry decides, not what the operators
+    // wrote about it.
+    let note = "case 4711: the fraud team's list";
+    let rule = json!({ "cidr": "198.51.100.9", "note": note, "ttl_seconds": 3600 });
+    assert_eq!(
+        c.post(0, "/v1/cluster/ip-rules", rule, None)
+            .unwrap()
+            .status,
+        201
+    );
+    let (_, viewer) = make_key(
+        &c,
+        0,
+        &c.key,
+        json!({ "role": "viewer", "project": "shop" }),
+    );
+    let check = "/v1/projects/shop/ip-rules/check?ip=198.51.100.9";
+    let r = call(&c, 0, "GET", check, &viewer, Value::Null);
+    assert_eq!(
+        (r.status, r.body["reason"].as_str()),
+        (200, Some("cluster_block")),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        r.body["rule"],
+        json!({ "list": "block", "cidr": "198.51.100.9/32" }),
+        "{}",
+        r.body
+    );
+    let r = call(&c, 0, "GET", check, &c.key, Value::Null);
+    assert_eq!(
+        r.body["rule"]["note"], note,
+        "an unscoped key sees it all: {}",
+        r.body
+    );
+
+    // A project holds at most `project.max_domains` domains; replacing one is not adding one.
+    let r = c
+        .put(
+            0,
+            "/v1/settings",
+            json!({ "values": { "project.max_domains": "2" } }),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let domain = json!({ "project": "shop", "upstreams": ["127.0.0.1:9"] });
+    #[rustfmt::skip]
+    let puts = [("a.shop.test", 201), ("b.shop.test", 201), ("c.shop.test", 409), ("a.shop.test", 201)];
+    for (host, want) in puts {
+        let r = c
+            .put(0, &format!("/v1/domains/{host}"), domain.clone())
+            .unwrap();
+        assert_eq!(r.status, want, "{host}: {}", r.body);
+        if want == 409 {
+            assert!(
+                r.body["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("project.max_domains"),
+                "{}",
+                r.body
+            );
+        }
+    }
+
+    // Imports run one at a time on a node: while one is still sending its body, another gets
+    // 429 with Retry-After; the first then completes.
+    let admin: SocketAddr = c.nodes[0].admin_addr.parse().unwrap();
+    let body = (0..1000)
+        .map(|i| format!("10.7.{}.{}\n", i / 250, i % 250 + 1))
+        .collect::<String>();
+    let mut first = std::net::TcpStream::connect(admin).unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let import = "/v1/projects/shop/ip-rules/import?list=block";
+    write!(
+        first,
+        "POST {import} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        c.key,
+        body.len(),
+        &body[..body.len() / 2]
+    )
+    .unwrap();
+    let second = wait::until(
+        "the second import to be turned away",
+        Duration::from_secs(10),
+        || {
+            let (status, text) = c
+                .post_raw(0, import, "text/plain", b"10.8.0.1\n".to_vec())
+                .unwrap();
+            (status == 429).then_some(text)
+        },
+    )
+    .unwrap();
+    assert!(second.contains("another import is running"), "{second}");
+    first.write_all(&body.as_bytes()[body.len() / 2..]).unwrap();
+    let mut answer = String::new();
+    first.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"imported\":1000"), "{answer}");
+}
+
+#[test]
+fn an_idempotency_key_answers_its_own_request_and_refuses_another() {
+    let c = TestCluster::start(bin(), 1, &[]).unwrap();
+    project(&c, 0, "shop");
+    let (_, other) = make_key(&c, 0, &c.key, json!({ "role": "operator" }));
+    let send = |key: &str, idem: &str, path: &str, ct: &str, body: &[u8]| {
+        let headers = [
+            ("Authorization", format!("Bearer {key}")),
+            ("Idempotency-Key", idem.to_string()),
+            ("Content-Type", ct.to_string()),
+        ];
+        c.call(0, "POST", path, &headers, body.to_vec()).unwrap()
+    };
+    let rules = "/v1/projects/shop/ip-rules";
+    let rule = |cidr: &str| j(json!({ "list": "block", "cidr": cidr }));
+    let json_ct = "application/json";
+    let listed = |c: &TestCluster| {
+        let r = c.get(0, "/v1/projects/shop/ip-rules?list=block").unwrap();
+        let mut cidrs: Vec<String> = r.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["cidr"].as_str().unwrap().to_string())
+            .collect();
+        cidrs.sort();
+        cidrs
+    };
+
+    // A retry of the same request is applied once and says it was a retry; `?wait=all` on the
+    // retry changes nothing about what it is.
+    let first = send(&c.key, "k-1", rules, json_ct, &rule("198.51.100.1/32"));
+    assert_eq!(first.status, 201, "{}", first.body);
+    let again = send(
+        &c.key,
+        "k-1",
+        &format!("{rules}?wait=all"),
+        json_ct,
+        &rule("198.51.100.1/32"),
+    );
+    assert_eq!(again.body["duplicate"], true, "{}", again.body);
+    assert_eq!(again.body["index"], first.body["index"], "{}", again.body);
+
+    // The same key on another body, another path or another method is refused by name, and
+    // nothing of it is written.
+    #[rustfmt::skip]
+    let reused: [(&str, &str, Vec<u8>); 3] = [
+        ("POST", rules, rule("198.51.100.2/32")),
+        ("POST", "/v1/projects/shop/bot/sessions/revoke", j(json!({}))),
+        ("PUT", "/v1/projects/shop/bot", j(json!({ "mode": "always_on" }))),
+    ];
+    for (method, path, body) in reused {
+        let headers = [
+            ("Authorization", format!("Bearer {}", c.key)),
+            ("Idempotency-Key", "k-1".to_string()),
+            ("Content-Type", json_ct.to_string()),
+        ];
+        let r = c.call(0, method, path, &headers, body).unwrap();
+        assert_eq!(
+            (r.status, r.body["code"].as_str(), r.body["field"].as_str()),
+            (422, Some("idempotency_key_reused"), Some("idempotency-key")),
+            "{method} {path}: {}",
+            r.body
+        );
+    }
+    assert_eq!(listed(&c), ["198.51.100.1/32"]);
+    let r = c.get(0, "/v1/projects/shop/bot").unwrap();
+    assert_eq!(
+        (r.body["mode"].as_str(), r.body["epoch"].as_u64()),
+        (Some("automatic"), Some(0)),
+        "{}",
+        r.body
+    );
+
+    // Another API key has keys of its own: the same text from it is a new request.
+    let theirs = send(&other, "k-1", rules, json_ct, &rule("198.51.100.3/32"));
+    assert_eq!(
+        (theirs.status, &theirs.body["duplicate"]),
+        (201, &json!(false)),
+        "{}",
+        theirs.body
+    );
+    assert_eq!(listed(&c), ["198.51.100.1/32", "198.51.100.3/32"]);
+
+    // An import is one request: repeated, it is applied once; the key on another body is
+    // refused before any of that body is written.
+    let import = "/v1/projects/shop/ip-rules/import?list=block";
+    let body = b"203.0.113.1\n203.0.113.2\n";
+    let r = send(&c.key, "imp", import, "text/plain", body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = send(&c.key, "imp", import, "text/plain", body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = send(
+        &c.key,
+        "imp",
+        import,
+        "text/plain",
+        b"203.0.113.1\n203.0.113.9\n",
+    );
+    assert_eq!(
+        (r.status, r.body["field"].as_str()),
+        (422, Some("idempotency-key")),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        listed(&c),
+        [
+            "198.51.100.1/32",
+            "198.51.100.3/32",
+            "203.0.113.1/32",
+            "203.0.113.2/32"
+        ]
     );
 }

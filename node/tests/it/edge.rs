@@ -97,6 +97,7 @@ fn tls_headers_and_changes_reach_every_node() {
     let acked = t0.elapsed();
     for i in 0..3 {
         let addr = c.nodes[i].https_addr.clone();
+        // A measurement, not a wait: polled every 5 ms, for the time it took.
         let seen = rt.block_on(async {
             let start = Instant::now();
             loop {
@@ -530,11 +531,12 @@ fn dev_run_and_curl(dir: &Path) -> String {
     let curl = wait::until(
         "palisade dev to print its curl line",
         Duration::from_secs(60),
-        || {
-            rx.try_recv()
-                .ok()
-                .filter(|line| line.trim_start().starts_with("curl "))
-                .map(|line| line.trim().to_string())
+        || match rx.recv_timeout(wait::POLL) {
+            Ok(line) if line.trim_start().starts_with("curl ") => Some(line.trim().to_string()),
+            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("palisade dev ended before printing its curl line")
+            }
         },
     )
     .unwrap();
@@ -574,5 +576,126 @@ fn palisade_dev_prints_a_curl_line_that_works_and_reuses_its_data_dir() {
         assert!(text.contains("x-frame-options: deny"), "{text}");
         assert!(text.contains("x-xss-protection: 1; mode=block"), "{text}");
         assert!(text.contains("hello from the demo upstream"), "{text}");
+    }
+}
+
+/// One raw HTTP/1.1 request on a fresh connection; the status line's code (0 when none).
+fn raw_status(addr: &str, request: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn client_sent_forwarding_headers_never_reach_the_upstream() {
+    let rt = rt();
+    let (up, _task) = rt.block_on(upstream("echo"));
+    let c = TestCluster::start(bin(), 1, &[]).unwrap();
+    let ca = site(&c, 0, "fwd", "fwd.test", &[up.to_string()], &["fwd.test"]);
+    let https = c.nodes[0].https_addr.clone();
+    let echo = |c: &TestCluster| -> serde_json::Value {
+        let mut req = get("fwd.test", "/echo");
+        #[rustfmt::skip]
+        let claims = [
+            ("forwarded", "for=6.6.6.6;proto=https;host=evil.test"),
+            ("x-real-ip", "6.6.6.6"), ("true-client-ip", "6.6.6.6"), ("cf-connecting-ip", "6.6.6.6"),
+            ("fastly-client-ip", "6.6.6.6"), ("x-client-ip", "6.6.6.6"), ("x-cluster-client-ip", "6.6.6.6"),
+            ("x-forwarded-for", "6.6.6.6"), ("x-forwarded-host", "evil.test"), ("x-forwarded-proto", "gopher"),
+            ("x-forwarded-port", "6666"), ("x-forwarded-prefix", "/evil"), ("x-forwarded-server", "evil.test"),
+            ("x-forwarded-ssl", "on"), ("front-end-https", "on"), ("x-original-url", "/evil"), ("x-rewrite-url", "/evil"),
+        ];
+        for (name, value) in claims {
+            req.headers_mut().insert(name, value.parse().unwrap());
+        }
+        let _ = c;
+        let a = rt.block_on(async {
+            let tls = tls_connect(
+                &https,
+                "fwd.test",
+                client_config(&ca, &[&rustls::version::TLS13]),
+            )
+            .await
+            .unwrap();
+            send(tls, req).await.unwrap()
+        });
+        assert_eq!(a.status, 200);
+        serde_json::from_slice(&a.body).unwrap()
+    };
+    let seen = echo(&c);
+    let text = seen.to_string();
+    for claim in ["6.6.6.6", "evil", "gopher", "6666"] {
+        assert!(
+            !text.contains(claim),
+            "the upstream saw the client's {claim:?}: {seen:#}"
+        );
+    }
+    for name in [
+        "forwarded",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-original-url",
+        "front-end-https",
+    ] {
+        assert!(
+            seen.get(name).is_none(),
+            "{name} reached the upstream: {seen:#}"
+        );
+    }
+    // What the edge says instead, from the client it resolved.
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "{seen:#}");
+    assert_eq!(seen["x-real-ip"], "127.0.0.1", "{seen:#}");
+    assert_eq!(seen["x-forwarded-proto"], "https");
+    assert_eq!(seen["x-forwarded-host"], "fwd.test");
+
+    // A project that asks for RFC 7239's header gets the edge's own.
+    let r = c
+        .patch(
+            0,
+            "/v1/projects/fwd",
+            json!({ "headers": { "forwarded": true } }),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = echo(&c);
+    assert_eq!(
+        seen["forwarded"], "for=127.0.0.1;proto=https;host=\"fwd.test\"",
+        "{seen:#}"
+    );
+}
+
+#[test]
+fn a_host_that_is_not_a_host_name_is_refused_before_routing() {
+    let rt = rt();
+    let (up, _task) = rt.block_on(upstream("origin"));
+    let c = TestCluster::start(bin(), 1, &[]).unwrap();
+    site(
+        &c,
+        0,
+        "wild",
+        "*.wild.test",
+        &[up.to_string()],
+        &["*.wild.test"],
+    );
+    let http = c.nodes[0].http_addr.clone();
+    let req = |host: &str| format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    // A name the wildcard covers is routed (to its HTTPS redirect); look-alikes are not.
+    #[rustfmt::skip]
+    let cases = [
+        ("shop.wild.test", 308), ("SHOP.Wild.Test.", 308), ("shop.wild.test:80", 308),
+        ("evil%2ecom/.wild.test", 400), ("evil.com/.wild.test", 400), ("evil.com?.wild.test", 400),
+        ("evil.com#.wild.test", 400), ("a b.wild.test", 400), ("-x.wild.test", 400),
+        ("x..wild.test", 400), ("x_y.wild.test", 400), ("shop.wild.test:http", 400),
+        ("127.0.0.1", 404), ("[::1]", 404),
+    ];
+    for (host, want) in cases {
+        assert_eq!(raw_status(&http, &req(host)), want, "Host: {host}");
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use palisade_testkit::iprules::{self, BigList};
 use palisade_testkit::probe::{Probe, Upstream};
 use palisade_testkit::stats::{ms, percentile};
-use palisade_testkit::TestCluster;
+use palisade_testkit::{wait, TestCluster};
 use serde_json::{json, Value};
 
 use super::bin;
@@ -434,19 +434,15 @@ fn the_cluster_list_closes_connections_before_tls_and_only_trusted_peers_name_th
     // Lifting the block lets the address in again.
     let r = c.delete(0, "/v1/cluster/ip-rules?cidr=127.0.0.9").unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
-    let mut again = Probe::new(http, Some("127.0.0.9".parse().unwrap()));
-    let t = Instant::now();
-    while again
-        .status("shop.test", None)
-        .map(|s| s != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "127.0.0.9 still refused"
-        );
-        again = Probe::new(http, Some("127.0.0.9".parse().unwrap()));
-    }
+    wait::until(
+        "127.0.0.9 to be let in again",
+        Duration::from_secs(5),
+        || {
+            let mut again = Probe::new(http, Some("127.0.0.9".parse().unwrap()));
+            again.status("shop.test", None).is_ok_and(|s| s == 200)
+        },
+    )
+    .unwrap();
 }
 
 #[test]
@@ -532,19 +528,20 @@ fn an_entry_stops_matching_on_every_node_at_its_expiry_and_is_swept_later() {
 
     // The leader then removes the expired block entry from the store, in the audit log as the
     // node's doing; the lapsed allow entry stays.
-    let t = Instant::now();
-    loop {
-        let r = c.get(0, "/v1/projects/shop/ip-rules").unwrap();
-        if r.body["items"].as_array().is_some_and(|i| i.is_empty()) {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "not swept: {}",
-            r.body
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let swept = wait::until(
+        "the expired entry to be swept",
+        Duration::from_secs(10),
+        || {
+            let r = c.get(0, "/v1/projects/shop/ip-rules").unwrap();
+            r.body["items"].as_array().is_some_and(|i| i.is_empty())
+        },
+    );
+    swept.unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}",
+            c.get(0, "/v1/projects/shop/ip-rules").unwrap().body
+        )
+    });
     let audit = c.get(2, "/v1/audit?action=ip_rule.expire").unwrap();
     let sweeps = audit.body["items"].as_array().unwrap();
     assert!(
@@ -663,4 +660,60 @@ fn a_rule_reaches_every_node_in_milliseconds_even_beside_a_million_entries() {
         "median {:?}",
         percentile(&s, 50.0)
     );
+}
+
+#[test]
+fn client_ip_resolution_has_no_soft_spots() {
+    let up = Upstream::spawn().unwrap();
+    let c = TestCluster::start(
+        bin(),
+        1,
+        &[TRUSTED, ("PALISADE_EDGE_PROXY_PROTOCOL", "true")],
+    )
+    .unwrap();
+    iprules::site(&c, 0, "lb", "lb.test", up.addr).unwrap();
+    // An allow list that would let the load balancer itself in, one client, and a blocked one.
+    add(
+        &c,
+        0,
+        "/v1/projects/lb",
+        json!({ "list": "allow", "cidr": "127.0.0.1" }),
+    );
+    add(
+        &c,
+        0,
+        "/v1/projects/lb",
+        json!({ "list": "allow", "cidr": "198.51.100.7" }),
+    );
+    add(
+        &c,
+        0,
+        "/v1/projects/lb",
+        json!({ "list": "block", "cidr": "198.51.100.66" }),
+    );
+    let http: SocketAddr = c.nodes[0].http_addr.parse().unwrap();
+    let get = |proxy: &str, xff: &str| {
+        let req = format!("{proxy}GET / HTTP/1.1\r\nHost: lb.test\r\nX-Forwarded-For: {xff}\r\nConnection: close\r\n\r\n");
+        let out = raw(http, &req);
+        out.split(' ')
+            .nth(1)
+            .and_then(|c| c.parse::<u16>().ok())
+            .unwrap_or(0)
+    };
+    let lb = proxy_v1("127.0.0.1", http);
+    #[rustfmt::skip]
+    let cases = [
+        (lb.as_str(), "198.51.100.7", 200, "the allowed client"),
+        (lb.as_str(), "198.51.100.7:5555", 200, "a port is stripped"),
+        (lb.as_str(), "203.0.113.5:1234", 403, "a port does not make the balancer the client"),
+        (lb.as_str(), "[2001:db8::1]:443", 403, "nor does a bracketed IPv6 address with a port"),
+        (lb.as_str(), "unknown", 403, "a client the balancer could not name is nobody"),
+        (lb.as_str(), "198.51.100.7, unknown", 403, "the rightmost entry is the one that counts"),
+        // PROXY LOCAL: the balancer speaks for itself, and its header is not believed.
+        ("PROXY UNKNOWN\r\n", "198.51.100.66", 200, "LOCAL: the socket peer, not the header"),
+        (lb.as_str(), "198.51.100.66", 403, "the blocked client"),
+    ];
+    for (proxy, xff, want, why) in cases {
+        assert_eq!(get(proxy, xff), want, "{why}: XFF {xff}");
+    }
 }

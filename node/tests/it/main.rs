@@ -5,6 +5,7 @@ mod acme;
 mod admin;
 mod bot;
 mod cluster;
+mod cluster_port;
 mod edge;
 mod ip_rules;
 

@@ -11,8 +11,8 @@ use super::{Cluster, ClusterError, WRITE_TIMEOUT};
 use crate::command::{Command, Request, Response};
 use crate::crypto::sha256_hex;
 use crate::ids::NodeId;
-use crate::model::{AuditEntry, Millis};
-use crate::transport::proto::{JoinGrant, JoinRequest, Pong, RemoteError, Rpc};
+use crate::model::{AuditEntry, Millis, Record, RecordKey};
+use crate::transport::proto::{JoinGrant, JoinRequest, Pong, RemoteError, Rpc, MAX_FRAME};
 use crate::transport::{self, read_frame, tls, write_frame, Transport, TransportError};
 
 /// A join token as handed to an operator: where to join, which CA to trust, and the secret.
@@ -75,20 +75,42 @@ impl Cluster {
         }
     }
 
-    pub(super) async fn handle_join(&self, join: JoinRequest) -> Result<JoinGrant, RemoteError> {
+    /// A join request from `remote`. Nothing is written unless its secret matches a live
+    /// token; a source gets [`super::strangers::JOINS_PER_MINUTE`] attempts a minute, and its refusals
+    /// are audited once a minute, under its real address.
+    pub(super) async fn handle_join(
+        &self,
+        join: JoinRequest,
+        remote: SocketAddr,
+    ) -> Result<JoinGrant, RemoteError> {
+        let now = crate::now_ms();
+        if !self.strangers.join_attempt(remote.ip(), now) {
+            return Err(self
+                .refuse_join(
+                    remote,
+                    "too many join attempts from this address; wait a minute",
+                )
+                .await);
+        }
+        if let Err(why) = join.check() {
+            return Err(self.refuse_join(remote, &why).await);
+        }
+        let hash = sha256_hex(join.secret.as_bytes());
+        if !self.join_token_live(&hash).await {
+            return Err(self
+                .refuse_join(remote, "join token unknown or already used, or expired")
+                .await);
+        }
         let audit = AuditEntry {
             seq: 0,
-            at: crate::now_ms(),
+            at: now,
             actor: "join".into(),
-            source_ip: join.node.cluster_addr.clone(),
+            source_ip: remote.ip().to_string(),
             action: "cluster.join".into(),
-            target: join.node.cluster_addr.clone(),
+            target: "cluster".into(),
             outcome: "ok".into(),
         };
-        let req = Request::new(Command::ConsumeJoinToken {
-            hash: sha256_hex(join.secret.as_bytes()),
-        })
-        .with_audit(audit);
+        let req = Request::new(Command::ConsumeJoinToken { hash }).with_audit(audit);
         let node_id = match self.write(req).await {
             Ok(Response::NodeIdAllocated { node_id, .. }) => node_id,
             Ok(Response::Refused { reason }) => {
@@ -113,7 +135,7 @@ impl Cluster {
                 .map_err(|e| RemoteError::Refused {
                     reason: format!("bad certificate request: {e}"),
                 })?;
-        tracing::info!(node = node_id, addr = %join.node.cluster_addr, "join token accepted; node id allocated");
+        tracing::info!(node = node_id, %remote, "join token accepted; node id allocated");
         Ok(JoinGrant {
             node_id,
             cluster_id: self.cluster_id.clone(),
@@ -122,6 +144,48 @@ impl Cluster {
             node_cert_pem,
             master_key_hex: self.master_key.to_hex(),
         })
+    }
+}
+
+impl Cluster {
+    /// Whether a join token with this hash is stored and unexpired: on this node, or, when this
+    /// node has not applied it yet (made through another node a moment ago), after catching up
+    /// with the leader. A read, never a write.
+    async fn join_token_live(&self, hash: &str) -> bool {
+        let key = RecordKey::JoinToken {
+            hash: hash.to_string(),
+        };
+        let live = |r: Option<Record>| matches!(r, Some(Record::JoinToken(t)) if t.expires_at > crate::now_ms());
+        if live(self.reader.get(&key).ok().flatten()) {
+            return true;
+        }
+        self.linearizable_barrier().await.is_ok() && live(self.reader.get(&key).ok().flatten())
+    }
+
+    /// The refusal a stranger gets; its first this minute is audited.
+    async fn refuse_join(&self, remote: SocketAddr, why: &str) -> RemoteError {
+        metrics::counter!("palisade_join_refusals_total").increment(1);
+        if self.strangers.first_refusal(remote.ip(), crate::now_ms()) {
+            tracing::warn!(%remote, "join refused: {why}");
+            let entry = AuditEntry {
+                seq: 0,
+                at: crate::now_ms(),
+                actor: "join".into(),
+                source_ip: remote.ip().to_string(),
+                action: "cluster.join".into(),
+                target: "cluster".into(),
+                outcome: format!(
+                    "refused: {why} (further refusals of this address this minute are not recorded)"
+                ),
+            };
+            let write = self.write(Request::new(Command::AuditOnly).with_audit(entry));
+            if let Err(e) = write.await {
+                tracing::debug!(error = %e, "a refused join was not audited");
+            }
+        }
+        RemoteError::Refused {
+            reason: why.to_string(),
+        }
     }
 }
 
@@ -161,7 +225,7 @@ pub async fn request_join(token: &JoinToken, req: JoinRequest) -> Result<JoinGra
     write_frame(&mut send, &Rpc::Join(req)).await?;
     let _ = send.finish();
     let reply: Result<JoinGrant, RemoteError> =
-        tokio::time::timeout(WRITE_TIMEOUT * 2, read_frame(&mut recv))
+        tokio::time::timeout(WRITE_TIMEOUT * 2, read_frame(&mut recv, MAX_FRAME))
             .await
             .map_err(|_| TransportError::Timeout(WRITE_TIMEOUT * 2))??;
     endpoint.close(0u32.into(), b"done");

@@ -8,7 +8,9 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::ChangeMembers;
 
 use super::{Cluster, ClusterError, MEMBERSHIP_TIMEOUT};
+use crate::command::{Command, Request, Response};
 use crate::ids::NodeId;
+use crate::model::{Record, RemovedNode};
 use crate::transport::proto::{ClusterStatus, MemberStatus, RemoteError, Rpc};
 use crate::transport::TransportError;
 use crate::types::NodeInfo;
@@ -146,6 +148,21 @@ impl Cluster {
                 reason: format!("node {id} is not a member"),
             });
         };
+        // Recorded first, so that there is no moment at which it is out of the membership but
+        // may still add itself back. A member is never refused for being on the list; a failed
+        // change below is retried with the same outcome.
+        let record = Record::RemovedNode(RemovedNode {
+            id,
+            at: crate::now_ms(),
+        });
+        match self.write(Request::new(Command::Put { record })).await {
+            Ok(Response::Applied { .. }) => {}
+            other => {
+                return Err(RemoteError::Failed {
+                    message: format!("recording the removal of node {id} failed: {other:?}"),
+                })
+            }
+        }
         self.raft
             .change_membership(change, false)
             .await

@@ -3,13 +3,15 @@
 //!
 //! - [`membership`]: adding, promoting and removing members, leadership transfer, status;
 //! - [`join`]: join tokens, and the join of a node that has no certificate yet;
-//! - [`serve`]: the server side of the transport (every RPC a peer may send);
+//! - [`serve`]: the server side of the transport (every RPC a peer may send), and
+//!   [`strangers`]: what a peer without a node certificate may cost;
 //! - [`lease`]: leases on cluster work, held through a guard that fences every write.
 
 mod join;
 pub mod lease;
 mod membership;
 mod serve;
+pub mod strangers;
 
 pub use join::{ping, request_join, JoinToken};
 pub use lease::{LeaseError, LeaseGuard};
@@ -147,6 +149,7 @@ pub struct Cluster {
     ca_sha256: String,
     master_key: MasterKey,
     snapshot_dir: std::path::PathBuf,
+    strangers: strangers::Strangers,
 }
 
 impl Cluster {
@@ -194,6 +197,7 @@ impl Cluster {
             ca: setup.ca,
             master_key: setup.master_key,
             snapshot_dir: data_dir.join("snapshots"),
+            strangers: strangers::Strangers::default(),
         });
         tokio::spawn(cluster.clone().serve());
         Ok(cluster)

@@ -1,16 +1,20 @@
 //! The server side of the transport: every RPC a peer may send, checked against the identity in
-//! the peer's certificate.
+//! the peer's certificate. A peer without one is a stranger (see [`super::strangers`]) and may
+//! only join or ping; a peer whose node id is not a member of the cluster (a removed node, say)
+//! may only ping, or ask to be added when it has just joined and was never removed.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ReadPolicy;
 
-use super::{Cluster, ClusterError};
+use super::{strangers, Cluster, ClusterError};
 use crate::ids::NodeId;
+use crate::model::{Record, RecordKey};
 use crate::store::SnapshotFile;
-use crate::transport::proto::{Pong, RemoteError, Rpc};
-use crate::transport::{read_frame, write_frame, TransportError};
+use crate::transport::proto::{Pong, RemoteError, Rpc, MAX_FRAME, MAX_STRANGER_FRAME};
+use crate::transport::{read_frame, write_frame, TransportError, PEER_STREAMS};
 use crate::types::TypeConfig;
 
 impl Cluster {
@@ -26,6 +30,7 @@ impl Cluster {
                         return;
                     }
                 };
+                let remote = conn.remote_address();
                 let peer = conn
                     .peer_identity()
                     .and_then(|any| {
@@ -37,13 +42,41 @@ impl Cluster {
                             .first()
                             .and_then(|c| crate::crypto::node_id_of_cert(c))
                     });
-                while let Ok((send, recv)) = conn.accept_bi().await {
-                    let this = this.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = this.serve_stream(peer, send, recv).await {
-                            tracing::debug!(peer = ?peer, error = %e, "cluster stream failed");
+                // A stranger holds one of a few places, for a short time, with a few streams;
+                // a node gets the streams Raft needs.
+                let place = match peer {
+                    Some(_) => {
+                        conn.set_max_concurrent_bi_streams(PEER_STREAMS.into());
+                        None
+                    }
+                    None => match this.strangers.admit() {
+                        Some(place) => Some(place),
+                        None => {
+                            tracing::debug!(%remote, "too many connections without a certificate; closed");
+                            conn.close(1u32.into(), b"busy");
+                            return;
                         }
-                    });
+                    },
+                };
+                let streams = async {
+                    while let Ok((send, recv)) = conn.accept_bi().await {
+                        let this = this.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = this.serve_stream(peer, remote, send, recv).await {
+                                tracing::debug!(peer = ?peer, %remote, error = %e, "cluster stream failed");
+                            }
+                        });
+                    }
+                };
+                if place.is_some() {
+                    if tokio::time::timeout(strangers::LIFETIME, streams)
+                        .await
+                        .is_err()
+                    {
+                        conn.close(2u32.into(), b"time is up");
+                    }
+                } else {
+                    streams.await;
                 }
             });
         }
@@ -52,10 +85,20 @@ impl Cluster {
     async fn serve_stream(
         &self,
         peer: Option<NodeId>,
+        remote: SocketAddr,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) -> Result<(), TransportError> {
-        let rpc: Rpc = match read_frame(&mut recv).await {
+        let read = match peer {
+            Some(_) => read_frame(&mut recv, MAX_FRAME).await,
+            None => tokio::time::timeout(
+                strangers::READ_DEADLINE,
+                read_frame(&mut recv, MAX_STRANGER_FRAME),
+            )
+            .await
+            .unwrap_or(Err(TransportError::Timeout(strangers::READ_DEADLINE))),
+        };
+        let rpc: Rpc = match read {
             Ok(r) => r,
             Err(e) => {
                 let reply: Result<(), RemoteError> = Err(RemoteError::Refused {
@@ -76,7 +119,7 @@ impl Cluster {
         let unauth = |reason: String| RemoteError::Unauthenticated { reason };
         let Some(peer_id) = peer else {
             match rpc {
-                Rpc::Join(j) => reply!(self.handle_join(j).await),
+                Rpc::Join(j) => reply!(self.handle_join(j, remote).await),
                 Rpc::Ping { .. } => reply!(Ok::<_, RemoteError>(self.pong(None))),
                 other => reply!(Err::<(), _>(unauth(format!(
                     "{} needs a node certificate",
@@ -84,6 +127,10 @@ impl Cluster {
                 )))),
             }
         };
+        if let Err(why) = self.may_call(peer_id, &rpc) {
+            tracing::warn!(peer = peer_id, %remote, rpc = rpc.name(), "refused an RPC from a node that is not a member: {why}");
+            reply!(Err::<(), _>(unauth(why)));
+        }
         let claim_ok = |claimed: NodeId| {
             if claimed == peer_id {
                 Ok(())
@@ -175,11 +222,43 @@ impl Cluster {
                     };
                 reply!(r)
             }
-            Rpc::Join(j) => reply!(self.handle_join(j).await),
+            Rpc::Join(j) => reply!(self.handle_join(j, remote).await),
             Rpc::Ping { from } => match claim_ok(from) {
                 Ok(()) => reply!(Ok::<_, RemoteError>(self.pong(Some(peer_id)))),
                 Err(e) => reply!(Err::<Pong, _>(e)),
             },
+        }
+    }
+
+    /// Whether node `peer` (proved by its certificate) may make this call. A removed node
+    /// (on the replicated list) may only ping. A member may make any call. A node that is not a
+    /// member as far as this node knows may take part in replication (this node may be the one
+    /// that does not know yet: a new node hears from the leader before it learns the
+    /// membership) and may ask to be added itself; nothing else.
+    fn may_call(&self, peer: NodeId, rpc: &Rpc) -> Result<(), String> {
+        if matches!(rpc, Rpc::Ping { .. } | Rpc::Join(_)) {
+            return Ok(());
+        }
+        if matches!(
+            self.reader.get(&RecordKey::RemovedNode { id: peer }),
+            Ok(Some(Record::RemovedNode(_)))
+        ) {
+            return Err(format!("node {peer} was removed from the cluster"));
+        }
+        if self.membership().get_node(&peer).is_some() {
+            return Ok(());
+        }
+        match rpc {
+            Rpc::Append { .. }
+            | Rpc::Vote { .. }
+            | Rpc::PreVote { .. }
+            | Rpc::Snapshot { .. }
+            | Rpc::TransferLeader { .. } => Ok(()),
+            Rpc::AddMember { id, .. } if *id == peer => Ok(()),
+            other => Err(format!(
+                "node {peer} is not a member of the cluster; {} is for members",
+                other.name()
+            )),
         }
     }
 

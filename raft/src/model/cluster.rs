@@ -1,4 +1,5 @@
-//! Records of the cluster's own coordination: leases on shared work, and join tokens.
+//! Records of the cluster's own coordination: leases on shared work, join tokens, and the nodes
+//! removed from the cluster.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,4 +22,12 @@ pub struct JoinToken {
     pub hash: String,
     pub expires_at: Millis,
     pub created_by: String,
+}
+
+/// A node removed from the cluster: its certificate is refused for everything but a ping, for
+/// good (node ids are never handed out twice).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedNode {
+    pub id: NodeId,
+    pub at: Millis,
 }

@@ -10,10 +10,11 @@
 //! - [`bot`]: bot-protection policies, the clearance-signing keys, decisions;
 //! - [`certs`]: certificates and the ACME state (account, challenges, status, budget);
 //! - [`keys`]: roles, API keys and the audit log;
-//! - [`cluster`]: leases on shared work and join tokens;
+//! - [`cluster`]: leases on shared work, join tokens, and the nodes removed from the cluster;
 //! - [`settings`]: the cluster settings, one table of names, defaults and checks.
 //!
-//! Everything is re-exported here: `palisade_raft::model::Project`.
+//! The record types are re-exported here (`palisade_raft::model::Project`); the settings table
+//! is in [`settings`].
 
 pub mod bot;
 pub mod certs;
@@ -33,7 +34,7 @@ pub use keys::*;
 pub use project::*;
 pub use settings::{AcmeLimits, ClusterSettings};
 
-use crate::ids::{Cidr, Hostname, Name, ProjectId};
+use crate::ids::{Cidr, Hostname, Name, NodeId, ProjectId};
 
 /// Unix time in milliseconds.
 pub type Millis = u64;
@@ -82,6 +83,7 @@ pub enum Record {
     Audit(AuditEntry),
     JoinToken(JoinToken),
     Settings(ClusterSettings),
+    RemovedNode(RemovedNode),
 }
 
 /// The key of a record: what `Delete` commands name.
@@ -137,6 +139,9 @@ pub enum RecordKey {
         hash: String,
     },
     Settings,
+    RemovedNode {
+        id: NodeId,
+    },
 }
 
 impl Record {
@@ -183,6 +188,7 @@ impl Record {
                 hash: t.hash.clone(),
             },
             Record::Settings(_) => RecordKey::Settings,
+            Record::RemovedNode(r) => RecordKey::RemovedNode { id: r.id },
         }
     }
 }
@@ -205,8 +211,11 @@ pub mod prefix {
     pub const AUDIT: &str = "audit/";
     pub const JOIN_TOKEN: &str = "jointoken/";
     pub const SETTINGS: &str = "settings";
+    pub const REMOVED_NODE: &str = "removed/";
     /// Internal: request ids already applied, for exactly-once retries.
     pub const DEDUP: &str = "~dedup/";
+    /// Internal: what the request under a client-chosen id was, to refuse another under it.
+    pub const FINGERPRINT: &str = "~fingerprint/";
     /// Internal: counters such as the next node id.
     pub const COUNTER: &str = "~counter/";
 }
@@ -240,6 +249,7 @@ impl RecordKey {
             RecordKey::Audit { seq } => format!("{AUDIT}{seq:020}"),
             RecordKey::JoinToken { hash } => format!("{JOIN_TOKEN}{hash}"),
             RecordKey::Settings => SETTINGS.to_string(),
+            RecordKey::RemovedNode { id } => format!("{REMOVED_NODE}{id:020}"),
         }
     }
 }

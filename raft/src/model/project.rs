@@ -17,6 +17,9 @@ pub struct HeaderPolicy {
     pub xss_protection: bool,
     /// Keep a header the upstream set instead of replacing it with the policy's value.
     pub keep_upstream: bool,
+    /// Send the upstream an RFC 7239 `Forwarded` header (for, proto, host) made by the edge.
+    /// A client's own `Forwarded` is never passed on either way.
+    pub forwarded: bool,
 }
 
 impl Default for HeaderPolicy {
@@ -29,6 +32,7 @@ impl Default for HeaderPolicy {
             frame_deny: true,
             xss_protection: true,
             keep_upstream: false,
+            forwarded: false,
         }
     }
 }

@@ -61,6 +61,7 @@ pub const ACME_MAX_FAILED_VALIDATIONS: &str = "acme.max_failed_validations";
 pub const ACME_FAILED_WINDOW_MINUTES: &str = "acme.failed_window_minutes";
 pub const ACME_RENEW_BEFORE_HOURS: &str = "acme.renew_before_hours";
 pub const ACME_MIN_REISSUE_MINUTES: &str = "acme.min_reissue_minutes";
+pub const PROJECT_MAX_DOMAINS: &str = "project.max_domains";
 
 /// Every cluster setting. The ACME defaults are Let's Encrypt's published limits (300 new orders
 /// per account per 3 hours, 5 failed validations per name per hour).
@@ -107,6 +108,12 @@ pub const SETTINGS: &[Setting] = &[
         default: "0",
         takes: Takes::AtLeast(0),
         about: "renew when this little is left (0: when a third of the lifetime is left)",
+    },
+    Setting {
+        name: PROJECT_MAX_DOMAINS,
+        default: "1000",
+        takes: Takes::AtLeast(1),
+        about: "domains one project may hold (a tenant cannot fill the cluster)",
     },
     Setting {
         name: ACME_MIN_REISSUE_MINUTES,
@@ -169,13 +176,27 @@ impl ClusterSettings {
         }
     }
 
+    /// A number setting: the stored value raised to the least allowed (an older release
+    /// checked less), or the default when it is no number.
     fn number(&self, name: &str) -> u64 {
-        self.value(name).parse().unwrap_or(0)
+        let row = setting(name).expect("a setting of the table");
+        let least = match row.takes {
+            Takes::AtLeast(n) => n,
+            Takes::OneOf(_) => 0,
+        };
+        match self.values.get(name).and_then(|v| v.parse::<u64>().ok()) {
+            Some(n) => n.max(least),
+            None => row.default.parse().unwrap_or(0),
+        }
     }
 
     /// `min_tls = "1.3"`: the public listener refuses TLS 1.2.
     pub fn tls13_only(&self) -> bool {
         self.value(MIN_TLS) == "1.3"
+    }
+
+    pub fn max_domains_per_project(&self) -> u64 {
+        self.number(PROJECT_MAX_DOMAINS)
     }
 
     pub fn bot_key_rotation(&self) -> Duration {
@@ -271,13 +292,17 @@ mod tests {
 
         let set = with(&[
             ("min_tls", "1.3"),
-            ("bot.key_rotation_seconds", "60"),
+            ("bot.key_rotation_seconds", "3"),
             ("acme.renew_before_hours", "2"),
-            // Stored by an older version that checked less: the default stands.
+            // Stored by an older version that checked less: no number, so the default stands.
             ("acme.max_orders", "many"),
         ]);
         assert!(set.tls13_only());
-        assert_eq!(set.bot_key_rotation(), Duration::from_secs(60));
+        assert_eq!(
+            set.bot_key_rotation(),
+            Duration::from_secs(5),
+            "raised to the least allowed"
+        );
         assert_eq!(set.acme().renew_before_ms, Some(7_200_000));
         assert_eq!(set.acme().max_orders, 300);
     }

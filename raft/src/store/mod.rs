@@ -8,6 +8,7 @@
 //! Every value written by this module starts with a one-byte format version so that the next
 //! release can read what this one wrote.
 
+mod apply;
 mod log;
 mod reader;
 mod sm;

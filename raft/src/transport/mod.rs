@@ -26,6 +26,11 @@ use crate::ids::NodeId;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEP_ALIVE: Duration = Duration::from_secs(1);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Streams a peer may have open at once: a node with a certificate gets this many (Raft keeps
+/// heartbeats, appends and snapshots apart); a connection without one gets
+/// [`STRANGER_STREAMS`] until its certificate is known, and keeps them.
+pub const PEER_STREAMS: u32 = 1024;
+pub const STRANGER_STREAMS: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -48,11 +53,13 @@ impl TransportError {
     }
 }
 
-fn transport_config() -> quinn::TransportConfig {
+fn transport_config(streams: u32) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("valid idle timeout")));
     t.keep_alive_interval(Some(KEEP_ALIVE));
-    t.max_concurrent_bidi_streams(1024u32.into());
+    t.max_concurrent_bidi_streams(streams.into());
+    // Nobody opens unidirectional streams here.
+    t.max_concurrent_uni_streams(0u32.into());
     t
 }
 
@@ -63,7 +70,9 @@ pub fn server_config(identity: &tls::Identity) -> Result<quinn::ServerConfig, tl
             detail: e.to_string(),
         })?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(Arc::new(transport_config()));
+    // Every connection starts with a stranger's streams; the server raises them once it has
+    // seen a node certificate.
+    cfg.transport_config(Arc::new(transport_config(STRANGER_STREAMS)));
     Ok(cfg)
 }
 
@@ -74,7 +83,8 @@ pub fn client_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, t
             detail: e.to_string(),
         })?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    cfg.transport_config(Arc::new(transport_config()));
+    // The server opens no streams to a client.
+    cfg.transport_config(Arc::new(transport_config(0)));
     Ok(cfg)
 }
 
@@ -119,8 +129,10 @@ pub async fn write_encoded(
     Ok(())
 }
 
+/// Read one frame of at most `limit` bytes (the length is checked before anything is allocated).
 pub async fn read_frame<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
+    limit: usize,
 ) -> Result<T, TransportError> {
     let mut head = [0u8; 5];
     recv.read_exact(&mut head)
@@ -133,9 +145,10 @@ pub async fn read_frame<T: DeserializeOwned>(
         )));
     }
     let len = u32::from_be_bytes(head[1..].try_into().expect("4 bytes")) as usize;
-    if len > MAX_FRAME {
+    if len > limit.min(MAX_FRAME) {
         return Err(TransportError::Frame(format!(
-            "frame of {len} bytes exceeds {MAX_FRAME}"
+            "frame of {len} bytes exceeds {}",
+            limit.min(MAX_FRAME)
         )));
     }
     let mut body = vec![0u8; len];
@@ -224,7 +237,7 @@ impl Transport {
             let (mut send, mut recv) = self.open(target, addr).await?;
             write_encoded(&mut send, &body).await?;
             let _ = send.finish();
-            let reply: Result<T, RemoteError> = read_frame(&mut recv).await?;
+            let reply: Result<T, RemoteError> = read_frame(&mut recv, MAX_FRAME).await?;
             Ok(reply?)
         };
         let result = tokio::time::timeout(timeout, fut)

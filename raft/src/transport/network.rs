@@ -11,7 +11,7 @@ use openraft::raft::{
 };
 use tokio::io::AsyncReadExt;
 
-use super::proto::{RemoteError, Rpc};
+use super::proto::{RemoteError, Rpc, MAX_FRAME};
 use super::{read_frame, write_frame, Transport, TransportError};
 use crate::ids::NodeId;
 use crate::store::SnapshotFile;
@@ -125,7 +125,7 @@ impl Peer {
         }
         let _ = send.finish();
         let reply: Result<SnapshotResponse<TypeConfig>, RemoteError> =
-            read_frame(&mut recv).await?;
+            read_frame(&mut recv, MAX_FRAME).await?;
         Ok(reply?)
     }
 }

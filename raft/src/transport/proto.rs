@@ -11,6 +11,8 @@ use crate::types::{NodeInfo, SnapshotMeta, TypeConfig, Vote};
 pub const FRAME_VERSION: u8 = 1;
 /// The largest frame either side accepts. Bulk commands are split below this by their callers.
 pub const MAX_FRAME: usize = 32 << 20;
+/// The largest frame a peer without a node certificate may send: a join request is a few KB.
+pub const MAX_STRANGER_FRAME: usize = 64 << 10;
 
 /// Externally tagged: an internally tagged enum would buffer its content, and serde cannot then
 /// read the integer map keys (node ids) inside openraft's membership. An RPC is encoded as soon as
@@ -97,6 +99,23 @@ pub struct JoinRequest {
     pub secret: String,
     pub csr_pem: String,
     pub node: NodeInfo,
+}
+
+impl JoinRequest {
+    /// What a joining node claims stays within what a real one sends.
+    pub fn check(&self) -> Result<(), String> {
+        let fields = [
+            ("secret", self.secret.len(), 128),
+            ("csr_pem", self.csr_pem.len(), 8 << 10),
+            ("node.cluster_addr", self.node.cluster_addr.len(), 256),
+            ("node.admin_addr", self.node.admin_addr.len(), 256),
+            ("node.public_addr", self.node.public_addr.len(), 256),
+        ];
+        match fields.iter().find(|(_, len, max)| len > max) {
+            Some((name, len, max)) => Err(format!("{name} holds {len} bytes; at most {max}")),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Clone, Serialize, Deserialize)]

@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use super::{RuleQuery, Scope, IMPORT_BATCH, IMPORT_IN_FLIGHT, MAX_IMPORT_LINES, MAX_NOTE};
-use crate::http::{error, Caller, QueryParams};
+use crate::http::{busy, error, Caller, QueryParams};
 use crate::state::AdminState;
 use crate::write::{audit, cluster_error, request_id, written};
 
@@ -195,6 +195,12 @@ pub(super) async fn import_rules(
     let p = scope.authorize(&state, &caller, Role::Operator).await?;
     let list = scope.list(q.list.as_deref())?;
     scope.ensure_exists(&state)?;
+    let Ok(_one_at_a_time) = state.imports.try_acquire() else {
+        return Err(busy(
+            "another import is running on this node; try again shortly",
+            5,
+        ));
+    };
     let csv = caller
         .headers
         .get("content-type")
@@ -214,6 +220,10 @@ pub(super) async fn import_rules(
             .await
             .map_err(|e| error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")))?;
         line += 1;
+        if let (Ok(true) | Err(()), Some(fingerprint)) = (&got, &caller.fingerprint) {
+            fingerprint.feed(&buf);
+            fingerprint.feed(b"\n");
+        }
         let outcome = match got {
             Ok(false) => break,
             Err(()) => Err(format!("longer than {MAX_LINE_BYTES} bytes")),
@@ -270,8 +280,13 @@ pub(super) async fn import_rules(
             .into_response());
     }
 
-    let base_id = match caller.headers.get("idempotency-key") {
-        Some(_) => Some(request_id(&caller)?),
+    // Every batch carries the whole import's fingerprint: the same key on another body is
+    // refused at its first batch, before anything of it is written.
+    let base = match caller.headers.get("idempotency-key") {
+        Some(_) => Some((
+            request_id(&caller)?,
+            caller.fingerprint.as_ref().map(|f| f.value()),
+        )),
         None => None,
     };
     let actor = format!("key:{}", p.key_id);
@@ -314,13 +329,14 @@ pub(super) async fn import_rules(
                 "ip_rule.import",
                 &target,
             ));
-            if let Some(base) = &base_id {
+            if let Some((base, fingerprint)) = &base {
                 // Each batch has its own id, derived from the caller's: a retried import applies
                 // every batch once.
-                if let Ok(id) = format!("{}#{i}", &base.as_str()[..base.as_str().len().min(120)])
-                    .parse::<RequestId>()
-                {
+                if let Ok(id) = format!("{base}#{i}").parse::<RequestId>() {
                     req = req.with_id(id);
+                }
+                if let Some(fingerprint) = fingerprint {
+                    req = req.with_fingerprint(fingerprint.clone());
                 }
             }
             let cluster = state.cluster.clone();

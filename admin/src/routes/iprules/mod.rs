@@ -464,7 +464,7 @@ async fn check(
     scope: Scope,
     QueryParams(q): QueryParams<RuleQuery>,
 ) -> poem::Result<poem::Response> {
-    scope.authorize(&state, &caller, Role::Viewer).await?;
+    let p = scope.authorize(&state, &caller, Role::Viewer).await?;
     let raw = q.ip.as_deref().unwrap_or("");
     let ip: IpAddr = raw
         .trim()
@@ -504,9 +504,17 @@ async fn check(
             }),
         _ => None,
     };
+    // A key scoped to a project sees that a cluster-wide entry decided, never that entry's
+    // note, creator or expiry (another tenant's business, or the operators').
+    let rule = match entry {
+        Some(r) if r.project.is_none() && p.project.is_some() => {
+            Some(json!({ "list": r.list, "cidr": r.cidr }))
+        }
+        other => other.map(|r| json!(r)),
+    };
     Ok(Json(json!({
         "ip": ip.to_string(), "project": scope.0, "allowed": d.allowed, "reason": d.reason,
-        "rule": entry,
+        "rule": rule,
     }))
     .into_response())
 }

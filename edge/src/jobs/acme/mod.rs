@@ -21,10 +21,12 @@
 //! Keys (account and certificate) are sealed with the master key before they reach the store.
 //!
 //! - [`schedule`]: when a name is due, its owner, back-off and renewal point (pure);
-//! - [`steps`]: one attempt, the steps of RFC 8555 §7 (account, order, challenges, CSR);
+//! - `steps`: one attempt, the steps of RFC 8555 §7 (order, challenges, CSR), and `account`:
+//!   the cluster's account on the directory, made once cluster-wide;
 //! - this module: the configuration and the loop (a pass every second and after every change,
 //!   one task per name this node owns and that is due, at most `parallel` at once).
 
+mod account;
 pub mod schedule;
 mod steps;
 
@@ -174,6 +176,10 @@ impl Acme {
             changed.clone(),
             shutdown.clone(),
         ));
+        // A first look at once, then every tick and after every change.
+        if let Err(e) = self.pass().await {
+            tracing::warn!(error = %e, "a pass of background work failed; the next one retries");
+        }
         every_or_woken(TICK, &changed, &shutdown, "ACME", || self.pass()).await
     }
 
@@ -202,11 +208,14 @@ impl Acme {
         let mut due = Vec::new();
         self.cluster.reader.for_each(prefix::DOMAIN, |r| {
             if let Record::Domain(d) = r {
+                if d.tls != TlsMode::Acme {
+                    return;
+                }
                 let lease = self.read(&RecordKey::Lease {
                     name: lease_name(&d.host),
                 });
                 let held = matches!(&lease, Some(Record::Lease(l)) if schedule::held(Some(l), now));
-                if d.tls == TlsMode::Acme && !held && self.needs_order(&d.host, &limits, now) {
+                if !held && self.needs_order(&d.host, &limits, now) {
                     due.push(d.host);
                 }
             }

@@ -142,6 +142,11 @@ pub fn backoff(base: Duration, cap: Duration, failures: u32, host: &str, now: Mi
 
 /// When a full window frees a place (`None`: it is not full).
 pub fn full_until(w: &RateWindow, limit: u32, window_ms: u64, now: Millis) -> Option<Millis> {
+    // A limit of none (the setting at 0: nothing is ordered) never frees a place; look again
+    // a window on.
+    if limit == 0 {
+        return Some(now.saturating_add(window_ms.max(1)));
+    }
     let since = now.saturating_sub(window_ms);
     let mut live: Vec<Millis> = w.stamps.iter().copied().filter(|&t| t > since).collect();
     if live.len() < limit as usize {
@@ -417,5 +422,12 @@ mod tests {
         assert_eq!(full_until(&w, 4, 10_000, 5_000), None);
         assert_eq!(full_until(&w, 2, 10_000, 5_000), Some(12_000));
         assert_eq!(full_until(&w, 3, 10_000, 11_500), None);
+        // A limit of 0 (ordering switched off) is full, also with nothing in the window.
+        let empty = RateWindow {
+            name: "x".parse().unwrap(),
+            stamps: Vec::new(),
+        };
+        assert_eq!(full_until(&empty, 0, 10_000, 5_000), Some(15_000));
+        assert_eq!(full_until(&w, 0, 10_000, 5_000), Some(15_000));
     }
 }
