@@ -42,6 +42,11 @@ pub trait EdgeRules: Send + Sync {
     fn seen(&self) -> tokio::sync::watch::Receiver<u64>;
     /// The edge's decision for a request from `ip` to `project` (`None`: the cluster-wide list).
     fn verdict(&self, project: Option<&ProjectId>, ip: IpAddr, now: u64) -> Verdict;
+    /// Why the edge would refuse to connect to `addr` as an upstream, if it would.
+    fn upstream_refusal(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> Option<palisade_raft::model::upstream::Forbidden>;
 }
 
 pub struct AdminState {

@@ -15,6 +15,7 @@
 //! - [`access`]: IP allow and block lists compiled into prefix tables;
 //! - [`bot`]: bot protection in the pipeline (gate, challenge and cookies, keyring, triggers);
 //! - [`proxy`], [`upstream`]: forwarding, target selection and health;
+//! - [`egress`]: where upstream connections may go (never the node's private side);
 //! - [`response`]: pages the edge makes and the security headers on every response.
 //!
 //! Background work: [`jobs`] **writes** to the replicated state. Work one node does for the
@@ -26,6 +27,7 @@
 pub mod access;
 pub mod bot;
 pub mod client_ip;
+pub mod egress;
 pub mod jobs;
 pub mod pipeline;
 pub mod proxy;
@@ -50,6 +52,11 @@ pub use server::ListenerLimits;
 #[derive(Debug, Clone, Default)]
 pub struct EdgeSettings {
     pub trusted_proxies: Vec<Cidr>,
+    /// This node's allowance for upstreams on the private side, added to the cluster
+    /// setting `edge.upstream_allowed_networks` (see [`egress`]).
+    pub upstream_allowed_networks: Vec<Cidr>,
+    /// The node's own listeners (admin, cluster, public): never an upstream.
+    pub own_listeners: Vec<std::net::SocketAddr>,
     pub limits: ListenerLimits,
     pub timeouts: proxy::ProxyTimeouts,
 }
@@ -61,6 +68,8 @@ pub struct Edge {
     /// Bot protection's counters and the decisions they queue ([`jobs::decisions`] sends them
     /// to the cluster).
     pub detector: Arc<bot::detect::Detector>,
+    /// Where upstream connections may go.
+    pub egress: Arc<egress::Egress>,
 }
 
 impl Edge {
@@ -76,12 +85,17 @@ impl Edge {
         let view = view::LiveView::start(reader.clone(), master.clone())?;
         let tls = Arc::new(tls::TlsConfigs::new(view.clone()).map_err(std::io::Error::other)?);
         let detector = Arc::new(bot::detect::Detector::new());
+        let egress = Arc::new(egress::Egress::new(
+            view.clone(),
+            settings.upstream_allowed_networks.clone(),
+            settings.own_listeners.clone(),
+        ));
         let pipeline = Arc::new(pipeline::Pipeline {
             view: view.clone(),
             reader,
             master,
             client_ip: client_ip::ClientIpResolver::new(settings.trusted_proxies.clone()),
-            proxy: proxy::Proxy::new(settings.timeouts.clone()),
+            proxy: proxy::Proxy::new(settings.timeouts.clone(), egress.clone()),
             gates: vec![Box::new(bot::BotGate::new(view.clone(), detector.clone()))],
         });
         tokio::spawn(server::serve(
@@ -98,8 +112,9 @@ impl Edge {
             settings.limits.clone(),
             shutdown.clone(),
         ));
-        tokio::spawn(health_checks(view.clone(), shutdown));
+        tokio::spawn(health_checks(view.clone(), egress.clone(), shutdown));
         Ok(Edge {
+            egress,
             view,
             pipeline,
             detector,
@@ -108,10 +123,10 @@ impl Edge {
 }
 
 /// Check every upstream of the view once a [`upstream::HEALTH_INTERVAL`], until `shutdown`.
-async fn health_checks(view: Arc<view::LiveView>, shutdown: Shutdown) {
+async fn health_checks(view: Arc<view::LiveView>, egress: Arc<egress::Egress>, shutdown: Shutdown) {
     let round = || async {
         let groups = view.get().upstream_groups();
-        futures::future::join_all(groups.iter().map(|g| g.check())).await;
+        futures::future::join_all(groups.iter().map(|g| g.check(&egress))).await;
         Ok::<(), std::convert::Infallible>(())
     };
     // The first round at once, then one an interval.

@@ -10,10 +10,10 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::egress::{refusal_in, Connector, Egress};
 use crate::response::{empty, error_page, Body, BoxError};
 use crate::upstream::Target;
 use crate::view::Route;
@@ -35,7 +35,7 @@ impl Default for ProxyTimeouts {
 }
 
 pub struct Proxy {
-    client: Client<HttpConnector, Body>,
+    client: Client<Connector, Body>,
     timeouts: ProxyTimeouts,
 }
 
@@ -150,6 +150,9 @@ pub enum UpstreamError {
     BodyTooLarge,
     /// A target's address does not make a URI.
     BadAddress,
+    /// A target is on the node's private side (loopback, link-local, cloud metadata, one of
+    /// the node's listeners) and no allowance lets it through.
+    Refused,
 }
 
 impl UpstreamError {
@@ -186,6 +189,11 @@ impl UpstreamError {
                 "The upstream address is invalid.",
                 None,
             ),
+            Refused => (
+                StatusCode::BAD_GATEWAY,
+                "The upstream address is not one the edge may connect to.",
+                Some("refused"),
+            ),
         }
     }
 
@@ -212,10 +220,8 @@ pub struct Forwarded<'a> {
 }
 
 impl Proxy {
-    pub fn new(timeouts: ProxyTimeouts) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeouts.connect));
-        connector.set_nodelay(true);
+    pub fn new(timeouts: ProxyTimeouts, egress: Arc<Egress>) -> Self {
+        let connector = Connector::new(egress, timeouts.connect);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
@@ -314,6 +320,11 @@ impl Proxy {
             match result {
                 Err(_) => return UpstreamError::Timeout.answer(&fwd),
                 Ok(Err(e)) if e.is_connect() => {
+                    if let Some(refused) = refusal_in(&e) {
+                        // The operator's doing, not the upstream's: no ejection, no retry.
+                        tracing::debug!(target = %target.addr, error = %refused, "upstream refused");
+                        return UpstreamError::Refused.answer(&fwd);
+                    }
                     target.eject();
                     tried.push(target);
                     if retryable {

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::egress::Egress;
+
 /// How long an ejected target stays out before the active check may bring it back.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
@@ -99,20 +101,25 @@ impl UpstreamGroup {
         Some(InFlight(chosen.clone()))
     }
 
-    /// One round of active checks: a TCP connect to each target, all at once.
-    pub async fn check(&self) {
-        futures::future::join_all(self.targets.iter().map(|t| check_target(t))).await;
+    /// One round of active checks: a TCP connect to each target, all at once, to addresses
+    /// `egress` allows only.
+    pub async fn check(&self, egress: &Egress) {
+        futures::future::join_all(self.targets.iter().map(|t| check_target(t, egress))).await;
     }
 }
 
-async fn check_target(t: &Target) {
-    let ok = match tokio::net::lookup_host(&t.addr)
-        .await
-        .ok()
-        .and_then(|mut a| a.next())
-    {
-        Some(addr) => probe(addr).await,
-        None => false,
+async fn check_target(t: &Target, egress: &Egress) {
+    let ok = match egress.resolve(&t.addr).await {
+        Ok(addrs) => match addrs.first() {
+            Some(&addr) => probe(addr, egress).await,
+            None => false,
+        },
+        Err(e) => {
+            if t.is_healthy() {
+                tracing::warn!(target = %t.addr, error = %e, "upstream not usable");
+            }
+            false
+        }
     };
     let was = t.healthy.swap(ok, Ordering::Relaxed);
     if ok && !was {
@@ -127,11 +134,11 @@ async fn check_target(t: &Target) {
     });
 }
 
-async fn probe(addr: SocketAddr) -> bool {
-    matches!(
-        tokio::time::timeout(HEALTH_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
-        Ok(Ok(_))
-    )
+async fn probe(addr: SocketAddr, egress: &Egress) -> bool {
+    match tokio::time::timeout(HEALTH_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => egress.check_connected(&stream).is_ok(),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,8 @@ pub struct View {
     alpn01: HashMap<String, Arc<CertifiedKey>>,
     /// `min_tls = "1.3"` in the cluster settings.
     pub tls13_only: bool,
+    /// `edge.upstream_allowed_networks` in the cluster settings.
+    pub upstream_allowed: Arc<Vec<Cidr>>,
     /// Every IP allow and block list.
     pub access: AccessRules,
     /// The bot-protection keys, opened: the active one signs, all verify.
@@ -220,8 +222,14 @@ impl View {
             Change::Delete(RecordKey::Alpn01 { host }) => {
                 self.alpn01.remove(host.as_str());
             }
-            Change::Put(Record::Settings(s)) => self.tls13_only = s.tls13_only(),
-            Change::Delete(RecordKey::Settings) => self.tls13_only = false,
+            Change::Put(Record::Settings(s)) => {
+                self.tls13_only = s.tls13_only();
+                self.upstream_allowed = Arc::new(s.upstream_allowed_networks());
+            }
+            Change::Delete(RecordKey::Settings) => {
+                self.tls13_only = false;
+                self.upstream_allowed = Arc::default();
+            }
             Change::Put(Record::BotKey(k)) => self.put_bot_key(k, master),
             Change::Delete(RecordKey::BotKey { kid }) => {
                 if let Some(kid) = kid_bytes(kid) {

@@ -67,6 +67,10 @@ pub async fn run(args: DevArgs) -> Result<()> {
         // No public CA can reach a development machine; its names get the local CA's certificate.
         cfg.acme = None;
     }
+    if cfg.edge.upstream_allowed_networks.is_empty() {
+        // The demo upstream, and the app a developer runs next to it, are on loopback.
+        cfg.edge.upstream_allowed_networks = vec!["127.0.0.0/8".parse()?, "::1/128".parse()?];
+    }
     let upstream = demo_upstream().await?;
     let running = serve::start(&cfg).await?;
     let cluster = running.cluster.clone();

@@ -147,7 +147,7 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
     }
     let state = Arc::new(AdminState::new(
         cluster.clone(),
-        Arc::new(EdgeView(edge.view.clone())),
+        Arc::new(EdgeView(edge.view.clone(), edge.egress.clone())),
         cfg.admin.clone(),
     ));
     let admin_tls = match cfg.raw.admin.tls {
@@ -174,8 +174,9 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
     })
 }
 
-/// The admin API's window on the edge: the IP decision exactly as this node's edge enforces it.
-struct EdgeView(Arc<LiveView>);
+/// The admin API's window on the edge: the IP decision and the upstream policy exactly as this
+/// node's edge enforces them.
+struct EdgeView(Arc<LiveView>, Arc<palisade_edge::egress::Egress>);
 
 impl EdgeRules for EdgeView {
     fn seen(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -184,6 +185,13 @@ impl EdgeRules for EdgeView {
 
     fn verdict(&self, project: Option<&ProjectId>, ip: std::net::IpAddr, now: u64) -> Verdict {
         self.0.get().access.decide(project, ip, now)
+    }
+
+    fn upstream_refusal(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> Option<palisade_raft::model::upstream::Forbidden> {
+        self.1.refusal(addr)
     }
 }
 

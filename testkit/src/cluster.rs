@@ -125,6 +125,12 @@ impl TestCluster {
         // Test and benchmark nodes never call a public CA; a test that wants ACME names its
         // own directory (Pebble) in `env`.
         cmd.env("PALISADE_ACME_DIRECTORY", "off");
+        // Test origins listen on loopback, which production nodes refuse as an upstream; a
+        // test of that refusal sets this to "" in `env`.
+        cmd.env(
+            "PALISADE_EDGE_UPSTREAM_ALLOWED_NETWORKS",
+            "127.0.0.0/8,::1/128",
+        );
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

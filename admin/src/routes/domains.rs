@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use palisade_raft::command::Command;
 use palisade_raft::ids::{Hostname, ProjectId};
+use palisade_raft::model::settings::EDGE_UPSTREAM_ALLOWED_NETWORKS;
 use palisade_raft::model::{
     prefix, BotMode, ClusterSettings, Domain, Record, RecordKey, Role, TlsMode,
 };
@@ -71,6 +72,26 @@ struct DomainBody {
 
 const MAX_UPSTREAMS: usize = 64;
 
+/// An upstream the edge may connect to: `HOST:PORT`, and when HOST is an address, not the
+/// node's private side (a name is checked by the edge on each address it resolves to).
+fn check_upstream_allowed(state: &AdminState, field: &str, u: &str) -> poem::Result<()> {
+    check_upstream(field, u)?;
+    let Ok(addr) = u.parse::<std::net::SocketAddr>() else {
+        return Ok(());
+    };
+    match state.edge.upstream_refusal(addr) {
+        None => Ok(()),
+        Some(why) if why.may_be_allowed() => Err(invalid(
+            field,
+            format!("{u:?} is {why}; the edge proxies public traffic to no such address unless the cluster setting {EDGE_UPSTREAM_ALLOWED_NETWORKS} lists it"),
+        )),
+        Some(why) => Err(invalid(
+            field,
+            format!("{u:?} is {why}; the edge never proxies to itself"),
+        )),
+    }
+}
+
 pub(crate) fn check_upstream(field: &str, u: &str) -> poem::Result<()> {
     let port_ok = u
         .rsplit_once(':')
@@ -132,7 +153,7 @@ async fn put_domain(
         ));
     }
     for (i, u) in body.upstreams.iter().enumerate() {
-        check_upstream(&format!("upstreams[{i}]"), u)?;
+        check_upstream_allowed(&state, &format!("upstreams[{i}]"), u)?;
     }
     let domain = Domain {
         host: host.clone(),

@@ -7,7 +7,7 @@ impl Config {
     /// Environment overrides, applied after the file: `PALISADE_RAFT_<FIELD>` for each `[raft]`
     /// field (for example `PALISADE_RAFT_SNAPSHOT_EVERY=500`), the edge's header-read and
     /// upstream-response timeouts and rule sweep interval, `PALISADE_EDGE_TRUSTED_PROXIES`
-    /// (comma-separated), `PALISADE_EDGE_PROXY_PROTOCOL`, `PALISADE_ADMIN_ALLOWED_IPS`
+    /// and `PALISADE_EDGE_UPSTREAM_ALLOWED_NETWORKS` (comma-separated), `PALISADE_EDGE_PROXY_PROTOCOL`, `PALISADE_ADMIN_ALLOWED_IPS`
     /// (comma-separated), `PALISADE_ADMIN_LAST_USED_FLUSH_MS`, `PALISADE_ADMIN_AUDIT_MAX_ENTRIES`,
     /// `PALISADE_ACME_<FIELD>` for each `[acme]` field, `PALISADE_WORKERS`, and `PALISADE_LOG`.
     pub fn apply_env(mut self) -> Result<Config, ConfigError> {
@@ -82,20 +82,21 @@ impl Config {
             }
         }
         if let Ok(v) = std::env::var("PALISADE_ADMIN_ALLOWED_IPS") {
-            self.admin.allowed_ips = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect();
+            self.admin.allowed_ips = list(&v);
         }
-        if let Ok(v) = std::env::var("PALISADE_EDGE_TRUSTED_PROXIES") {
-            self.edge.trusted_proxies = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect();
+        for (var, slot) in [
+            (
+                "PALISADE_EDGE_TRUSTED_PROXIES",
+                &mut self.edge.trusted_proxies,
+            ),
+            (
+                "PALISADE_EDGE_UPSTREAM_ALLOWED_NETWORKS",
+                &mut self.edge.upstream_allowed_networks,
+            ),
+        ] {
+            if let Ok(v) = std::env::var(var) {
+                *slot = list(&v);
+            }
         }
         if let Ok(v) = std::env::var("PALISADE_EDGE_PROXY_PROTOCOL") {
             self.edge.proxy_protocol = match v.as_str() {
@@ -115,4 +116,13 @@ impl Config {
         }
         Ok(self)
     }
+}
+
+/// A comma-separated list, blanks dropped.
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }

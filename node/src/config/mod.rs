@@ -75,6 +75,10 @@ pub struct EdgeSection {
     /// Expect a PROXY protocol (v1 or v2) header on both public listeners from the peers in
     /// `trusted_proxies` (required then); other peers connect directly and send none.
     pub proxy_protocol: bool,
+    /// Networks an upstream may be in although they are this machine's private side
+    /// (loopback, link-local, cloud metadata), on this node only; the cluster setting
+    /// `edge.upstream_allowed_networks` allows them everywhere. `palisade dev` allows loopback.
+    pub upstream_allowed_networks: Vec<String>,
     pub max_header_bytes: usize,
     pub header_read_timeout_ms: u64,
     pub upstream_connect_timeout_ms: u64,
@@ -89,6 +93,7 @@ impl Default for EdgeSection {
         EdgeSection {
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
+            upstream_allowed_networks: Vec::new(),
             max_header_bytes: 64 << 10,
             header_read_timeout_ms: 10_000,
             upstream_connect_timeout_ms: 3_000,

@@ -4,6 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+use palisade_raft::ids::Cidr;
+
 use super::Config;
 
 /// A configuration error: which field, which value, what is wrong.
@@ -172,16 +174,7 @@ impl Config {
                 "is a public or wildcard address; bind the admin API to a private address or set admin.allow_public = true",
             ));
         }
-        let mut admin_allowed = Vec::new();
-        for (i, c) in self.admin.allowed_ips.iter().enumerate() {
-            admin_allowed.push(c.parse().map_err(|e: palisade_raft::ids::InvalidId| {
-                ConfigError::Field {
-                    field: "admin.allowed_ips",
-                    value: format!("[{i}] {c}"),
-                    why: e.why.to_string(),
-                }
-            })?);
-        }
+        let admin_allowed = cidrs("admin.allowed_ips", &self.admin.allowed_ips)?;
         if self.admin.audit_max_entries < 1000 {
             return Err(field(
                 "admin.audit_max_entries",
@@ -191,16 +184,11 @@ impl Config {
         }
         let http_listen = socket("public.http", &self.public.http)?;
         let https_listen = socket("public.https", &self.public.https)?;
-        let mut trusted = Vec::new();
-        for (i, c) in self.edge.trusted_proxies.iter().enumerate() {
-            trusted.push(c.parse().map_err(|e: palisade_raft::ids::InvalidId| {
-                ConfigError::Field {
-                    field: "edge.trusted_proxies",
-                    value: format!("[{i}] {c}"),
-                    why: e.why.to_string(),
-                }
-            })?);
-        }
+        let trusted = cidrs("edge.trusted_proxies", &self.edge.trusted_proxies)?;
+        let upstream_allowed = cidrs(
+            "edge.upstream_allowed_networks",
+            &self.edge.upstream_allowed_networks,
+        )?;
         if self.edge.proxy_protocol && trusted.is_empty() {
             return Err(field(
                 "edge.proxy_protocol",
@@ -240,8 +228,12 @@ impl Config {
             }
         }
         let ms = std::time::Duration::from_millis;
+        let mut own_listeners = vec![cluster_listen, admin_listen, http_listen, https_listen];
+        own_listeners.push(adv);
         let edge = palisade_edge::EdgeSettings {
             trusted_proxies: trusted,
+            upstream_allowed_networks: upstream_allowed,
+            own_listeners,
             limits: palisade_edge::ListenerLimits {
                 max_header_bytes: self.edge.max_header_bytes,
                 header_read_timeout: ms(self.edge.header_read_timeout_ms),
@@ -287,4 +279,19 @@ impl Config {
             raw: self,
         })
     }
+}
+
+/// A list of CIDRs from the configuration; the first that is not one is the error, by index.
+fn cidrs(name: &'static str, list: &[String]) -> Result<Vec<Cidr>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            c.parse()
+                .map_err(|e: palisade_raft::ids::InvalidId| ConfigError::Field {
+                    field: name,
+                    value: format!("[{i}] {c}"),
+                    why: e.why.to_string(),
+                })
+        })
+        .collect()
 }

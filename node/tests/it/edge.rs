@@ -699,3 +699,151 @@ fn a_host_that_is_not_a_host_name_is_refused_before_routing() {
         assert_eq!(raw_status(&http, &req(host)), want, "Host: {host}");
     }
 }
+
+/// An origin that counts the TCP connections it is sent and answers each request 200.
+async fn counting_origin() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if n == 0 || s.write_all(ok).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[test]
+fn an_upstream_cannot_be_the_private_side() {
+    use std::sync::atomic::Ordering;
+    let rt = rt();
+    let (origin, connections) = rt.block_on(counting_origin());
+    // As in production: no allowance for loopback on the node.
+    let c =
+        TestCluster::start(bin(), 1, &[("PALISADE_EDGE_UPSTREAM_ALLOWED_NETWORKS", "")]).unwrap();
+    let r = c
+        .post(
+            0,
+            "/v1/projects",
+            json!({ "id": "shop", "name": "shop", "bot": { "mode": "off" } }),
+            None,
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let domain = |host: &str, upstream: &str| {
+        let body = json!({ "project": "shop", "upstreams": [upstream], "redirect_https": false });
+        c.put(0, &format!("/v1/domains/{host}"), body).unwrap()
+    };
+    let admin = c.nodes[0].admin_addr.clone();
+    let admin_port = admin.rsplit_once(':').unwrap().1.to_string();
+
+    // Addresses on the private side are refused when the domain is written, naming the field.
+    #[rustfmt::skip]
+    let refused = [
+        (admin.clone(), "one of the node's own listeners"),
+        (format!("0.0.0.0:{admin_port}"), "the unspecified address"),
+        (c.nodes[0].http_addr.clone(), "one of the node's own listeners"),
+        (origin.to_string(), "a loopback address"),
+        ("[::1]:8080".into(), "a loopback address"),
+        ("[::ffff:127.0.0.1]:8080".into(), "a loopback address"),
+        ("169.254.169.254:80".into(), "a cloud metadata address"),
+        ("[fd00:ec2::254]:80".into(), "a cloud metadata address"),
+        ("100.100.100.200:80".into(), "a cloud metadata address"),
+        ("169.254.1.1:80".into(), "a link-local address"),
+        ("[fe80::1]:80".into(), "a link-local address"),
+        ("0.0.0.0:8080".into(), "the unspecified address"),
+    ];
+    for (upstream, why) in &refused {
+        let r = domain("a.test", upstream);
+        assert_eq!(
+            (r.status, r.body["field"].as_str()),
+            (400, Some("upstreams[0]")),
+            "{upstream}: {}",
+            r.body
+        );
+        assert!(
+            r.body["message"].as_str().unwrap().contains(why),
+            "{upstream}: {}",
+            r.body
+        );
+    }
+
+    // A name is the edge's to check, on every address it resolves to: `localhost` is accepted
+    // as a name, and the edge never connects to what it resolves to.
+    let by_name = format!("localhost:{}", origin.port());
+    let r = domain("name.test", &by_name);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let http = c.nodes[0].http_addr.clone();
+    let fetch = |host: &str| rt.block_on(http_get(&http, host, "/")).unwrap();
+    for _ in 0..5 {
+        let a = fetch("name.test");
+        assert!(a.status == 502 || a.status == 503, "{}", a.status);
+    }
+    // Several health-check rounds have run by now, too.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "the edge connected to loopback"
+    );
+
+    // The settings check what they are given.
+    let r = c
+        .put(
+            0,
+            "/v1/settings",
+            json!({ "values": { "edge.upstream_allowed_networks": "127.0.0.0/33" } }),
+        )
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body["field"].as_str()),
+        (400, Some("values.edge.upstream_allowed_networks")),
+        "{}",
+        r.body
+    );
+
+    // The owner allows loopback for the whole cluster: the name now reaches the origin, and so
+    // may an address; the node's own listeners stay refused.
+    let r = c
+        .put(
+            0,
+            "/v1/settings",
+            json!({ "values": { "edge.upstream_allowed_networks": "127.0.0.0/8, ::1/128" } }),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait::until(
+        "the name reaches its origin",
+        Duration::from_secs(10),
+        || fetch("name.test").status == 200,
+    )
+    .unwrap();
+    assert!(connections.load(Ordering::SeqCst) > 0);
+    let r = domain("addr.test", &origin.to_string());
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(fetch("addr.test").status, 200);
+    let r = domain("self.test", &admin);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("never proxies to itself"),
+        "{}",
+        r.body
+    );
+}

@@ -11,7 +11,8 @@
 //! - [`certs`]: certificates and the ACME state (account, challenges, status, budget);
 //! - [`keys`]: roles, API keys and the audit log;
 //! - [`cluster`]: leases on shared work, join tokens, and the nodes removed from the cluster;
-//! - [`settings`]: the cluster settings, one table of names, defaults and checks.
+//! - [`settings`]: the cluster settings, one table of names, defaults and checks;
+//! - [`upstream`]: which addresses an upstream may be (not the node's private side).
 //!
 //! The record types are re-exported here (`palisade_raft::model::Project`); the settings table
 //! is in [`settings`].
@@ -23,6 +24,7 @@ pub mod iprule;
 pub mod keys;
 pub mod project;
 pub mod settings;
+pub mod upstream;
 
 use serde::{Deserialize, Serialize};
 

@@ -21,6 +21,19 @@ pub enum Takes {
     OneOf(&'static [&'static str]),
     /// A whole number at least this.
     AtLeast(u64),
+    /// A comma-separated list of IP networks (CIDRs or addresses), at most this many; empty
+    /// for none.
+    Networks(usize),
+}
+
+/// The networks of a [`Takes::Networks`] value; the first that is not one is the error.
+pub fn networks(value: &str) -> Result<Vec<crate::ids::Cidr>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|e| format!("{s:?}: {e}")))
+        .collect()
 }
 
 impl Takes {
@@ -39,6 +52,10 @@ impl Takes {
                 Ok(n) if n >= min => Ok(()),
                 Ok(_) => Err(format!("{value:?} is below the least allowed, {min}")),
                 Err(_) => Err(format!("{value:?} is not a whole number")),
+            },
+            Takes::Networks(max) => match networks(value)? {
+                n if n.len() > max => Err(format!("lists {} networks, more than {max}", n.len())),
+                _ => Ok(()),
             },
         }
     }
@@ -62,6 +79,7 @@ pub const ACME_FAILED_WINDOW_MINUTES: &str = "acme.failed_window_minutes";
 pub const ACME_RENEW_BEFORE_HOURS: &str = "acme.renew_before_hours";
 pub const ACME_MIN_REISSUE_MINUTES: &str = "acme.min_reissue_minutes";
 pub const PROJECT_MAX_DOMAINS: &str = "project.max_domains";
+pub const EDGE_UPSTREAM_ALLOWED_NETWORKS: &str = "edge.upstream_allowed_networks";
 
 /// Every cluster setting. The ACME defaults are Let's Encrypt's published limits (300 new orders
 /// per account per 3 hours, 5 failed validations per name per hour).
@@ -114,6 +132,12 @@ pub const SETTINGS: &[Setting] = &[
         default: "1000",
         takes: Takes::AtLeast(1),
         about: "domains one project may hold (a tenant cannot fill the cluster)",
+    },
+    Setting {
+        name: EDGE_UPSTREAM_ALLOWED_NETWORKS,
+        default: "",
+        takes: Takes::Networks(64),
+        about: "networks an upstream may be in although they are loopback, link-local or cloud metadata (comma-separated CIDRs; a node's own listeners are never allowed)",
     },
     Setting {
         name: ACME_MIN_REISSUE_MINUTES,
@@ -182,7 +206,7 @@ impl ClusterSettings {
         let row = setting(name).expect("a setting of the table");
         let least = match row.takes {
             Takes::AtLeast(n) => n,
-            Takes::OneOf(_) => 0,
+            Takes::OneOf(_) | Takes::Networks(_) => 0,
         };
         match self.values.get(name).and_then(|v| v.parse::<u64>().ok()) {
             Some(n) => n.max(least),
@@ -193,6 +217,11 @@ impl ClusterSettings {
     /// `min_tls = "1.3"`: the public listener refuses TLS 1.2.
     pub fn tls13_only(&self) -> bool {
         self.value(MIN_TLS) == "1.3"
+    }
+
+    /// `edge.upstream_allowed_networks`: what an upstream may be although the private side.
+    pub fn upstream_allowed_networks(&self) -> Vec<crate::ids::Cidr> {
+        networks(self.value(EDGE_UPSTREAM_ALLOWED_NETWORKS)).unwrap_or_default()
     }
 
     pub fn max_domains_per_project(&self) -> u64 {
