@@ -33,8 +33,8 @@ pub struct View {
     /// Wildcard routes, keyed by the suffix after `*.`.
     wildcard: HashMap<String, Route>,
     pub projects: HashMap<ProjectId, Arc<Project>>,
-    certs_exact: HashMap<String, Arc<CertifiedKey>>,
-    certs_wildcard: HashMap<String, Arc<CertifiedKey>>,
+    certs_exact: HashMap<String, Vec<Served>>,
+    certs_wildcard: HashMap<String, Vec<Served>>,
     /// Which hosts each certificate record covers, for deletes.
     cert_hosts: HashMap<String, Vec<String>>,
     /// TLS-ALPN-01 validation certificates by host (RFC 8737), shown only to a client that
@@ -52,6 +52,15 @@ pub struct View {
     pub decisions: Arc<HashMap<(ProjectId, Cidr), (Millis, DecisionAction)>>,
     /// How many decisions there are of each (is IPv6, prefix length): the lengths to look up.
     decision_lens: std::collections::BTreeMap<(bool, u8), u32>,
+}
+
+/// A certificate as served for one name: the newest usable one wins.
+#[derive(Clone)]
+struct Served {
+    name: String,
+    /// Served for this project's domains only (see [`Cert::project`]).
+    project: Option<ProjectId>,
+    key: Arc<CertifiedKey>,
 }
 
 /// A keyring key id (16 hex digits) as the bytes tokens and cookies carry.
@@ -77,8 +86,29 @@ impl View {
         lookup(&self.exact, &self.wildcard, host)
     }
 
+    /// The certificate for `host`: the newest for the exact name, else for the wildcard one
+    /// label up, among those that may be served for the project the host routes to (a
+    /// project's own first, then the cluster's). A host that routes nowhere gets only the
+    /// cluster's.
     pub fn cert(&self, host: &str) -> Option<Arc<CertifiedKey>> {
-        lookup(&self.certs_exact, &self.certs_wildcard, host).cloned()
+        let project = self.route(host).map(|r| &r.domain.project);
+        let pick = |served: &Vec<Served>| {
+            let newest = |want: Option<&ProjectId>| {
+                served
+                    .iter()
+                    .rev()
+                    .find(|s| s.project.as_ref() == want)
+                    .map(|s| s.key.clone())
+            };
+            project
+                .and_then(|p| newest(Some(p)))
+                .or_else(|| newest(None))
+        };
+        let exact = self.certs_exact.get(host).and_then(pick);
+        exact.or_else(|| {
+            let (_, parent) = host.split_once('.')?;
+            self.certs_wildcard.get(parent).and_then(pick)
+        })
     }
 
     pub fn alpn01(&self, host: &str) -> Option<Arc<CertifiedKey>> {
@@ -167,12 +197,20 @@ impl View {
                 return;
             }
         };
+        let served = Served {
+            name: c.name.to_string(),
+            project: c.project.clone(),
+            key,
+        };
         let mut hosts = Vec::new();
         for h in &c.hosts {
-            match h.as_str().strip_prefix("*.") {
-                Some(suffix) => self.certs_wildcard.insert(suffix.to_string(), key.clone()),
-                None => self.certs_exact.insert(h.to_string(), key.clone()),
+            let (map, name) = match h.as_str().strip_prefix("*.") {
+                Some(suffix) => (&mut self.certs_wildcard, suffix),
+                None => (&mut self.certs_exact, h.as_str()),
             };
+            map.entry(name.to_string())
+                .or_default()
+                .push(served.clone());
             hosts.push(h.to_string());
         }
         self.cert_hosts.insert(c.name.to_string(), hosts);
@@ -180,10 +218,16 @@ impl View {
 
     fn delete_cert(&mut self, name: &str) {
         for h in self.cert_hosts.remove(name).unwrap_or_default() {
-            match h.strip_prefix("*.") {
-                Some(suffix) => self.certs_wildcard.remove(suffix),
-                None => self.certs_exact.remove(&h),
+            let (map, key) = match h.strip_prefix("*.") {
+                Some(suffix) => (&mut self.certs_wildcard, suffix.to_string()),
+                None => (&mut self.certs_exact, h),
             };
+            if let Some(served) = map.get_mut(&key) {
+                served.retain(|s| s.name != name);
+                if served.is_empty() {
+                    map.remove(&key);
+                }
+            }
         }
     }
 

@@ -172,6 +172,7 @@ fn local_certificate(cluster: &palisade_raft::cluster::Cluster) -> Result<(Strin
         not_after: 2_051_222_400_000,
         issuer: "Palisade dev local CA".into(),
         source: CertSource::Local,
+        project: None,
     };
     Ok((ca_cert.pem(), cert))
 }

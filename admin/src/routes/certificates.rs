@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use palisade_raft::command::Command;
-use palisade_raft::ids::{Hostname, Name};
+use palisade_raft::ids::{Hostname, Name, ProjectId};
 use palisade_raft::model::{
     prefix, Cert, CertSource, CertStatus, Record, RecordKey, Role, TlsMode,
 };
@@ -64,6 +64,9 @@ struct CertBody {
     name: String,
     chain_pem: String,
     key_pem: String,
+    /// Serve it for this project's domains only (none: for any project's).
+    #[serde(default)]
+    project: Option<String>,
 }
 
 #[handler]
@@ -85,6 +88,16 @@ async fn upload_cert(
         rustls_pki_types::PrivateKeyDer::from_pem_slice(body.key_pem.as_bytes())
             .map_err(|e| invalid("key_pem", e))?;
     }
+    let project = match &body.project {
+        None => None,
+        Some(id) => {
+            let id: ProjectId = id
+                .parse()
+                .map_err(|e| invalid("project", format!("{id:?}: {e}")))?;
+            crate::read::project(&state, &id)?;
+            Some(id)
+        }
+    };
     let context = RecordKey::Cert { name: name.clone() }.encode();
     let cert = Cert {
         name: name.clone(),
@@ -98,6 +111,7 @@ async fn upload_cert(
         not_after,
         issuer,
         source: CertSource::Manual,
+        project,
     };
     let entry = audit(&p, &caller, "certificate.upload", &format!("cert/{name}"));
     apply(
@@ -133,7 +147,7 @@ async fn list_certs(
                     .map(|s| acme_json(&s));
                 Some(json!({
                     "name": c.name, "hosts": c.hosts, "issuer": c.issuer, "not_before": c.not_before,
-                    "not_after": c.not_after, "source": c.source,
+                    "not_after": c.not_after, "source": c.source, "project": c.project,
                     "status": if c.not_after <= now { "expired" } else if c.not_before > now { "not_yet_valid" } else { "valid" },
                     "acme": acme,
                 }))

@@ -46,7 +46,8 @@ pub(crate) fn ops() -> Vec<Op> {
             "Create or replace a domain",
             put_domain,
         )
-        .json::<DomainBody>(),
+        .json::<DomainBody>()
+        .query::<PutOpts>(),
         op(
             Method::DELETE,
             "/v1/domains/:host",
@@ -70,7 +71,57 @@ struct DomainBody {
     bot_override: Option<BotMode>,
 }
 
+/// `PUT /v1/domains/{host}?claim=true`: an unscoped admin key takes the name although another
+/// project's wildcard covers it (or it is a wildcard over another project's names).
+#[derive(Deserialize, Serialize, Default, schemars::JsonSchema)]
+struct PutOpts {
+    claim: Option<bool>,
+}
+
 const MAX_UPSTREAMS: usize = 64;
+
+/// The other project's domain whose names overlap `host`'s: the wildcard one label up that
+/// covers it, or, for a wildcard, an exact name it would cover. (A wildcard covers one label:
+/// `*.b.example` covers `login.b.example`, not `b.example` nor `a.login.b.example`.)
+fn overlapping(
+    state: &AdminState,
+    host: &Hostname,
+    project: &ProjectId,
+) -> poem::Result<Option<Domain>> {
+    let theirs = |d: &Domain| &d.project != project && &d.host != host;
+    if let Some(suffix) = host.as_str().strip_prefix("*.") {
+        let mut found = None;
+        state
+            .cluster
+            .reader
+            .for_each(prefix::DOMAIN, |r| {
+                if let Record::Domain(d) = r {
+                    let covered = d
+                        .host
+                        .as_str()
+                        .split_once('.')
+                        .is_some_and(|(label, parent)| label != "*" && parent == suffix);
+                    if found.is_none() && covered && theirs(&d) {
+                        found = Some(d);
+                    }
+                }
+            })
+            .map_err(internal)?;
+        return Ok(found);
+    }
+    let Some((_, parent)) = host.as_str().split_once('.') else {
+        return Ok(None);
+    };
+    let Ok(wildcard) = format!("*.{parent}").parse::<Hostname>() else {
+        return Ok(None);
+    };
+    Ok(
+        match get_record(state, &RecordKey::Domain { host: wildcard })? {
+            Some(Record::Domain(d)) if theirs(&d) => Some(d),
+            _ => None,
+        },
+    )
+}
 
 /// An upstream the edge may connect to: `HOST:PORT`, and when HOST is an address, not the
 /// node's private side (a name is checked by the edge on each address it resolves to).
@@ -113,6 +164,7 @@ async fn put_domain(
     state: Data<&Arc<AdminState>>,
     caller: Caller,
     Path(host): Path<String>,
+    opts: QueryParams<PutOpts>,
     body: JsonBody<DomainBody>,
 ) -> ApiResult {
     let host: Hostname = path_param("host", &host)?;
@@ -142,6 +194,26 @@ async fn put_domain(
         }
     }
     project(&state, &project_id)?;
+    // A tenant cannot take names another project's wildcard serves, nor a wildcard over
+    // another project's names: the exact name would win the routing, and ACME would issue it.
+    let overlap = overlapping(&state, &host, &project_id)?;
+    if let Some(other) = &overlap {
+        let claims = opts.0.claim == Some(true);
+        if !(claims && p.project.is_none() && p.role >= Role::Admin) {
+            let whose = match &p.project {
+                None => format!("project {}'s {}", other.project, other.host),
+                Some(_) => "a name of another project".to_string(),
+            };
+            let how = match &p.project {
+                None => "; an admin key may take it with ?claim=true",
+                Some(_) => "",
+            };
+            return Err(error(
+                StatusCode::FORBIDDEN,
+                format!("{host} overlaps {whose}{how}"),
+            ));
+        }
+    }
     check_quota(&state, &project_id, &host)?;
     if body.upstreams.is_empty() {
         return Err(invalid("upstreams", "must name at least one HOST:PORT"));
@@ -163,7 +235,18 @@ async fn put_domain(
         redirect_https: body.redirect_https.unwrap_or(true),
         bot_override: body.bot_override,
     };
-    let entry = audit(&p, &caller, "domain.put", &format!("domain/{host}"));
+    let entry = match &overlap {
+        None => audit(&p, &caller, "domain.put", &format!("domain/{host}")),
+        Some(other) => audit(
+            &p,
+            &caller,
+            "domain.claim",
+            &format!(
+                "domain/{host} (over project {}'s {})",
+                other.project, other.host
+            ),
+        ),
+    };
     apply(
         &state,
         &caller,

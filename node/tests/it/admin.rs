@@ -1733,3 +1733,58 @@ fn an_idempotency_key_answers_its_own_request_and_refuses_another() {
         ]
     );
 }
+
+#[test]
+fn a_tenant_cannot_claim_another_tenants_names() {
+    let c = TestCluster::start(bin(), 1, &[]).unwrap();
+    for id in ["a", "b"] {
+        project(&c, 0, id);
+    }
+    let (_, tenant_a) = make_key(&c, 0, &c.key, json!({ "role": "operator", "project": "a" }));
+    let (_, operator) = make_key(&c, 0, &c.key, json!({ "role": "operator" }));
+    let put = |key: &str, host: &str, project: &str| {
+        let body = json!({ "project": project, "upstreams": ["192.0.2.1:80"] });
+        call(&c, 0, "PUT", &format!("/v1/domains/{host}"), key, body)
+    };
+    for (host, project) in [("*.b.example", "b"), ("shop.c.example", "b")] {
+        let r = put(&c.key, host, project);
+        assert_eq!(r.status, 201, "{host}: {}", r.body);
+    }
+
+    // Who asks, what for, and what they are told: a tenant learns nothing about the other
+    // project; an operator learns whose name it is; only an admin may take it, and says so.
+    #[rustfmt::skip]
+    let cases: [(&str, &str, &str, u16, &str); 10] = [
+        (&tenant_a, "login.b.example", "a", 403, "overlaps a name of another project"),
+        (&tenant_a, "*.c.example", "a", 403, "overlaps a name of another project"),
+        (&operator, "login.b.example", "a", 403, "overlaps project b's *.b.example; an admin key may take it with ?claim=true"),
+        (&operator, "login.b.example?claim=true", "a", 403, "overlaps project b's"),
+        (&tenant_a, "login.b.example?claim=true", "a", 403, "overlaps a name of another project"),
+        (&operator, "*.c.example", "a", 403, "overlaps project b's shop.c.example"),
+        // Not covered: a wildcard covers one label, and the project's own names are its own.
+        (&tenant_a, "deep.login.b.example", "a", 201, ""),
+        (&tenant_a, "b.example", "a", 201, ""),
+        (&c.key, "own.b.example", "b", 201, ""),
+        (&c.key, "login.b.example?claim=true", "a", 201, ""),
+    ];
+    for (key, host, project, status, says) in cases {
+        let r = put(key, host, project);
+        assert_eq!(r.status, status, "{host} for {project}: {}", r.body);
+        let message = r.body["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{host}: {}", r.body);
+        if key == tenant_a {
+            assert!(!message.contains("project b"), "{host}: {}", r.body);
+        }
+    }
+    let r = c.get(0, "/v1/audit?action=domain.claim").unwrap();
+    let items = r.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{}", r.body);
+    assert!(
+        items[0]["target"]
+            .as_str()
+            .unwrap()
+            .contains("over project b's *.b.example"),
+        "{}",
+        r.body
+    );
+}

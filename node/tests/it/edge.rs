@@ -847,3 +847,59 @@ fn an_upstream_cannot_be_the_private_side() {
         r.body
     );
 }
+
+#[test]
+fn a_certificate_bound_to_a_project_is_served_for_its_domains_only() {
+    let rt = rt();
+    let (up, _task) = rt.block_on(upstream("bound"));
+    let c = TestCluster::start(bin(), 1, &[]).unwrap();
+    for id in ["a", "b"] {
+        let r = c
+            .post(
+                0,
+                "/v1/projects",
+                json!({ "id": id, "name": id, "bot": { "mode": "off" } }),
+                None,
+            )
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    for (host, project) in [("shop.b.example", "b"), ("evil.b.example", "a")] {
+        let r = c
+            .put(
+                0,
+                &format!("/v1/domains/{host}"),
+                json!({ "project": project, "upstreams": [up.to_string()] }),
+            )
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let pki = pki(&["*.b.example"]);
+    let upload = |project: &str| {
+        let body = json!({ "name": "b-wild", "chain_pem": pki.chain_pem, "key_pem": pki.key_pem, "project": project });
+        c.post(0, "/v1/certificates", body, None).unwrap()
+    };
+    let r = upload("nope");
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = upload("b");
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = c.get(0, "/v1/certificates").unwrap();
+    assert_eq!(r.body["items"][0]["project"], "b", "{}", r.body);
+
+    let https = c.nodes[0].https_addr.clone();
+    let fetch = |host: &str| rt.block_on(https_get(&https, host, "/", &pki.ca_pem));
+    let served = wait::until(
+        "project b's name is served",
+        Duration::from_secs(10),
+        || fetch("shop.b.example").ok().map(|a| a.status),
+    );
+    assert_eq!(served.unwrap(), 200);
+    // Project a's name under the same wildcard gets no certificate of project b's.
+    let err = fetch("evil.b.example")
+        .err()
+        .expect("project a's name got b's certificate");
+    assert!(
+        err.to_string().to_lowercase().contains("alert") || err.to_string().contains("handshake"),
+        "{err}"
+    );
+}

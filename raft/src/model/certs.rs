@@ -25,6 +25,10 @@ pub struct Cert {
     pub not_after: Millis,
     pub issuer: String,
     pub source: CertSource,
+    /// The one project whose domains the certificate is served for; none: any project's (an
+    /// operator's certificate for the whole cluster, or ACME's for one domain's own name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<crate::ids::ProjectId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

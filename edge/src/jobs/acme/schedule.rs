@@ -182,6 +182,7 @@ mod tests {
             not_after,
             issuer: "test".into(),
             source: CertSource::Acme,
+            project: None,
         }
     }
 

@@ -314,6 +314,7 @@ impl Acme {
             not_after,
             issuer,
             source: CertSource::Acme,
+            project: None,
         };
         let done = now_ms();
         // A renewal asked for during this attempt is kept for the next one.
