@@ -15,7 +15,7 @@
 //! it with 403, and listings show it only its project.
 
 use palisade_raft::ids::ProjectId;
-use palisade_raft::model::{AuditEntry, Role};
+use palisade_raft::model::{AuditClass, AuditEntry, Role};
 use palisade_raft::now_ms;
 use poem::http::StatusCode;
 
@@ -97,6 +97,7 @@ async fn authenticate_caller(
                 action: "auth.failure".into(),
                 target: format!("{} {}", caller.method, caller.path),
                 outcome: format!("denied: {e}"),
+                class: AuditClass::Outside,
             };
             let wait = state.guard.failed(caller.ip, entry);
             tokio::time::sleep(wait).await;

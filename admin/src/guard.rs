@@ -2,7 +2,8 @@
 //! and the time each key was last used.
 //!
 //! Neither may turn the admin API into a way to flood the Raft log. Failure entries go through a
-//! bounded queue and are written at most [`FAILURE_AUDITS_PER_SEC`] a second per node; what does
+//! bounded queue and are written at most `admin.failure_audits_per_second` (default
+//! [`FAILURE_AUDITS_PER_SEC`]) a second per node; what does
 //! not fit is counted and written as one summary entry a second. Key use is gathered in memory
 //! and written once per `admin.last_used_flush_ms` as one command for all keys.
 
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use palisade_raft::cluster::Cluster;
 use palisade_raft::command::{Command, Request};
 use palisade_raft::ids::Name;
-use palisade_raft::model::{AuditEntry, Millis};
+use palisade_raft::model::{AuditClass, AuditEntry, Millis};
 use palisade_raft::now_ms;
 use tokio::sync::mpsc;
 
@@ -86,7 +87,12 @@ impl Guard {
     }
 
     /// Write queued failures and key use until `stop`; started once per node.
-    pub async fn run(self: Arc<Self>, cluster: Arc<Cluster>, flush_every: Duration) {
+    pub async fn run(
+        self: Arc<Self>,
+        cluster: Arc<Cluster>,
+        flush_every: Duration,
+        audits_per_second: u32,
+    ) {
         let Some(mut rx) = self.audit_rx.lock().expect("audit queue lock").take() else {
             return;
         };
@@ -100,7 +106,7 @@ impl Guard {
                     if window.0.elapsed() >= Duration::from_secs(1) {
                         window = (Instant::now(), 0);
                     }
-                    if window.1 >= FAILURE_AUDITS_PER_SEC {
+                    if window.1 >= audits_per_second {
                         self.unrecorded.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
@@ -131,6 +137,7 @@ impl Guard {
             action: "auth.failure.summary".into(),
             target: "admin".into(),
             outcome: format!("{n} further authentication failures, not itemised (rate cap)"),
+            class: AuditClass::Outside,
         };
         let req = Request::new(Command::AuditOnly).with_audit(entry);
         if let Err(e) = cluster.write(req).await {

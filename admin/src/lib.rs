@@ -67,12 +67,11 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> std::io::Result<()> {
-    tokio::spawn(
-        state
-            .guard
-            .clone()
-            .run(state.cluster.clone(), state.options.last_used_flush),
-    );
+    tokio::spawn(state.guard.clone().run(
+        state.cluster.clone(),
+        state.options.last_used_flush,
+        state.options.failure_audits_per_second,
+    ));
     match tls {
         Some(config) => {
             poem::Server::new_with_acceptor(tls::TlsAcceptor::new(listener, config)?)

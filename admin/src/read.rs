@@ -54,7 +54,7 @@ pub(crate) struct ListOpts {
 }
 
 impl ListOpts {
-    fn limit(&self) -> poem::Result<usize> {
+    pub(crate) fn limit(&self) -> poem::Result<usize> {
         match self.limit {
             None => Ok(100),
             Some(n @ 1..=10_000) => Ok(n),

@@ -20,6 +20,8 @@ pub struct AdminOptions {
     pub last_used_flush: Duration,
     pub audit_max_age: Duration,
     pub audit_max_entries: u64,
+    /// Failed authentications itemised in the audit log per second (the rest are summarised).
+    pub failure_audits_per_second: u32,
 }
 
 impl Default for AdminOptions {
@@ -29,6 +31,7 @@ impl Default for AdminOptions {
             last_used_flush: Duration::from_secs(60),
             audit_max_age: Duration::from_secs(365 * 86_400),
             audit_max_entries: 1_000_000,
+            failure_audits_per_second: crate::guard::FAILURE_AUDITS_PER_SEC,
         }
     }
 }

@@ -9,7 +9,7 @@ use palisade_raft::cluster::ClusterError;
 use palisade_raft::command::{Command, Refusal, Request, Response};
 use palisade_raft::crypto::sha256_hex;
 use palisade_raft::ids::RequestId;
-use palisade_raft::model::AuditEntry;
+use palisade_raft::model::{AuditClass, AuditEntry};
 use palisade_raft::now_ms;
 use poem::http::StatusCode;
 use poem::web::Json;
@@ -112,6 +112,7 @@ pub(crate) fn audit(p: &Principal, caller: &Caller, action: &str, target: &str) 
         action: action.to_string(),
         target: target.to_string(),
         outcome: "ok".to_string(),
+        class: AuditClass::Operator,
     }
 }
 

@@ -85,14 +85,16 @@ pub enum Command {
     ConsumeJoinToken {
         hash: String,
     },
-    /// Drop, oldest first and at most `limit` of them, the audit entries written before `before`
-    /// or with a sequence number below `below_seq`.
+    /// Drop, oldest first and at most `limit` of them, the audit entries of `class` written
+    /// before `before` or with a sequence number below `below_seq`.
     PruneAudit {
         before: Millis,
         #[serde(default)]
         below_seq: u64,
         #[serde(default = "default_prune_limit")]
         limit: u32,
+        #[serde(default)]
+        class: crate::model::AuditClass,
     },
     /// Change nothing: the request's audit entry alone is the point (membership changes, which
     /// are Raft entries of their own).

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use palisade_raft::model::{prefix, AuditEntry, Record};
+use palisade_raft::model::{AuditClass, AuditEntry, Record};
 use poem::http::Method;
 use poem::web::{Data, Json};
 use poem::{handler, IntoResponse};
@@ -42,9 +42,12 @@ struct AuditQuery {
     target: Option<String>,
     /// `json` (default) or `csv`.
     format: Option<String>,
+    /// `operator` (what keys, operators and the cluster did), `outside` (what unauthenticated
+    /// traffic caused: failed keys, refused joins, bot decisions), or both (default).
+    class: Option<String>,
 }
 
-const AUDIT_COLUMNS: [&str; 7] = [
+const AUDIT_COLUMNS: [&str; 8] = [
     "seq",
     "at",
     "actor",
@@ -52,6 +55,7 @@ const AUDIT_COLUMNS: [&str; 7] = [
     "action",
     "target",
     "outcome",
+    "class",
 ];
 
 /// Query the audit log: by time (`since`/`until`, Unix ms), `actor` and `target` (prefix match:
@@ -88,13 +92,25 @@ async fn list_audit(
             ));
         }
     }
+    let classes: &[AuditClass] = match q.class.as_deref() {
+        None => &[AuditClass::Operator, AuditClass::Outside],
+        Some("operator") => &[AuditClass::Operator],
+        Some("outside") => &[AuditClass::Outside],
+        Some(other) => {
+            return Err(invalid(
+                "class",
+                format!("must be operator or outside, not {other:?}"),
+            ))
+        }
+    };
     read_barrier(&state, q.consistency.as_deref()).await?;
     let opts = ListOpts {
         consistency: None,
         after: q.after.clone(),
         limit: q.limit,
     };
-    let (items, next) = page(&state, prefix::AUDIT, &opts, |r| {
+    let limit = opts.limit()?;
+    let keep = |r: &Record| {
         let Record::Audit(a) = r else { return false };
         q.since.is_none_or(|t| a.at >= t)
             && q.until.is_none_or(|t| a.at < t)
@@ -103,14 +119,26 @@ async fn list_audit(
             && q.action
                 .as_deref()
                 .is_none_or(|x| a.action == x || (x.ends_with('.') && a.action.starts_with(x)))
-    })?;
-    let entries: Vec<AuditEntry> = items
-        .into_iter()
-        .filter_map(|r| match r {
+    };
+    // Each class is its own key range in sequence order; the page is the first `limit` of
+    // their merge, and the cursor (a sequence number) means the same in both.
+    let mut entries: Vec<AuditEntry> = Vec::new();
+    let mut more = false;
+    for class in classes {
+        let (items, next) = page(&state, class.prefix(), &opts, keep)?;
+        more |= next.is_some();
+        entries.extend(items.into_iter().filter_map(|r| match r {
             Record::Audit(a) => Some(a),
             _ => None,
-        })
-        .collect();
+        }));
+    }
+    entries.sort_by_key(|a| a.seq);
+    more |= entries.len() > limit;
+    entries.truncate(limit);
+    let next = match more {
+        true => entries.last().map(|a| format!("{:020}", a.seq)),
+        false => None,
+    };
     if !csv {
         return Ok(Json(json!({ "items": entries, "next": next })).into_response());
     }
@@ -125,6 +153,7 @@ async fn list_audit(
             a.action.clone(),
             a.target.clone(),
             a.outcome.clone(),
+            a.class.as_str().to_string(),
         ];
         let row: Vec<String> = row.iter().map(|f| crate::http::csv_field(f)).collect();
         out.push_str(&row.join(","));

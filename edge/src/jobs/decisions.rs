@@ -38,7 +38,9 @@ async fn drain(cluster: &Cluster, detector: &Detector) -> Result<(), String> {
             return Ok(());
         }
         debug_assert!(batch.len() <= BATCH);
-        let audit = AuditEntry::by_node(cluster.node_id, "bot.decision", summary(&batch), "ok");
+        // Public traffic's doing: kept apart from operators' changes.
+        let audit =
+            AuditEntry::by_node(cluster.node_id, "bot.decision", summary(&batch), "ok").outside();
         let req = Request::new(Command::Decide { decisions: batch }).with_audit(audit);
         if let Err(e) = cluster.write(req).await {
             tracing::warn!(error = %e, "writing bot-protection decisions failed; they hold on this node only");

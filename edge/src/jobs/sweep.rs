@@ -3,8 +3,9 @@
 //!
 //! Expired IP rules already stop matching on every node at their expiry (the edge compares
 //! against the clock); the sweep only removes them from the store, with an audit entry naming
-//! the node. The audit log is kept within `admin.audit_max_age_days` and
-//! `admin.audit_max_entries`, oldest entries first.
+//! the node. Each retention class of the audit log (operators' changes; what unauthenticated
+//! traffic caused) is kept within `admin.audit_max_age_days` and `admin.audit_max_entries` of
+//! its own, oldest entries first.
 //!
 //! An allow list whose entries have all expired is left alone: emptying it would open the
 //! project to everyone, and an allow list that lapses must fail closed until an operator acts.
@@ -15,7 +16,7 @@ use std::time::Duration;
 use palisade_raft::cluster::{Cluster, LeaseError, LeaseGuard};
 use palisade_raft::command::Command;
 use palisade_raft::ids::{Cidr, ProjectId};
-use palisade_raft::model::{prefix, AuditEntry, Record, RecordKey, RuleList};
+use palisade_raft::model::{prefix, AuditClass, AuditEntry, Record, RecordKey, RuleList};
 use palisade_raft::now_ms;
 use palisade_raft::task::{every, Shutdown};
 
@@ -82,15 +83,24 @@ fn due(
         || !expired_challenges(cluster, now)?.is_empty())
 }
 
-/// Whether the audit log holds more entries than it keeps, or entries older than it keeps.
+/// The two retention classes: each keeps its own `max_entries` and `max_age`, so the outside
+/// world's entries never push an operator's change out of the log.
+const CLASSES: [AuditClass; 2] = [AuditClass::Operator, AuditClass::Outside];
+
+/// Whether a class of the audit log holds more entries than it keeps, or older ones.
 fn audit_over(cluster: &Cluster, keep: Retention, now: u64) -> Result<bool, JobError> {
     let before = now.saturating_sub(keep.max_age.as_millis() as u64);
-    let oldest_expired = cluster
-        .reader
-        .scan(prefix::AUDIT, None, 1)?
-        .first()
-        .is_some_and(|r| matches!(r, Record::Audit(a) if a.at < before));
-    Ok(oldest_expired || cluster.reader.count(prefix::AUDIT)? > keep.max_entries)
+    for class in CLASSES {
+        let oldest_expired = cluster
+            .reader
+            .scan(class.prefix(), None, 1)?
+            .first()
+            .is_some_and(|r| matches!(r, Record::Audit(a) if a.at < before));
+        if oldest_expired || cluster.reader.count(class.prefix())? > keep.max_entries {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// One sweep: the audit log, ended decisions, expired IP rules, orphaned challenges. A part
@@ -104,11 +114,12 @@ async fn sweep(
     now: u64,
 ) -> Result<(), JobError> {
     let mut first_failure = None;
-    for part in 0..4 {
+    for part in 0..5 {
         let done = match part {
-            0 => prune_audit(cluster, lease, retention, now).await,
+            0 => prune_audit(cluster, lease, retention, now, AuditClass::Operator).await,
             1 => sweep_decisions(cluster, lease, view, now).await,
             2 => sweep_rules(cluster, lease, view, now).await,
+            3 => prune_audit(cluster, lease, retention, now, AuditClass::Outside).await,
             _ => sweep_challenges(cluster, lease, now).await,
         };
         match done {
@@ -240,10 +251,12 @@ async fn prune_audit(
     lease: &LeaseGuard,
     keep: Retention,
     now: u64,
+    class: AuditClass,
 ) -> Result<(), JobError> {
     let before = now.saturating_sub(keep.max_age.as_millis() as u64);
+    let pfx = class.prefix();
     loop {
-        let count = cluster.reader.count(prefix::AUDIT)?;
+        let count = cluster.reader.count(pfx)?;
         // Over the limit, prune to 1% under it, so that the entry recording the prune does not
         // start the next one.
         let excess = match count > keep.max_entries {
@@ -254,18 +267,17 @@ async fn prune_audit(
             0 => 0,
             n => cluster
                 .reader
-                .scan(prefix::AUDIT, None, n.min(u64::from(PRUNE_BATCH)) as usize)?
+                .scan(pfx, None, n.min(u64::from(PRUNE_BATCH)) as usize)?
                 .last()
-                .map(|r| r.key())
-                .and_then(|k| match k {
-                    RecordKey::Audit { seq } => Some(seq + 1),
+                .and_then(|r| match r {
+                    Record::Audit(a) => Some(a.seq + 1),
                     _ => None,
                 })
                 .unwrap_or(0),
         };
         let oldest_expired = cluster
             .reader
-            .scan(prefix::AUDIT, None, 1)?
+            .scan(pfx, None, 1)?
             .first()
             .is_some_and(|r| matches!(r, Record::Audit(a) if a.at < before));
         if below_seq == 0 && !oldest_expired {
@@ -275,9 +287,11 @@ async fn prune_audit(
             before,
             below_seq,
             limit: PRUNE_BATCH,
+            class,
         };
         let target = format!(
-            "audit (entries older than {} days or beyond the newest {})",
+            "audit, {} class (entries older than {} days or beyond the newest {})",
+            class.as_str(),
             keep.max_age.as_secs() / 86_400,
             keep.max_entries
         );

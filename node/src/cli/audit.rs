@@ -33,6 +33,10 @@ pub(crate) struct AuditArgs {
     /// Target prefix, such as `project/shop`.
     #[arg(long)]
     target: Option<String>,
+    /// `operator` (what keys, operators and the cluster did) or `outside` (what
+    /// unauthenticated traffic caused); both when absent.
+    #[arg(long)]
+    class: Option<String>,
     /// Print the matching entries as `json` or `csv` (every page), instead of a table.
     #[arg(long)]
     export: Option<String>,
@@ -50,6 +54,7 @@ pub(crate) fn audit(a: AuditArgs) -> Result<()> {
         ("actor", a.actor),
         ("action", a.action),
         ("target", a.target),
+        ("class", a.class),
     ] {
         if let Some(v) = v {
             filter.push_str(&format!("&{k}={}", q(&v)));

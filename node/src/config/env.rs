@@ -9,6 +9,7 @@ impl Config {
     /// upstream-response timeouts and rule sweep interval, `PALISADE_EDGE_TRUSTED_PROXIES`
     /// and `PALISADE_EDGE_UPSTREAM_ALLOWED_NETWORKS` (comma-separated), `PALISADE_EDGE_PROXY_PROTOCOL`, `PALISADE_ADMIN_ALLOWED_IPS`
     /// (comma-separated), `PALISADE_ADMIN_LAST_USED_FLUSH_MS`, `PALISADE_ADMIN_AUDIT_MAX_ENTRIES`,
+    /// `PALISADE_ADMIN_FAILURE_AUDITS_PER_SECOND`,
     /// `PALISADE_ACME_<FIELD>` for each `[acme]` field, `PALISADE_WORKERS`, and `PALISADE_LOG`.
     pub fn apply_env(mut self) -> Result<Config, ConfigError> {
         let num = |var: &'static str, slot: &mut u64| -> Result<(), ConfigError> {
@@ -58,6 +59,9 @@ impl Config {
             "PALISADE_ADMIN_AUDIT_MAX_ENTRIES",
             &mut self.admin.audit_max_entries,
         )?;
+        let mut per_second = u64::from(self.admin.failure_audits_per_second);
+        num("PALISADE_ADMIN_FAILURE_AUDITS_PER_SECOND", &mut per_second)?;
+        self.admin.failure_audits_per_second = per_second.min(u64::from(u32::MAX)) as u32;
         num("PALISADE_ACME_LEASE_TTL_MS", &mut self.acme.lease_ttl_ms)?;
         num(
             "PALISADE_ACME_BACKOFF_BASE_MS",

@@ -128,8 +128,12 @@ pub struct AdminSection {
     pub last_used_flush_ms: u64,
     /// Audit entries older than this are pruned by the leader.
     pub audit_max_age_days: u64,
-    /// At most this many audit entries are kept (the oldest go first).
+    /// At most this many audit entries are kept in each retention class (operators' changes;
+    /// what unauthenticated traffic caused), the oldest of the class first.
     pub audit_max_entries: u64,
+    /// Failed authentications itemised in the audit log per second per node; the rest are
+    /// counted in one summary entry a second.
+    pub failure_audits_per_second: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -181,6 +185,7 @@ impl Default for AdminSection {
             last_used_flush_ms: 60_000,
             audit_max_age_days: 365,
             audit_max_entries: 1_000_000,
+            failure_audits_per_second: palisade_admin::guard::FAILURE_AUDITS_PER_SEC,
         }
     }
 }

@@ -274,6 +274,7 @@ impl Config {
                     self.admin.audit_max_age_days.saturating_mul(86_400),
                 ),
                 audit_max_entries: self.admin.audit_max_entries,
+                failure_audits_per_second: self.admin.failure_audits_per_second,
             },
             acme,
             raw: self,

@@ -11,7 +11,7 @@ use super::{Cluster, ClusterError, WRITE_TIMEOUT};
 use crate::command::{Command, Request, Response};
 use crate::crypto::sha256_hex;
 use crate::ids::NodeId;
-use crate::model::{AuditEntry, Millis, Record, RecordKey};
+use crate::model::{AuditClass, AuditEntry, Millis, Record, RecordKey};
 use crate::transport::proto::{JoinGrant, JoinRequest, Pong, RemoteError, Rpc, MAX_FRAME};
 use crate::transport::{self, read_frame, tls, write_frame, Transport, TransportError};
 
@@ -109,6 +109,7 @@ impl Cluster {
             action: "cluster.join".into(),
             target: "cluster".into(),
             outcome: "ok".into(),
+            class: AuditClass::Operator,
         };
         let req = Request::new(Command::ConsumeJoinToken { hash }).with_audit(audit);
         let node_id = match self.write(req).await {
@@ -177,6 +178,7 @@ impl Cluster {
                 outcome: format!(
                     "refused: {why} (further refusals of this address this minute are not recorded)"
                 ),
+                class: AuditClass::Outside,
             };
             let write = self.write(Request::new(Command::AuditOnly).with_audit(entry));
             if let Err(e) = write.await {

@@ -64,9 +64,64 @@ pub struct AuditEntry {
     pub action: String,
     pub target: String,
     pub outcome: String,
+    /// Whose doing the entry records, for retention: the outside world's entries are kept
+    /// apart, so that they can never push an operator's changes out of the log.
+    #[serde(default, skip_serializing_if = "AuditClass::is_operator")]
+    pub class: AuditClass,
+}
+
+/// The two retention classes of the audit log, each pruned by its own count and age.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditClass {
+    /// What operators, API keys and the cluster itself did.
+    #[default]
+    Operator,
+    /// What unauthenticated traffic caused: failed API keys, refused joins, bot-protection
+    /// decisions on public traffic.
+    Outside,
+}
+
+impl AuditClass {
+    pub fn is_operator(&self) -> bool {
+        *self == AuditClass::Operator
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AuditClass::Operator => "operator",
+            AuditClass::Outside => "outside",
+        }
+    }
+
+    /// The key prefix of the class's entries.
+    pub fn prefix(&self) -> &'static str {
+        match self {
+            AuditClass::Operator => super::prefix::AUDIT,
+            AuditClass::Outside => super::prefix::AUDIT_OUTSIDE,
+        }
+    }
+
+    /// The key of the class's entry `seq`.
+    pub fn key(&self, seq: u64) -> super::RecordKey {
+        match self {
+            AuditClass::Operator => super::RecordKey::Audit { seq },
+            AuditClass::Outside => super::RecordKey::OutsideAudit { seq },
+        }
+    }
 }
 
 impl AuditEntry {
+    /// The same entry, in the outside world's retention class.
+    pub fn outside(self) -> AuditEntry {
+        AuditEntry {
+            class: AuditClass::Outside,
+            ..self
+        }
+    }
+
     /// An entry for a change the cluster makes itself (actor `node:{id}`, no source address);
     /// the state machine fills in `seq`.
     pub fn by_node(node: NodeId, action: &str, target: String, outcome: &str) -> AuditEntry {
@@ -78,6 +133,7 @@ impl AuditEntry {
             action: action.to_string(),
             target,
             outcome: outcome.to_string(),
+            class: AuditClass::Operator,
         }
     }
 }

@@ -137,6 +137,10 @@ pub enum RecordKey {
     Audit {
         seq: u64,
     },
+    /// An audit entry of [`AuditClass::Outside`].
+    OutsideAudit {
+        seq: u64,
+    },
     JoinToken {
         hash: String,
     },
@@ -185,7 +189,7 @@ impl Record {
                 prefix: d.prefix,
             },
             Record::ApiKey(k) => RecordKey::ApiKey { id: k.id.clone() },
-            Record::Audit(a) => RecordKey::Audit { seq: a.seq },
+            Record::Audit(a) => a.class.key(a.seq),
             Record::JoinToken(t) => RecordKey::JoinToken {
                 hash: t.hash.clone(),
             },
@@ -211,6 +215,7 @@ pub mod prefix {
     pub const DECISION: &str = "decision/";
     pub const APIKEY: &str = "apikey/";
     pub const AUDIT: &str = "audit/";
+    pub const AUDIT_OUTSIDE: &str = "audit-outside/";
     pub const JOIN_TOKEN: &str = "jointoken/";
     pub const SETTINGS: &str = "settings";
     pub const REMOVED_NODE: &str = "removed/";
@@ -249,6 +254,7 @@ impl RecordKey {
             RecordKey::Decision { project, prefix } => format!("{DECISION}{project}/{prefix}"),
             RecordKey::ApiKey { id } => format!("{APIKEY}{id}"),
             RecordKey::Audit { seq } => format!("{AUDIT}{seq:020}"),
+            RecordKey::OutsideAudit { seq } => format!("{AUDIT_OUTSIDE}{seq:020}"),
             RecordKey::JoinToken { hash } => format!("{JOIN_TOKEN}{hash}"),
             RecordKey::Settings => SETTINGS.to_string(),
             RecordKey::RemovedNode { id } => format!("{REMOVED_NODE}{id:020}"),

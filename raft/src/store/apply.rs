@@ -419,8 +419,9 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
             before,
             below_seq,
             limit,
+            class,
         } => {
-            let pfx = prefix::AUDIT.as_bytes();
+            let pfx = class.prefix().as_bytes();
             let it = txn.db.iterator_cf(
                 txn.cf(),
                 rocksdb::IteratorMode::From(pfx, rocksdb::Direction::Forward),
@@ -437,7 +438,7 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
                 }
             }
             for seq in doomed {
-                txn.delete_record(RecordKey::Audit { seq });
+                txn.delete_record(class.key(seq));
             }
             applied
         }
