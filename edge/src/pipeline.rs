@@ -1,6 +1,6 @@
 //! The request pipeline: the only place that knows the order of the stages.
 //!
-//! client IP -> host -> project/route -> IP rules -> bot protection -> upstream -> response
+//! client IP -> path normal form -> host -> project/route -> IP rules -> bot protection -> upstream -> response
 //! -> security headers -> observe
 //!
 //! IP rules are decided here, on the one resolved client IP, before anything else answers
@@ -33,6 +33,9 @@ pub struct RequestCtx<'a> {
     pub project: Option<&'a Project>,
     pub request_id: &'a str,
     pub https: bool,
+    /// When the bot-protection clearance the request carried was issued, once a gate has
+    /// checked it (for the counters [`Gate::observe`] feeds).
+    pub cleared_at: std::cell::Cell<Option<u64>>,
 }
 
 /// A stage that may answer a request instead of letting it through (IP rules, bot protection).
@@ -140,17 +143,20 @@ fn valid_host(h: &str) -> bool {
 }
 
 impl Pipeline {
-    pub async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: Conn) -> Response<Body> {
         let started = Instant::now();
         let request_id = new_request_id();
         let forwarded = conn.forwarded.then(|| req.headers());
         let client_ip = self.client_ip.resolve(conn.peer.ip(), forwarded);
         let json = wants_json(req.headers());
         let view = self.view.get();
-        let Ok(host) = host_of(&req) else {
+        // One normal form of the path for every comparison below and for the upstream, so an
+        // exemption matches what the upstream will see.
+        let normal = normalize_path(&mut req);
+        let Ok(host) = normal.and_then(|()| host_of(&req)) else {
             let mut resp = error_page(
                 StatusCode::BAD_REQUEST,
-                "The request names no valid host.",
+                "The request names no valid host, or its path cannot be read.",
                 &request_id,
                 json,
             );
@@ -217,6 +223,7 @@ impl Pipeline {
                         project: project.as_deref(),
                         request_id: &request_id,
                         https: conn.https,
+                        cleared_at: Default::default(),
                     };
                     match self.gates.iter().find_map(|g| g.check(&ctx, &req)) {
                         Some(denied) => denied,
@@ -287,6 +294,22 @@ impl Pipeline {
             ),
         }
     }
+}
+
+/// Put the request's path in normal form ([`palisade_raft::model::path`]), keeping its query.
+fn normalize_path(req: &mut Request<Incoming>) -> Result<(), ()> {
+    let std::borrow::Cow::Owned(path) = palisade_raft::model::path::normalize(req.uri().path())
+    else {
+        return Ok(());
+    };
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(pq.parse().map_err(|_| ())?);
+    *req.uri_mut() = hyper::Uri::from_parts(parts).map_err(|_| ())?;
+    Ok(())
 }
 
 /// Count a refusal by project and list, and log a sample of them: at most

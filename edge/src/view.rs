@@ -48,10 +48,19 @@ pub struct View {
     pub access: AccessRules,
     /// The bot-protection keys, opened: the active one signs, all verify.
     pub bot_keys: Keyring,
-    /// Bot-protection decisions by project and prefix: until when, and what.
-    pub decisions: Arc<HashMap<(ProjectId, Cidr), (Millis, DecisionAction)>>,
+    /// Bot-protection decisions by project and prefix.
+    pub decisions: Arc<HashMap<(ProjectId, Cidr), Running>>,
     /// How many decisions there are of each (is IPv6, prefix length): the lengths to look up.
     decision_lens: std::collections::BTreeMap<(bool, u8), u32>,
+}
+
+/// A bot-protection decision in force: until when, what, and since when (a clearance issued
+/// before `since` does not pass it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Running {
+    pub until: Millis,
+    pub action: DecisionAction,
+    pub since: Millis,
 }
 
 /// A certificate as served for one name: the newest usable one wins.
@@ -119,13 +128,15 @@ impl View {
         self.projects.get(id)
     }
 
-    /// The running decision for `ip` in `project`, if any: by address, or by IPv6 /64.
+    /// The running decision for `ip` in `project`, if any: by address, or by any prefix
+    /// covering it. A block outranks a challenge and, among equals, the longest lasting wins;
+    /// `since` is the latest of all that cover the address.
     pub fn decision(
         &self,
         project: &ProjectId,
         ip: std::net::IpAddr,
         now: Millis,
-    ) -> Option<(Millis, DecisionAction)> {
+    ) -> Option<Running> {
         if self.decisions.is_empty() {
             return None;
         }
@@ -139,9 +150,16 @@ impl View {
                 let key = (project.clone(), Cidr::from_net(net));
                 self.decisions.get(&key).copied()
             })
-            .filter(|(until, _)| *until > now);
-        // A block outranks a challenge; among equals, the longest lasting.
-        running.max_by_key(|&(until, action)| (action == DecisionAction::Block, until))
+            .filter(|r| r.until > now);
+        running.fold(None, |best: Option<Running>, r| {
+            let since = best.map_or(r.since, |b| b.since.max(r.since));
+            let rank = |r: &Running| (r.action == DecisionAction::Block, r.until);
+            let top = match best {
+                Some(b) if rank(&b) >= rank(&r) => b,
+                _ => r,
+            };
+            Some(Running { since, ..top })
+        })
     }
 
     fn count_decision_len(&mut self, prefix: &Cidr, delta: i32) {
@@ -281,8 +299,14 @@ impl View {
                 }
             }
             Change::Put(Record::Decision(d)) => {
-                let old = Arc::make_mut(&mut self.decisions)
-                    .insert((d.project.clone(), d.prefix), (d.until, d.action));
+                let old = Arc::make_mut(&mut self.decisions).insert(
+                    (d.project.clone(), d.prefix),
+                    Running {
+                        until: d.until,
+                        action: d.action,
+                        since: d.since,
+                    },
+                );
                 if old.is_none() {
                     self.count_decision_len(&d.prefix, 1);
                 }
@@ -471,6 +495,7 @@ mod tests {
                 action,
                 until,
                 reason: String::new(),
+                since: until / 10,
             }))
         };
         v.apply(
@@ -485,7 +510,13 @@ mod tests {
             &decide("203.0.113.9/32", DecisionAction::Block, 50),
             &master,
         );
-        let at = |ip: &str, now| v.decision(&shop, ip.parse().unwrap(), now);
+        let at = |ip: &str, now| {
+            v.decision(&shop, ip.parse().unwrap(), now)
+                .map(|r| (r.until, r.action))
+        };
+        // The latest `since` of every decision covering the address.
+        let since = v.decision(&shop, "203.0.113.9".parse().unwrap(), 0);
+        assert_eq!(since.map(|r| r.since), Some(10));
         assert_eq!(at("203.0.113.7", 0), Some((100, DecisionAction::Challenge)));
         assert_eq!(at("203.0.113.9", 0), Some((50, DecisionAction::Block)));
         assert_eq!(

@@ -20,8 +20,9 @@ pub(crate) fn full(b: impl Into<Bytes>) -> TestBody {
 
 /// A real origin: `GET /` answers 1 KiB and names itself; `GET /echo` answers the request's
 /// headers as a JSON object; `GET /bytes/N` streams N bytes;
-/// `POST /upload` counts what it receives; `/login` answers 401 and `/missing…` 404; an
-/// `Upgrade` request is switched and echoed.
+/// `POST /upload` counts what it receives; `/login` (any case, optional trailing slash) answers
+/// 401 and `/missing…` 404; an `Upgrade` request is switched and echoed. `x-seen-path` names
+/// the path and query it was sent.
 pub async fn upstream(name: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -74,6 +75,11 @@ async fn handle(
         return Ok(r);
     }
     let path = req.uri().path().to_string();
+    let seen_path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
     let mut resp = if let Some(n) = path.strip_prefix("/bytes/") {
         let n: usize = n.parse().unwrap_or(0);
         let chunk = Bytes::from(vec![b'z'; 64 << 10]);
@@ -98,7 +104,7 @@ async fn handle(
             }
         }
         Response::new(full(serde_json::Value::Object(seen).to_string()))
-    } else if path == "/login" {
+    } else if path.trim_end_matches('/').eq_ignore_ascii_case("/login") {
         // A login that always fails, for the failed-login trigger.
         let mut r = Response::new(full("bad password"));
         *r.status_mut() = StatusCode::UNAUTHORIZED;
@@ -122,6 +128,9 @@ async fn handle(
     };
     resp.headers_mut()
         .insert("x-upstream", name.parse().unwrap());
+    if let Ok(v) = seen_path.parse() {
+        resp.headers_mut().insert("x-seen-path", v);
+    }
     resp.headers_mut().insert(
         "x-seen-xff",
         xff.parse().unwrap_or_else(|_| "".parse().unwrap()),

@@ -81,11 +81,25 @@ pub(crate) fn check_bot(field: &str, b: &BotPolicy) -> poem::Result<()> {
                     format!("{p:?} is not a path: it must start with /, have no spaces, and may end in one *"),
                 ));
             }
+            // Requests are compared in normal form, so a pattern in another form would never match.
+            let stem = p.strip_suffix('*').unwrap_or(p);
+            let normal = palisade_raft::model::path::normalize(stem);
+            if normal != stem {
+                return Err(bad(
+                    &format!("{name}[{i}]"),
+                    format!(
+                        "{p:?} is not in normal form (percent-encoded letters decoded, no dot segments, \
+                         no repeated slashes): write {:?}",
+                        format!("{normal}{}", if p.ends_with('*') { "*" } else { "" })
+                    ),
+                ));
+            }
         }
     }
     for (name, t) in b.triggers.all() {
         let at = |f: &str| format!("triggers.{name}.{f}");
         range(&at("threshold"), t.threshold.into(), 1, 10_000_000)?;
+        range(&at("ipv6_prefix"), t.ipv6_prefix.into(), 48, 128)?;
         range(&at("window_seconds"), t.window_seconds.into(), 4, 86_400)?;
         range(
             &at("challenge_seconds"),
@@ -233,6 +247,7 @@ async fn add_decision(
         prefix,
         action,
         until: now_ms() + u64::from(body.minutes) * 60_000,
+        since: now_ms(),
         reason: match body.reason.trim() {
             "" => format!("by {}", p.actor()),
             r => r.chars().take(200).collect(),

@@ -41,6 +41,8 @@ pub enum Refusal {
     TooEarly,
     WrongAnswer,
     Replayed,
+    /// A wait token, where the project asks for the proof of work.
+    NoScriptOff,
 }
 
 impl Refusal {
@@ -56,6 +58,7 @@ impl Refusal {
             Refusal::TooEarly => "too_early",
             Refusal::WrongAnswer => "wrong_answer",
             Refusal::Replayed => "replayed",
+            Refusal::NoScriptOff => "no_script_off",
         }
     }
 
@@ -66,6 +69,7 @@ impl Refusal {
             Refusal::TooEarly => "The wait was not over yet.",
             Refusal::Replayed => "That answer was already used.",
             Refusal::WrongAnswer => "The answer was not right.",
+            Refusal::NoScriptOff => "This site needs JavaScript for the check.",
             _ => "The check was not valid for this browser or network.",
         }
     }

@@ -148,26 +148,44 @@ impl Signal {
     }
 }
 
-/// The prefix a signal counts by: the address, or its /64 for [`Signal::RequestRateV6_64`].
-pub fn source_prefix(signal: Signal, ip: IpAddr) -> Option<Cidr> {
+/// The prefix a signal counts by: an IPv4 address, or the trigger's IPv6 prefix (the /64 for
+/// [`Signal::RequestRateV6_64`], which counts IPv6 only).
+pub fn source_prefix(signal: Signal, ip: IpAddr, ipv6_prefix: u8) -> Option<Cidr> {
     let ip = ip.to_canonical();
     let len = match (signal, ip) {
         (Signal::RequestRateV6_64, IpAddr::V6(_)) => 64,
         (Signal::RequestRateV6_64, IpAddr::V4(_)) => return None,
         (_, IpAddr::V4(_)) => 32,
-        (_, IpAddr::V6(_)) => 128,
+        (_, IpAddr::V6(_)) => ipv6_prefix.clamp(1, 128),
     };
     IpNet::new(ip, len).ok().map(Cidr::from_net)
+}
+
+/// A source this node decided to challenge.
+#[derive(Debug, Clone, Copy)]
+struct Local {
+    until: u64,
+    /// When this node decided.
+    at: u64,
+    /// Events counted since `at` from clients holding a clearance earned after it.
+    strikes: u32,
+}
+
+/// This node's recent decisions, and the IPv6 prefix lengths they use (the lengths to look up).
+#[derive(Default)]
+struct Decided {
+    by_source: HashMap<(ProjectId, Cidr), Local>,
+    v6_lens: std::collections::BTreeSet<u8>,
 }
 
 /// The node's counters and its queue of decisions.
 pub struct Detector {
     hasher: RandomState,
     sketches: RwLock<Vec<Arc<Sketch>>>,
-    /// Sources this node decided to challenge: until when, and when it decided. The decision
-    /// applies here for [`LOCAL_GRACE_MS`], until the cluster's copy takes over (so that an
-    /// operator lifting it is obeyed on this node too).
-    decided: Mutex<HashMap<(ProjectId, Cidr), (u64, u64)>>,
+    /// Sources this node decided to challenge. A decision applies here for
+    /// [`LOCAL_GRACE_MS`], until the cluster's copy takes over (so that an operator lifting it
+    /// is obeyed on this node too).
+    decided: Mutex<Decided>,
     /// When the last local grace ends: before it, `decided` is worth locking for.
     grace_ends: AtomicU64,
     pending: Mutex<Vec<Decision>>,
@@ -187,7 +205,7 @@ impl Detector {
         Detector {
             hasher: RandomState::new(),
             sketches: RwLock::new(Vec::new()),
-            decided: Mutex::new(HashMap::new()),
+            decided: Mutex::new(Decided::default()),
             grace_ends: AtomicU64::new(0),
             pending: Mutex::new(Vec::new()),
             wake: Notify::new(),
@@ -236,6 +254,11 @@ impl Detector {
     /// Count one event of `signal` from `ip` for `project`. When it reaches the trigger's
     /// threshold (and the trigger is not log-only), the source is challenged here at once and a
     /// decision is queued for the cluster; returns whether the source is now decided.
+    ///
+    /// `cleared_at` is when the clearance the request carried was issued, if it had one. Once
+    /// a source is decided, nothing new is said while the decision lasts, except for clients
+    /// that earned a clearance after it: every `threshold` of their further events decide
+    /// again, so one solved challenge buys at most one threshold's worth of abuse.
     pub fn count(
         &self,
         project: &ProjectId,
@@ -243,11 +266,12 @@ impl Detector {
         ip: IpAddr,
         trigger: &Trigger,
         now_ms: u64,
+        cleared_at: Option<u64>,
     ) -> bool {
         if !trigger.enabled {
             return false;
         }
-        let Some(prefix) = source_prefix(signal, ip) else {
+        let Some(prefix) = source_prefix(signal, ip, trigger.ipv6_prefix) else {
             return false;
         };
         let hash = self.hasher.hash_one((signal, project.as_str(), prefix));
@@ -266,27 +290,44 @@ impl Detector {
         }
         let until = now_ms + u64::from(trigger.challenge_seconds) * 1000;
         let key = (project.clone(), prefix);
-        {
+        let again = {
             let mut decided = self.decided.lock().unwrap_or_else(|p| p.into_inner());
-            // Already decided for at least half the duration again: nothing new to say.
-            if decided
-                .get(&key)
-                .is_some_and(|&(u, _)| u >= now_ms + u64::from(trigger.challenge_seconds) * 500)
-            {
-                return true;
+            let mut again = false;
+            if let Some(local) = decided.by_source.get_mut(&key) {
+                // Decided for at least half the duration again: nothing new to say, unless a
+                // clearance earned since has used up its threshold.
+                if local.until >= now_ms + u64::from(trigger.challenge_seconds) * 500 {
+                    if cleared_at.is_none_or(|c| c < local.at) {
+                        return true;
+                    }
+                    local.strikes += 1;
+                    if local.strikes < trigger.threshold {
+                        return true;
+                    }
+                    again = true;
+                }
             }
-            if decided.len() >= MAX_DECIDED {
-                decided.retain(|_, (u, _)| *u > now_ms);
+            if decided.by_source.len() >= MAX_DECIDED {
+                decided.by_source.retain(|_, l| l.until > now_ms);
             }
-            if decided.len() < MAX_DECIDED {
-                decided.insert(key.clone(), (until, now_ms));
+            if decided.by_source.len() < MAX_DECIDED {
+                let local = Local {
+                    until: until.max(decided.by_source.get(&key).map_or(0, |l| l.until)),
+                    at: now_ms,
+                    strikes: 0,
+                };
+                decided.by_source.insert(key.clone(), local);
+                if let IpNet::V6(net) = prefix.net() {
+                    decided.v6_lens.insert(net.prefix_len());
+                }
                 self.grace_ends
                     .fetch_max(now_ms + LOCAL_GRACE_MS, Ordering::Relaxed);
             }
-        }
+            again
+        };
         metrics::counter!("palisade_bot_triggers_total", "trigger" => label, "mode" => "challenge")
             .increment(1);
-        tracing::info!(project = %project, %prefix, trigger = label, count, "bot trigger fired: challenging the source cluster-wide");
+        tracing::info!(project = %project, %prefix, trigger = label, count, again, "bot trigger fired: challenging the source cluster-wide");
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         if pending.len() >= MAX_PENDING {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -298,31 +339,43 @@ impl Detector {
                 action: DecisionAction::Challenge,
                 until,
                 reason: format!(
-                    "{label}: {count} in {} s (threshold {})",
-                    trigger.window_seconds, trigger.threshold
+                    "{label}: {count} in {} s (threshold {}){}",
+                    trigger.window_seconds,
+                    trigger.threshold,
+                    if again {
+                        ", again after a solved challenge"
+                    } else {
+                        ""
+                    }
                 ),
+                since: now_ms,
             });
             self.wake.notify_one();
         }
         true
     }
 
-    /// Until when this node's own recent decision challenges `ip` for `project`, if it does.
-    pub fn decided(&self, project: &ProjectId, ip: IpAddr, now_ms: u64) -> Option<u64> {
+    /// This node's own recent decision for `ip` in `project`, if one applies: until when, and
+    /// when it was made.
+    pub fn decided(&self, project: &ProjectId, ip: IpAddr, now_ms: u64) -> Option<(u64, u64)> {
         // The common case, no recent local decision at all: no lock on the request path.
         if now_ms >= self.grace_ends.load(Ordering::Relaxed) {
             return None;
         }
         let decided = self.decided.lock().unwrap_or_else(|p| p.into_inner());
-        if decided.is_empty() {
+        if decided.by_source.is_empty() {
             return None;
         }
-        [Signal::RequestRate, Signal::RequestRateV6_64]
-            .into_iter()
-            .filter_map(|s| source_prefix(s, ip))
-            .filter_map(|p| decided.get(&(project.clone(), p)).copied())
-            .filter(|&(u, at)| u > now_ms && now_ms < at + LOCAL_GRACE_MS)
-            .map(|(u, _)| u)
+        let ip = ip.to_canonical();
+        let lens: Vec<u8> = match ip {
+            IpAddr::V4(_) => vec![32],
+            IpAddr::V6(_) => decided.v6_lens.iter().copied().collect(),
+        };
+        lens.into_iter()
+            .filter_map(|len| IpNet::new(ip, len).ok())
+            .filter_map(|n| decided.by_source.get(&(project.clone(), Cidr::from_net(n))))
+            .filter(|l| l.until > now_ms && now_ms < l.at + LOCAL_GRACE_MS)
+            .map(|l| (l.until, l.at))
             .max()
     }
 
@@ -348,11 +401,11 @@ mod tests {
         let t = Trigger::new(10, 60, 600);
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
         for _ in 0..9 {
-            assert!(!d.count(&project(), Signal::RequestRate, ip, &t, 1_000));
+            assert!(!d.count(&project(), Signal::RequestRate, ip, &t, 1_000, None));
         }
         assert!(d.decided(&project(), ip, 1_000).is_none());
-        assert!(d.count(&project(), Signal::RequestRate, ip, &t, 1_000));
-        assert_eq!(d.decided(&project(), ip, 1_000), Some(601_000));
+        assert!(d.count(&project(), Signal::RequestRate, ip, &t, 1_000, None));
+        assert_eq!(d.decided(&project(), ip, 1_000), Some((601_000, 1_000)));
         assert_eq!(d.take_batch().len(), 1);
         // Another source and another project are untouched.
         assert!(!d.count(
@@ -360,7 +413,8 @@ mod tests {
             Signal::RequestRate,
             "192.0.2.8".parse().unwrap(),
             &t,
-            1_000
+            1_000,
+            None
         ));
         assert!(d.decided(&"blog".parse().unwrap(), ip, 1_000).is_none());
         // Log only counts but decides nothing.
@@ -370,7 +424,7 @@ mod tests {
         };
         let other: IpAddr = "192.0.2.9".parse().unwrap();
         for _ in 0..20 {
-            assert!(!d.count(&project(), Signal::ClientErrors, other, &quiet, 1_000));
+            assert!(!d.count(&project(), Signal::ClientErrors, other, &quiet, 1_000, None));
         }
         assert!(d.take_batch().is_empty());
     }
@@ -401,10 +455,10 @@ mod tests {
             let ip = IpAddr::V6(std::net::Ipv6Addr::from(
                 (0x2001_0db8u128 << 96) | (u128::from(i) << 64) | u128::from(i),
             ));
-            fired += d.count(&p, Signal::RequestRate, ip, &rate, now) as u32;
-            fired += d.count(&p, Signal::RequestRateV6_64, ip, &per64, now) as u32;
+            fired += d.count(&p, Signal::RequestRate, ip, &rate, now, None) as u32;
+            fired += d.count(&p, Signal::RequestRateV6_64, ip, &per64, now, None) as u32;
             if i % 1000 == 0 {
-                d.count(&p, Signal::RequestRate, heavy, &rate, now);
+                d.count(&p, Signal::RequestRate, heavy, &rate, now, None);
             }
         }
         assert_eq!(fired, 0, "no sprayed source reached a threshold");
@@ -415,9 +469,69 @@ mod tests {
             "{bytes} bytes"
         );
         // The heavy hitter sent 1,000; its next request is over 600.
-        assert!(d.count(&p, Signal::RequestRate, heavy, &rate, 20_000));
-        assert!(d.decided.lock().unwrap().len() <= MAX_DECIDED);
+        assert!(d.count(&p, Signal::RequestRate, heavy, &rate, 20_000, None));
+        assert!(d.decided.lock().unwrap().by_source.len() <= MAX_DECIDED);
         eprintln!("counters for 1,000,000 IPv6 sources: {} KiB", bytes / 1024);
+    }
+
+    #[test]
+    fn a_clearance_earned_after_a_decision_buys_one_threshold_and_no_more() {
+        let d = Detector::new();
+        let t = Trigger::new(5, 600, 600);
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let p = project();
+        let count = |now, cleared| d.count(&p, Signal::FailedLogins, ip, &t, now, cleared);
+        for _ in 0..4 {
+            assert!(!count(1_000, None));
+        }
+        assert!(count(1_000, None), "the fifth decides");
+        assert_eq!(d.take_batch().len(), 1);
+        // Without a clearance, or with one older than the decision: nothing new.
+        for _ in 0..20 {
+            assert!(count(2_000, None));
+            assert!(count(2_000, Some(500)));
+        }
+        assert!(d.take_batch().is_empty());
+        // A clearance earned after it: five more, then a new decision, made now.
+        for _ in 0..4 {
+            assert!(count(3_000, Some(2_500)));
+        }
+        assert!(d.take_batch().is_empty());
+        assert!(count(3_000, Some(2_500)));
+        let again = d.take_batch();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].since, 3_000);
+        assert_eq!(d.decided(&p, ip, 3_000).map(|(_, at)| at), Some(3_000));
+    }
+
+    #[test]
+    fn ipv6_sources_count_per_the_triggers_prefix() {
+        let d = Detector::new();
+        let t = Trigger::new(10, 60, 600);
+        let p = project();
+        for i in 1..10u16 {
+            let ip = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 7, 7, 0, 0, 0, i));
+            assert!(!d.count(&p, Signal::FailedLogins, ip, &t, 1_000, None));
+        }
+        let tenth: IpAddr = "2001:db8:7:7:ffff::1".parse().unwrap();
+        assert!(d.count(&p, Signal::FailedLogins, tenth, &t, 1_000, None));
+        let batch = d.take_batch();
+        assert_eq!(batch[0].prefix.to_string(), "2001:db8:7:7::/64");
+        assert!(d
+            .decided(&p, "2001:db8:7:7::42".parse().unwrap(), 1_000)
+            .is_some());
+        assert!(d
+            .decided(&p, "2001:db8:7:8::1".parse().unwrap(), 1_000)
+            .is_none());
+        // Per address when the trigger says so.
+        let per_address = Trigger {
+            ipv6_prefix: 128,
+            ..t
+        };
+        for i in 1..=20u16 {
+            let ip = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 9, 9, 0, 0, 0, i));
+            assert!(!d.count(&p, Signal::ClientErrors, ip, &per_address, 1_000, None));
+        }
     }
 
     use palisade_raft::model::Triggers;

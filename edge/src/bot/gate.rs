@@ -3,7 +3,8 @@
 //!
 //! A request is challenged when its domain's mode (the domain's override, else the project's) is
 //! `always_on`, or `automatic` and a decision covers the client (this node's, or the cluster's),
-//! unless it carries a valid clearance cookie or its path is exempt. Browsers navigating (GET or
+//! unless it carries a valid clearance cookie or its path is exempt. A `block` decision answers
+//! 403 before anything else, exempt paths included. Browsers navigating (GET or
 //! HEAD accepting `text/html`) get the challenge page; other clients get 429 with a JSON body,
 //! `Retry-After` and `x-palisade-mitigated: challenge`.
 //!
@@ -18,7 +19,7 @@ use base64::Engine;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ACCEPT, COOKIE, USER_AGENT};
 use hyper::{Method, Request, Response, StatusCode};
-use palisade_raft::model::{path_matches, BotMode, DecisionAction, Project};
+use palisade_raft::model::{login_matches, path_matches, BotMode, DecisionAction, Project};
 use palisade_raft::now_ms;
 
 use super::challenge::{
@@ -28,7 +29,7 @@ use super::challenge::{
 use super::detect::{Detector, Signal};
 use crate::pipeline::{Gate, RequestCtx};
 use crate::response::{error_page, full, Body};
-use crate::view::{LiveView, View};
+use crate::view::{LiveView, Running, View};
 
 /// Where the edge answers its own bot-protection requests, on every protected host.
 pub const PREFIX: &str = "/.well-known/palisade/";
@@ -112,52 +113,85 @@ impl Gate for BotGate {
         if mode == BotMode::Off {
             return None;
         }
+        // The pipeline has put the path in normal form; a `block` outranks every exemption.
         let path = req.uri().path();
-        if path == VERIFY_PATH {
-            return Some(self.verify(ctx, req, project, mode));
-        }
-        if path == "/robots.txt"
-            || path.starts_with("/.well-known/acme-challenge/")
-            || path_matches(&project.bot.exempt_paths, path)
-        {
-            return None;
-        }
         let now = now_ms();
         let ip = ctx.client_ip;
         let view = self.view.get();
-        let mut until = None;
+        let decided = view.decision(&project.id, ip, now);
+        if let Some(Running {
+            action: DecisionAction::Block,
+            ..
+        }) = decided
+        {
+            return Some(error_page(
+                StatusCode::FORBIDDEN,
+                "Access to this site is not allowed from your network for now.",
+                ctx.request_id,
+                !navigation(req),
+            ));
+        }
+        if path == VERIFY_PATH {
+            return Some(self.verify(ctx, req, project, mode));
+        }
+        // The ACME path needs no exemption: over plain HTTP the edge answers it before any gate,
+        // and over HTTPS it is the upstream's like any other path.
+        if path == "/robots.txt" || path_matches(&project.bot.exempt_paths, path) {
+            return None;
+        }
+        let cleared_at = self.clearance(ctx, req, project, &view, now);
+        ctx.cleared_at.set(cleared_at);
+        // Until when the client is challenged, and since when (a clearance older than that
+        // does not pass).
+        let mut until: Option<(u64, u64)> = None;
         if mode == BotMode::Automatic {
             let (id, t) = (&project.id, &project.bot.triggers);
             let d = &self.detector;
-            d.count(id, Signal::RequestRate, ip, &t.request_rate, now);
-            d.count(id, Signal::RequestRateV6_64, ip, &t.request_rate_v6_64, now);
+            d.count(
+                id,
+                Signal::RequestRate,
+                ip,
+                &t.request_rate,
+                now,
+                cleared_at,
+            );
+            d.count(
+                id,
+                Signal::RequestRateV6_64,
+                ip,
+                &t.request_rate_v6_64,
+                now,
+                cleared_at,
+            );
             if !req.headers().contains_key(USER_AGENT) || !req.headers().contains_key(ACCEPT) {
-                d.count(id, Signal::MissingHeaders, ip, &t.missing_headers, now);
+                d.count(
+                    id,
+                    Signal::MissingHeaders,
+                    ip,
+                    &t.missing_headers,
+                    now,
+                    cleared_at,
+                );
             }
             until = d.decided(id, ip, now);
         }
-        match view.decision(&project.id, ip, now) {
-            Some((_, DecisionAction::Block)) => {
-                return Some(error_page(
-                    StatusCode::FORBIDDEN,
-                    "Access to this site is not allowed from your network for now.",
-                    ctx.request_id,
-                    !navigation(req),
-                ))
-            }
-            Some((u, DecisionAction::Challenge)) if mode == BotMode::Automatic => {
-                until = until.max(Some(u))
-            }
-            _ => {}
+        if let Some(r) = decided {
+            until = Some(match until {
+                Some((u, at)) => (u.max(r.until), at.max(r.since)),
+                None => (r.until, r.since),
+            });
         }
         if mode == BotMode::Automatic && until.is_none() {
             return None;
         }
-        if self.cleared(ctx, req, project, &view, now) {
+        let since = until.map_or(0, |(_, since)| since);
+        if cleared_at.is_some_and(|issued| issued >= since) {
             return None;
         }
+        // Switched on by hand, the challenge has no end to announce.
         let retry_after = until
-            .map(|u| u.saturating_sub(now).div_ceil(1000))
+            .filter(|_| mode == BotMode::Automatic)
+            .map(|(u, _)| u.saturating_sub(now).div_ceil(1000))
             .unwrap_or(60);
         Some(self.challenge(ctx, req, project, &view, retry_after, None))
     }
@@ -170,15 +204,17 @@ impl Gate for BotGate {
             return;
         }
         let (id, t, now) = (&project.id, &project.bot.triggers, now_ms());
+        let cleared_at = ctx.cleared_at.get();
         self.detector.count(
             id,
             Signal::ClientErrors,
             ctx.client_ip,
             &t.client_errors,
             now,
+            cleared_at,
         );
         if (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
-            && path_matches(&project.bot.login_paths, path)
+            && login_matches(&project.bot.login_paths, path)
         {
             self.detector.count(
                 id,
@@ -186,42 +222,44 @@ impl Gate for BotGate {
                 ctx.client_ip,
                 &t.failed_logins,
                 now,
+                cleared_at,
             );
         }
     }
 }
 
 impl BotGate {
-    /// Whether the request carries a clearance this project honours for this client.
-    fn cleared(
+    /// When the clearance the request carries was issued, if it is one this project honours for
+    /// this client: signed by the keyring, this project's and epoch's, bound to this client,
+    /// unexpired, and earned by the proof of work unless the project allows the no-script wait.
+    fn clearance(
         &self,
         ctx: &RequestCtx<'_>,
         req: &Request<Incoming>,
         project: &Project,
         view: &View,
         now: u64,
-    ) -> bool {
+    ) -> Option<u64> {
         let name = if ctx.https {
             CLEARANCE_COOKIE
         } else {
             CLEARANCE_COOKIE_PLAIN
         };
-        let Some(value) = cookie_value(req, name) else {
-            return false;
-        };
+        let value = cookie_value(req, name)?;
         let expect = Expect {
             now_ms: now,
             project: project_tag(project.id.as_str()),
             epoch: project.bot.epoch,
             binding: clearance_binding(ctx.client_ip, header(req, USER_AGENT)),
         };
+        let refused = |why: &'static str| {
+            metrics::counter!("palisade_bot_cookies_refused_total", "reason" => why).increment(1);
+            None
+        };
         match Clearance::verify(&view.bot_keys, value, &expect) {
-            Ok(_) => true,
-            Err(why) => {
-                metrics::counter!("palisade_bot_cookies_refused_total", "reason" => why.as_str())
-                    .increment(1);
-                false
-            }
+            Ok(c) if c.level == 0 && !project.bot.allow_no_script => refused("no_script"),
+            Ok(c) => Some(c.issued_ms),
+            Err(why) => refused(why.as_str()),
         }
     }
 
@@ -305,17 +343,34 @@ impl BotGate {
         let notice = refused
             .map(|r| format!("<p>{} A new check follows.</p>", r.explain()))
             .unwrap_or_default();
+        // Without JavaScript the check is a wait, where the project allows it.
+        let (refresh, no_script) = match project.bot.allow_no_script {
+            true => (
+                format!(
+                    r#"<noscript><meta http-equiv="refresh" content="{wait_s};url={wait_attr}"></noscript>"#,
+                    wait_attr = escape(&wait_url)
+                ),
+                format!(
+                    r#"<noscript><p>JavaScript is off, so this check is a wait: the page continues by itself in {wait_s} seconds. If it does not, follow <a href="{wait_attr}">this link</a> once the wait is over.</p></noscript>"#,
+                    wait_attr = escape(&wait_url)
+                ),
+            ),
+            false => (
+                String::new(),
+                "<noscript><p>This site needs JavaScript for the check: please turn it on and reload the page.</p></noscript>".to_string(),
+            ),
+        };
         let html = format!(
             r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <meta name="robots" content="noindex">
 <title>Checking your browser</title>
-<noscript><meta http-equiv="refresh" content="{wait_s};url={wait_attr}"></noscript>
+{refresh}
 <style>{STYLE}</style></head>
 <body><main>
 <h1>One moment, please</h1>
 {notice}<p id="status" role="status" aria-live="polite">Checking that this is a browser operated by a person&hellip;</p>
-<noscript><p>JavaScript is off, so this check is a wait: the page continues by itself in {wait_s} seconds. If it does not, follow <a href="{wait_attr}">this link</a> once the wait is over.</p></noscript>
+{no_script}
 <form id="answer" method="get" action="{VERIFY_PATH}" data-seed="{seed}" data-bits="{bits}">
 <input type="hidden" name="t" value="{token}"><input type="hidden" id="nonce" name="n" value=""><input type="hidden" id="ms" name="ms" value="">
 <input type="hidden" name="r" value="{back_attr}">
@@ -326,7 +381,6 @@ impl BotGate {
 <script>{SCRIPT}</script>
 </body></html>
 "#,
-            wait_attr = escape(&wait_url),
             seed = work.seed_hex(),
             bits = work.bits,
             token = work.encode(key),
@@ -390,6 +444,9 @@ impl BotGate {
                 match c.kind {
                     ChallengeKind::Work if work_bits(&c.seed, &nonce) < u32::from(c.bits) => {
                         Err(Refusal::WrongAnswer)
+                    }
+                    ChallengeKind::Wait if !project.bot.allow_no_script => {
+                        Err(Refusal::NoScriptOff)
                     }
                     ChallengeKind::Wait if now < c.issued_ms + u64::from(c.bits) * 1000 => {
                         Err(Refusal::TooEarly)

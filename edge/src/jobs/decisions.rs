@@ -82,6 +82,7 @@ mod tests {
                 action: DecisionAction::Challenge,
                 until: 0,
                 reason: "request_rate: 600 in 60 s (threshold 600)".into(),
+                since: 0,
             })
             .collect();
         let s = summary(&batch);

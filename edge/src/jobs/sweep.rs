@@ -72,11 +72,7 @@ fn due(
     retention: Retention,
     now: u64,
 ) -> Result<bool, JobError> {
-    let ended = view
-        .get()
-        .decisions
-        .values()
-        .any(|(until, _)| *until <= now);
+    let ended = view.get().decisions.values().any(|r| r.until <= now);
     Ok(ended
         || !expired(view, now).is_empty()
         || audit_over(cluster, retention, now)?
@@ -225,7 +221,7 @@ async fn sweep_decisions(
         .get()
         .decisions
         .iter()
-        .filter(|(_, (until, _))| *until <= now)
+        .filter(|(_, r)| r.until <= now)
         .map(|((project, prefix), _)| RecordKey::Decision {
             project: project.clone(),
             prefix: *prefix,

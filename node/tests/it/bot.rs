@@ -225,7 +225,11 @@ fn page(a: &Answer) -> Page {
     assert_eq!(a.status, 403, "{}", text(a));
     assert_eq!(a.headers["x-palisade-mitigated"], "challenge");
     let body = text(a);
-    let wait = attr(&body, "http-equiv=\"refresh\"", "content");
+    // No wait link where the project asks for JavaScript.
+    let wait = match body.contains("http-equiv=\"refresh\"") {
+        true => attr(&body, "http-equiv=\"refresh\"", "content"),
+        false => ";url=".to_string(),
+    };
     Page {
         token: attr(&body, "name=\"t\"", "value"),
         seed: attr(&body, "id=\"answer\"", "data-seed"),
@@ -413,11 +417,7 @@ fn the_challenge_earns_a_cookie_every_node_honours_and_nothing_else_passes() {
         let j: Value = serde_json::from_slice(&api.body).unwrap();
         assert_eq!(j["status"], 429, "{j}");
         assert!(j["request_id"].is_string());
-        for path in [
-            "/robots.txt",
-            "/hooks/github",
-            "/.well-known/acme-challenge/x",
-        ] {
+        for path in ["/robots.txt", "/hooks/github"] {
             let a = browser.get(&addr(0), "app.test", path).await;
             assert!(a.status == 200 || a.status == 404, "{path}: {}", a.status);
             assert!(!a.headers.contains_key("x-palisade-mitigated"), "{path}");
@@ -871,6 +871,280 @@ fn each_trigger_fires_at_its_threshold_for_that_client_only_on_every_node() {
         .delete(0, "/v1/projects/shop/bot/decisions?prefix=198.51.100.1/32")
         .unwrap();
     assert_eq!(r.status, 404, "{}", r.body);
+}
+
+// ---- what exemptions and clearances do not grant ----------------------------------------------
+
+/// Add a decision by hand and wait until `probe` sees it in force.
+fn decide(c: &TestCluster, project: &str, body: Value, probe: impl Fn() -> bool) {
+    let path = format!("/v1/projects/{project}/bot/decisions");
+    let r = c.post(0, &path, body, None).unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    wait::until("the decision in force", Duration::from_secs(10), || {
+        probe().then_some(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn exemptions_match_the_path_the_upstream_will_see_and_a_block_outranks_them() {
+    let rt = rt();
+    let (up, _task) = rt.block_on(upstream("origin"));
+    let c = TestCluster::start(bin(), 1, &[]).unwrap();
+    let ca = shop(
+        &c,
+        up,
+        "shop",
+        "app.test",
+        json!({ "mode": "always_on", "difficulty_bits": 8, "exempt_paths": ["/hooks/*"] }),
+    );
+    let addr = c.nodes[0].https_addr.clone();
+    let browser = Client::browser(Some(&ca));
+    let get = |path: &'static str| {
+        let (b, a) = (browser.clone(), addr.clone());
+        rt.block_on(async move { b.get(&a, "app.test", path).await })
+    };
+    wait::until("a challenge page", Duration::from_secs(30), || {
+        (get("/").status == 403).then_some(())
+    })
+    .unwrap();
+    // Exempt, and the upstream is sent the path in the form it was compared in.
+    for (path, seen) in [
+        ("/hooks/github", "/hooks/github"),
+        ("/hooks//%7Euser/./a?q=%2e", "/hooks/~user/a?q=%2e"),
+        ("/hooks/x/../y", "/hooks/y"),
+    ] {
+        let a = get(path);
+        assert_eq!(a.status, 200, "{path}: {}", text(&a));
+        assert_eq!(a.headers["x-seen-path"], seen, "{path}");
+    }
+    // Spellings that leave the exempt prefix are challenged like any page.
+    for path in [
+        "/hooks/%2e%2e/admin",
+        "/hooks/.%2E/admin",
+        "/hooks/../admin",
+        "/HOOKS/github",
+        // Over HTTPS the ACME path is the upstream's: no exemption.
+        "/.well-known/acme-challenge/../../x",
+        "/.well-known/acme-challenge/token",
+    ] {
+        let a = get(path);
+        assert_eq!(a.status, 403, "{path}: {}", text(&a));
+        assert_eq!(a.headers["x-palisade-mitigated"], "challenge", "{path}");
+    }
+    // A pattern the requests can never be in is refused, naming the entry.
+    let mut bot = c.get(0, "/v1/projects/shop/bot").unwrap().body;
+    bot["exempt_paths"] = json!(["/hooks/*", "/api/%7Ev1/../x*"]);
+    let r = c.put(0, "/v1/projects/shop/bot", bot).unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.body["field"], "exempt_paths[1]", "{}", r.body);
+    assert!(
+        r.body["message"].as_str().unwrap().contains("\"/api/x*\""),
+        "{}",
+        r.body
+    );
+
+    // A block outranks every exemption, robots.txt included.
+    decide(
+        &c,
+        "shop",
+        json!({ "prefix": "127.0.0.1", "action": "block", "minutes": 5 }),
+        || get("/hooks/github").status == 403,
+    );
+    for path in [
+        "/hooks/github",
+        "/robots.txt",
+        "/.well-known/palisade/verify?t=x",
+    ] {
+        let a = get(path);
+        assert_eq!(a.status, 403, "{path}");
+        assert!(
+            !a.headers.contains_key("x-palisade-mitigated"),
+            "{path}: a block, not a challenge"
+        );
+        assert!(
+            text(&a).contains("not allowed from your network"),
+            "{path}: {}",
+            text(&a)
+        );
+    }
+}
+
+#[test]
+fn a_clearance_is_not_a_pass_for_abuse() {
+    let rt = rt();
+    let (up, _task) = rt.block_on(upstream("origin"));
+    let c = TestCluster::start(
+        bin(),
+        1,
+        &[("PALISADE_EDGE_TRUSTED_PROXIES", "127.0.0.1/32")],
+    )
+    .unwrap();
+    let ca = shop(
+        &c,
+        up,
+        "shop",
+        "app.test",
+        json!({ "mode": "automatic", "difficulty_bits": 8, "no_script_wait_seconds": 1,
+                "answer_within_seconds": 30,
+                "triggers": { "failed_logins": { "threshold": 5, "window_seconds": 600,
+                                                 "challenge_seconds": 600 } } }),
+    );
+    let addr = c.nodes[0].https_addr.clone();
+    let run = |client: &Client, path: &str| {
+        let (cl, a, p) = (client.clone(), addr.clone(), path.to_string());
+        rt.block_on(async move { cl.get(&a, "app.test", &p).await })
+    };
+    let browser = Client::browser(Some(&ca)).from("127.0.0.1");
+    wait::until("the keyring", Duration::from_secs(30), || {
+        (with_state(&keyring(&c, 0), "active").len() == 1).then_some(())
+    })
+    .unwrap();
+    assert_eq!(run(&browser, "/").status, 200, "nothing is decided yet");
+
+    // An operator challenges the client; it solves the page once.
+    decide(
+        &c,
+        "shop",
+        json!({ "prefix": "127.0.0.1", "minutes": 30 }),
+        || run(&browser, "/").status == 403,
+    );
+    let solve_once = |client: &Client| {
+        let p = page(&run(client, "/"));
+        let a = run(client, &answer_path(&p, &solve(&p)));
+        client.with_cookie(&clearance(&a))
+    };
+    let cleared = solve_once(&browser);
+    assert_eq!(
+        run(&cleared, "/").status,
+        200,
+        "the clearance passes the decision"
+    );
+
+    // 100 failed logins with that clearance: the threshold's worth reach the upstream, then
+    // the trigger's new decision applies to the holder too (429 for an API client).
+    let count = |client: &Client| {
+        let api = client.api();
+        let answers: Vec<u16> = (0..100).map(|_| run(&api, "/login").status).collect();
+        let reached = answers.iter().filter(|&&s| s == 401).count();
+        assert!(answers[reached..].iter().all(|&s| s == 429), "{answers:?}");
+        reached
+    };
+    assert_eq!(count(&cleared), 5, "cut off after the threshold");
+    let page_again = run(&cleared, "/");
+    assert_eq!(page_again.status, 403, "a navigation is challenged again");
+    assert_eq!(page_again.headers["x-palisade-mitigated"], "challenge");
+    // Solving again buys one more threshold, no more.
+    let again = solve_once(&browser);
+    assert_eq!(count(&again), 5, "one solve, one threshold");
+    wait::until(
+        "the second decision audited",
+        Duration::from_secs(10),
+        || {
+            let audit = c.get(0, "/v1/audit?action=bot.decision&limit=100").unwrap();
+            audit
+                .body
+                .to_string()
+                .contains("again after a solved challenge")
+                .then_some(())
+        },
+    )
+    .unwrap();
+
+    // Rotating inside one IPv6 /64 counts as one source: 100 addresses, one failed login each.
+    let answers: Vec<u16> = (1..=100u32)
+        .map(|i| {
+            let mut client = Client::browser(Some(&ca)).api();
+            client.forwarded_for = Some(format!("2001:db8:5:5::{i:x}"));
+            run(&client, "/login").status
+        })
+        .collect();
+    assert_eq!(
+        answers.iter().filter(|&&s| s == 401).count(),
+        5,
+        "{answers:?}"
+    );
+    assert!(answers[5..].iter().all(|&s| s == 429), "{answers:?}");
+    let mut other = Client::browser(Some(&ca)).api();
+    other.forwarded_for = Some("2001:db8:5:6::1".into());
+    assert_eq!(run(&other, "/").status, 200, "the next /64 is not decided");
+
+    // The no-script wait passes while the project allows it, and stops passing when it does not.
+    let waiter = Client::browser(Some(&ca)).from("127.0.0.9");
+    decide(
+        &c,
+        "shop",
+        json!({ "prefix": "127.0.0.9", "minutes": 30 }),
+        || run(&waiter, "/").status == 403,
+    );
+    let p = page(&run(&waiter, "/"));
+    std::thread::sleep(Duration::from_millis(1_100));
+    let waited = waiter.with_cookie(&clearance(&run(&waiter, &p.wait_url)));
+    assert_eq!(run(&waited, "/").status, 200);
+    let mut bot = c.get(0, "/v1/projects/shop/bot").unwrap().body;
+    assert_eq!(bot["allow_no_script"], true, "allowed by default");
+    bot["allow_no_script"] = json!(false);
+    let r = c.put(0, "/v1/projects/shop/bot?wait=all", bot).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let a = run(&waited, "/");
+    assert_eq!(a.status, 403, "a waited clearance no longer passes");
+    let body = text(&a);
+    assert!(!body.contains("http-equiv=\"refresh\""), "{body}");
+    assert!(body.contains("needs JavaScript"), "{body}");
+    std::thread::sleep(Duration::from_millis(1_100));
+    let refused = run(&waiter, &p.wait_url);
+    assert_eq!(refused.status, 403);
+    assert!(!refused.headers.contains_key("set-cookie"));
+    assert!(
+        text(&refused).contains("needs JavaScript"),
+        "{}",
+        text(&refused)
+    );
+    // The proof of work still earns a clearance.
+    let worked = solve_once(&waiter);
+    assert_eq!(run(&worked, "/").status, 200);
+}
+
+#[test]
+fn login_paths_count_in_any_case_and_with_a_trailing_slash() {
+    let rt = rt();
+    let (up, _task) = rt.block_on(upstream("origin"));
+    let c = TestCluster::start(bin(), 1, &[]).unwrap();
+    let r = c
+        .post(
+            0,
+            "/v1/projects",
+            json!({ "id": "shop", "name": "shop" }),
+            None,
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = c
+        .put(0, "/v1/domains/plain.test", json!({ "project": "shop", "upstreams": [up.to_string()], "tls": "off", "redirect_https": false }))
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let policy = json!({ "mode": "automatic", "triggers": {
+        "failed_logins": { "threshold": 3, "window_seconds": 600, "challenge_seconds": 600 } } });
+    let r = c.put(0, "/v1/projects/shop/bot?wait=all", policy).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let addr = c.nodes[0].http_addr.clone();
+    let client = Client::browser(None).api();
+    rt.block_on(async {
+        for path in ["/LOGIN", "/login/", "/Log%49n"] {
+            assert_eq!(
+                client.get(&addr, "plain.test", path).await.status,
+                401,
+                "{path}"
+            );
+        }
+        let a = client.get(&addr, "plain.test", "/").await;
+        assert_eq!(
+            a.status,
+            429,
+            "three failed logins, however spelled: {}",
+            text(&a)
+        );
+    });
 }
 
 // ---- a real browser ---------------------------------------------------------------------------

@@ -28,6 +28,10 @@ pub struct Trigger {
     pub window_seconds: u32,
     pub challenge_seconds: u32,
     pub log_only: bool,
+    /// IPv6 sources are counted (and decided) per prefix of this length: one subscriber is
+    /// usually given a whole /64, so counting per address would let it rotate past the
+    /// threshold. 48 to 128. (`request_rate_v6_64` always counts per /64.)
+    pub ipv6_prefix: u8,
 }
 
 impl Trigger {
@@ -38,6 +42,7 @@ impl Trigger {
             window_seconds,
             challenge_seconds,
             log_only: false,
+            ipv6_prefix: 64,
         }
     }
 }
@@ -104,10 +109,16 @@ pub struct BotPolicy {
     pub manual_session_minutes: u32,
     /// Bumping the epoch invalidates every clearance cookie of the project at once.
     pub epoch: u32,
-    /// Paths never challenged (webhooks, health checks): exact, or a prefix ending in `*`.
-    /// `/.well-known/acme-challenge/*` and `/robots.txt` are always exempt.
+    /// Whether a browser without JavaScript may pass by waiting `no_script_wait_seconds`
+    /// instead of doing the proof of work. Off, the page asks for JavaScript and clearances
+    /// earned by waiting stop passing at once.
+    pub allow_no_script: bool,
+    /// Paths never challenged (webhooks, health checks): exact, or a prefix ending in `*`,
+    /// compared case-sensitively with the request's normalised path ([`super::path`]).
+    /// `/robots.txt` is always exempt. A `block` decision outranks every exemption.
     pub exempt_paths: Vec<String>,
-    /// Paths whose 401/403 answers count as failed logins: exact, or a prefix ending in `*`.
+    /// Paths whose 401/403 answers count as failed logins: exact, or a prefix ending in `*`,
+    /// compared with the normalised path ignoring ASCII case and one trailing slash.
     pub login_paths: Vec<String>,
     pub triggers: Triggers,
 }
@@ -122,6 +133,7 @@ impl Default for BotPolicy {
             session_minutes: 30,
             manual_session_minutes: 720,
             epoch: 0,
+            allow_no_script: true,
             exempt_paths: Vec::new(),
             login_paths: [
                 "/login",
@@ -146,14 +158,6 @@ impl BotPolicy {
     pub fn longest_session_ms(&self) -> u64 {
         u64::from(self.session_minutes.max(self.manual_session_minutes)) * 60_000
     }
-}
-
-/// Whether `path` is one of `patterns`: exact, or a prefix when the pattern ends in `*`.
-pub fn path_matches(patterns: &[String], path: &str) -> bool {
-    patterns.iter().any(|p| match p.strip_suffix('*') {
-        Some(prefix) => path.starts_with(prefix),
-        None => path == p,
-    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,4 +191,9 @@ pub struct Decision {
     pub until: Millis,
     #[serde(default)]
     pub reason: String,
+    /// When the decision was made: a clearance cookie issued before it does not pass it, so a
+    /// decision reaches clients that had already solved the challenge. 0 (records written
+    /// before this field) lets every valid clearance pass.
+    #[serde(default)]
+    pub since: Millis,
 }

@@ -11,6 +11,7 @@
 //! - [`certs`]: certificates and the ACME state (account, challenges, status, budget);
 //! - [`keys`]: roles, API keys and the audit log;
 //! - [`cluster`]: leases on shared work, join tokens, and the nodes removed from the cluster;
+//! - [`path`]: request paths in the one normal form bot protection compares;
 //! - [`settings`]: the cluster settings, one table of names, defaults and checks;
 //! - [`upstream`]: which addresses an upstream may be (not the node's private side).
 //!
@@ -22,6 +23,7 @@ pub mod certs;
 pub mod cluster;
 pub mod iprule;
 pub mod keys;
+pub mod path;
 pub mod project;
 pub mod settings;
 pub mod upstream;
@@ -33,6 +35,7 @@ pub use certs::*;
 pub use cluster::*;
 pub use iprule::*;
 pub use keys::*;
+pub use path::{login_matches, path_matches};
 pub use project::*;
 pub use settings::{AcmeLimits, ClusterSettings};
 

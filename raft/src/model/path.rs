@@ -1,0 +1,190 @@
+//! Request paths as bot protection compares them: one normal form, computed once per request,
+//! so that an exemption matches the path the upstream is sent and no spelling slips past it.
+//!
+//! The normal form (RFC 3986 §6.2.2, plus the slash rule servers apply): percent-encoded
+//! unreserved characters (`A–Z a–z 0–9 - . _ ~`) are decoded, other percent-encodings get
+//! upper-case hex, dot segments are removed (`..` never climbs above `/`), and runs of slashes
+//! become one. `/hooks/%2e%2e/admin` is `/admin`; `/a//b/./c/` is `/a/b/c/`.
+
+use std::borrow::Cow;
+
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Whether `path` is already in normal form (the common case: no allocation).
+fn is_normal(path: &str) -> bool {
+    if path.contains('%') {
+        return false;
+    }
+    let mut segments = path.split('/').skip(1).peekable();
+    while let Some(s) = segments.next() {
+        let last = segments.peek().is_none();
+        if s == "." || s == ".." || (s.is_empty() && !last) {
+            return false;
+        }
+    }
+    true
+}
+
+/// `path` in normal form. A path that does not start with `/` (`*`) is returned as it is.
+pub fn normalize(path: &str) -> Cow<'_, str> {
+    if !path.starts_with('/') || is_normal(path) {
+        return Cow::Borrowed(path);
+    }
+    // Percent-decoding first, so that `%2e%2e` is a dot segment.
+    let b = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                let byte = hi << 4 | lo;
+                if unreserved(byte) {
+                    decoded.push(byte as char);
+                } else {
+                    decoded.push('%');
+                    decoded.push(char::from(b"0123456789ABCDEF"[usize::from(hi)]));
+                    decoded.push(char::from(b"0123456789ABCDEF"[usize::from(lo)]));
+                }
+                i += 3;
+            }
+            _ => {
+                // Bytes of a valid `&str`, copied one char at a time.
+                let ch = path[i..].chars().next().unwrap_or('\u{fffd}');
+                decoded.push(ch);
+                i += ch.len_utf8();
+            }
+        }
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let mut trailing = false;
+    for s in decoded.split('/').skip(1) {
+        trailing = false;
+        match s {
+            "" => trailing = true,
+            "." => trailing = true,
+            ".." => {
+                out.pop();
+                trailing = true;
+            }
+            s => out.push(s),
+        }
+    }
+    let mut normal = String::with_capacity(decoded.len());
+    for s in &out {
+        normal.push('/');
+        normal.push_str(s);
+    }
+    if trailing || out.is_empty() {
+        normal.push('/');
+    }
+    Cow::Owned(normal)
+}
+
+/// Whether the normalised `path` is one of `patterns`: exact, or a prefix when the pattern ends
+/// in `*`. Case matters: an exemption is a way past the challenge, so it matches narrowly.
+pub fn path_matches(patterns: &[String], path: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => path == p,
+    })
+}
+
+/// Whether the normalised `path` is one of the login `patterns`, ignoring ASCII case and one
+/// trailing slash: `/LOGIN` and `/login/` are `/login` to most frameworks, so they count.
+pub fn login_matches(patterns: &[String], path: &str) -> bool {
+    let trim = |s: &str| -> usize {
+        match s.len() > 1 && s.ends_with('/') {
+            true => s.len() - 1,
+            false => s.len(),
+        }
+    };
+    let path = &path.as_bytes()[..trim(path)];
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => {
+            let prefix = prefix.as_bytes();
+            path.len() >= prefix.len() && path[..prefix.len()].eq_ignore_ascii_case(prefix)
+                // `/auth/*` also covers `/AUTH` itself with the trailing slash trimmed away.
+                || prefix.len() == path.len() + 1
+                    && prefix.ends_with(b"/")
+                    && prefix[..path.len()].eq_ignore_ascii_case(path)
+        }
+        None => path.eq_ignore_ascii_case(&p.as_bytes()[..trim(p)]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_a_path_has_one_normal_form() {
+        for (raw, normal) in [
+            ("/", "/"),
+            ("/login", "/login"),
+            ("/login/", "/login/"),
+            ("/hooks/%2e%2e/admin", "/admin"),
+            ("/hooks/%2E%2E/admin", "/admin"),
+            ("/hooks/.%2e/admin", "/admin"),
+            ("/.well-known/acme-challenge/../../x", "/x"),
+            ("/a//b///c", "/a/b/c"),
+            ("//admin", "/admin"),
+            ("/a/./b/.", "/a/b/"),
+            ("/a/b/..", "/a/"),
+            ("/../../..", "/"),
+            ("/..", "/"),
+            ("/%7Euser/%41%62c", "/~user/Abc"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/a%2Fb/../c", "/c"),
+            ("/bad%zz/%4", "/bad%zz/%4"),
+            ("/.well-known/x", "/.well-known/x"),
+            ("/caf\u{e9}/../x", "/x"),
+            ("*", "*"),
+        ] {
+            assert_eq!(normalize(raw), normal, "{raw}");
+            assert_eq!(normalize(normal), normal, "{normal} is a fixed point");
+        }
+        assert!(matches!(normalize("/plain/path.html"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn exemptions_match_narrowly_and_logins_broadly() {
+        let exempt = vec!["/hooks/*".to_string(), "/health".to_string()];
+        assert!(path_matches(&exempt, "/hooks/github"));
+        assert!(path_matches(&exempt, "/health"));
+        assert!(!path_matches(&exempt, "/HOOKS/github"));
+        assert!(!path_matches(&exempt, "/health/"));
+        assert!(!path_matches(&exempt, &normalize("/hooks/%2e%2e/admin")));
+
+        let login = vec!["/login".to_string(), "/auth/*".to_string()];
+        for yes in [
+            "/login",
+            "/LOGIN",
+            "/login/",
+            "/LogIn/",
+            "/auth/x",
+            "/AUTH/token",
+            "/auth/",
+        ] {
+            assert!(login_matches(&login, yes), "{yes}");
+        }
+        assert!(login_matches(&login, "/Auth"));
+        for no in ["/login2", "/log", "/", "/login//x", "/authx"] {
+            assert!(!login_matches(&login, no), "{no}");
+        }
+    }
+}
