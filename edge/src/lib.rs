@@ -27,6 +27,7 @@
 pub mod access;
 pub mod bot;
 pub mod client_ip;
+pub mod conn_limits;
 pub mod egress;
 pub mod jobs;
 pub mod pipeline;
@@ -46,6 +47,7 @@ use palisade_raft::store::StateReader;
 use palisade_raft::task::{every, Shutdown};
 use tokio::net::TcpListener;
 
+pub use conn_limits::Slots;
 pub use server::ListenerLimits;
 
 /// How a node's edge is set up.

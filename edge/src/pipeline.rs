@@ -125,7 +125,7 @@ fn valid_port(p: &str) -> bool {
 }
 
 /// A DNS name (labels of letters, digits and inner hyphens, 253 bytes at most) or an IP literal.
-fn valid_host(h: &str) -> bool {
+pub fn valid_host(h: &str) -> bool {
     if h.parse::<IpAddr>().is_ok() {
         return true;
     }

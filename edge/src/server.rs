@@ -1,16 +1,19 @@
-//! The public listeners: accept, optional PROXY header, TLS (HTTPS), HTTP/1.1 and h2 with
-//! limits and timeouts, then the pipeline. One bad client never holds up another: each
-//! connection is its own task, and slow or oversized input is cut off by hyper's limits.
+//! The public listeners: accept (under the connection caps), optional PROXY header, TLS
+//! (HTTPS), HTTP/1.1 and h2 with limits and timeouts, then the pipeline. One bad client never
+//! holds up another: each connection is its own task, oversized input is cut off by hyper's
+//! limits, and silent or idle connections by the deadlines in [`crate::conn_limits`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use palisade_raft::task::Shutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
+use crate::conn_limits::{Activity, Slots, Tracked, Verdict};
 use crate::pipeline::{Conn, Pipeline};
 use crate::tls::TlsConfigs;
 
@@ -18,8 +21,13 @@ use crate::tls::TlsConfigs;
 pub struct ListenerLimits {
     /// Whole request head (request line and headers); larger gets 431.
     pub max_header_bytes: usize,
-    /// Time for a client to send a complete request head (slow clients are cut off).
+    /// Time for a client to send a complete request head (slow clients are cut off), and for
+    /// a new connection to deliver its first one, whatever it sends meanwhile.
     pub header_read_timeout: Duration,
+    /// Time a connection may stay open with no request in flight (HTTP/1 keep-alive, h2).
+    pub idle_timeout: Duration,
+    /// The node's connection caps, shared by both listeners.
+    pub slots: Arc<Slots>,
     /// Time for the PROXY header and the TLS handshake.
     pub handshake_timeout: Duration,
     pub proxy_protocol: bool,
@@ -30,6 +38,8 @@ impl Default for ListenerLimits {
         ListenerLimits {
             max_header_bytes: 64 << 10,
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            slots: Slots::new(10_000, 1_024),
             handshake_timeout: Duration::from_secs(10),
             proxy_protocol: false,
         }
@@ -62,12 +72,27 @@ pub async fn serve(
         if refused_at_accept(&pipeline, peer.ip()) {
             continue;
         }
+        // Over a cap: closed at once, without a byte of answer. A trusted load balancer speaks
+        // for many clients, so it counts against the node's cap only.
+        let slot = match limits
+            .slots
+            .take(peer.ip(), !pipeline.client_ip.is_trusted(peer.ip()))
+        {
+            Ok(slot) => slot,
+            Err(full) => {
+                metrics::counter!("palisade_connections_refused_total", "reason" => full.as_str())
+                    .increment(1);
+                drop(stream);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let pipeline = pipeline.clone();
         let tls = tls.clone();
         let limits = limits.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _slot = slot;
             let _active = ActiveConnection::new();
             let mut stream = stream;
             let mut peer = peer;
@@ -155,13 +180,45 @@ async fn serve_conn<S>(
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)));
+    let activity = Activity::new();
+    let requests = activity.clone();
     let service = service_fn(move |req| {
         let pipeline = pipeline.clone();
-        async move { Ok::<_, std::convert::Infallible>(pipeline.handle(req, conn).await) }
+        let flight = requests.begin();
+        async move {
+            let resp = pipeline.handle(req, conn).await;
+            Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked::wrap(body, flight).boxed()))
+        }
     });
-    let fut = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(e) = watcher.watch(fut.into_owned()).await {
-        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    let fut = watcher.watch(
+        builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned(),
+    );
+    tokio::pin!(fut);
+    // The deadlines: a first request within the header read timeout, then never idle longer
+    // than the idle timeout. Dropping the future closes the connection.
+    let mut check = tokio::time::Instant::now() + limits.header_read_timeout;
+    loop {
+        tokio::select! {
+            ended = &mut fut => {
+                if let Err(e) = ended {
+                    tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(check) => {
+                let now = tokio::time::Instant::now();
+                match activity.verdict(now, limits.header_read_timeout, limits.idle_timeout) {
+                    Verdict::Keep(next) => check = next,
+                    Verdict::Close(why) => {
+                        metrics::counter!("palisade_connections_closed_total", "reason" => why)
+                            .increment(1);
+                        return;
+                    }
+                }
+            }
+        }
     }
 }
 

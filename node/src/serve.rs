@@ -80,14 +80,44 @@ pub struct Running {
     admin: tokio::task::JoinHandle<Result<()>>,
 }
 
+/// Connections the kernel completes before the node accepts them. A short queue overflows in
+/// a burst of connections, and every visitor's SYN is then dropped and retried a second later;
+/// the kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(name: &str, addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot bind {name} {addr}"))
+    let listen = || -> std::io::Result<tokio::net::TcpListener> {
+        let socket = match addr {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().with_context(|| format!("cannot bind {name} {addr}"))
+}
+
+/// Raise the soft open-files limit to the hard one (every public connection is a file), and
+/// say what the node can hold.
+fn raise_open_files(cfg: &Validated) {
+    let slots = &cfg.edge.limits.slots;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(files) => tracing::info!(
+            open_files = files,
+            max_connections = slots.max(),
+            max_connections_per_ip = slots.per_ip(),
+            "open-files limit raised to the hard limit"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, max_connections = slots.max(), "cannot raise the open-files limit")
+        }
+    }
 }
 
 pub async fn start(cfg: &Validated) -> Result<Running> {
     let p = prepare(cfg)?;
+    raise_open_files(cfg);
     let http = bind("public.http", cfg.http_listen).await?;
     let https = bind("public.https", cfg.https_listen).await?;
     let admin_listener = bind("admin.listen", cfg.admin_listen).await?;

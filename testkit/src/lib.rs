@@ -14,10 +14,12 @@
 //! - [`pebble`]: Pebble, the ACME test CA, with its DNS; [`quic`]: a stranger on the cluster
 //!   port (no node certificate, raw frames);
 //! - [`iprules`]: IP-list helpers (a site, probes on every node, propagation, a big list);
-//! - [`stats`], [`proc`]: percentiles, and what the OS says about a process.
+//! - [`stats`], [`proc`]: percentiles, and what the OS says about a process; [`holder`]: idle
+//!   connections held by a process of their own.
 
 pub mod admin;
 pub mod cluster;
+pub mod holder;
 pub mod http;
 pub mod iprules;
 pub mod net;

@@ -12,6 +12,7 @@ mod cluster;
 mod config;
 mod domains;
 mod iprules;
+pub use iprules::import_line;
 mod keys;
 mod probes;
 mod projects;

@@ -5,8 +5,9 @@ use super::{Config, ConfigError};
 
 impl Config {
     /// Environment overrides, applied after the file: `PALISADE_RAFT_<FIELD>` for each `[raft]`
-    /// field (for example `PALISADE_RAFT_SNAPSHOT_EVERY=500`), the edge's header-read and
-    /// upstream-response timeouts and rule sweep interval, `PALISADE_EDGE_TRUSTED_PROXIES`
+    /// field (for example `PALISADE_RAFT_SNAPSHOT_EVERY=500`), the edge's header-read, idle and
+    /// upstream-response timeouts, connection caps (`PALISADE_EDGE_MAX_CONNECTIONS`,
+    /// `PALISADE_EDGE_MAX_CONNECTIONS_PER_IP`) and rule sweep interval, `PALISADE_EDGE_TRUSTED_PROXIES`
     /// and `PALISADE_EDGE_UPSTREAM_ALLOWED_NETWORKS` (comma-separated), `PALISADE_EDGE_PROXY_PROTOCOL`, `PALISADE_ADMIN_ALLOWED_IPS`
     /// (comma-separated), `PALISADE_ADMIN_LAST_USED_FLUSH_MS`, `PALISADE_ADMIN_AUDIT_MAX_ENTRIES`,
     /// `PALISADE_ADMIN_FAILURE_AUDITS_PER_SECOND`,
@@ -42,6 +43,18 @@ impl Config {
         num(
             "PALISADE_EDGE_HEADER_READ_TIMEOUT_MS",
             &mut self.edge.header_read_timeout_ms,
+        )?;
+        num(
+            "PALISADE_EDGE_IDLE_TIMEOUT_MS",
+            &mut self.edge.idle_timeout_ms,
+        )?;
+        num(
+            "PALISADE_EDGE_MAX_CONNECTIONS",
+            &mut self.edge.max_connections,
+        )?;
+        num(
+            "PALISADE_EDGE_MAX_CONNECTIONS_PER_IP",
+            &mut self.edge.max_connections_per_ip,
         )?;
         num(
             "PALISADE_EDGE_UPSTREAM_RESPONSE_TIMEOUT_MS",

@@ -80,7 +80,17 @@ pub struct EdgeSection {
     /// `edge.upstream_allowed_networks` allows them everywhere. `palisade dev` allows loopback.
     pub upstream_allowed_networks: Vec<String>,
     pub max_header_bytes: usize,
+    /// Time for a request head, and for a new connection's first request whatever it sends.
     pub header_read_timeout_ms: u64,
+    /// Time a connection may stay open with no request in flight (keep-alive, h2).
+    pub idle_timeout_ms: u64,
+    /// Open public connections (both listeners together); more are closed at accept. 0 sizes
+    /// it to the machine: half the open-files limit less 1,024 (each connection may hold an
+    /// upstream connection too), at most one per 64 KiB of memory, at least 1,024.
+    pub max_connections: u64,
+    /// Open public connections from one IPv4 address or IPv6 /64 (trusted proxies are not
+    /// counted per source).
+    pub max_connections_per_ip: u64,
     pub upstream_connect_timeout_ms: u64,
     pub upstream_response_timeout_ms: u64,
     /// How often the leader deletes expired IP rules from the store. They stop matching at
@@ -96,6 +106,9 @@ impl Default for EdgeSection {
             upstream_allowed_networks: Vec::new(),
             max_header_bytes: 64 << 10,
             header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 0,
+            max_connections_per_ip: 1_024,
             upstream_connect_timeout_ms: 3_000,
             upstream_response_timeout_ms: 60_000,
             rule_sweep_interval_ms: 60_000,

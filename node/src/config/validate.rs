@@ -208,6 +208,11 @@ impl Config {
                 "edge.header_read_timeout_ms",
                 self.edge.header_read_timeout_ms,
             ),
+            ("edge.idle_timeout_ms", self.edge.idle_timeout_ms),
+            (
+                "edge.max_connections_per_ip",
+                self.edge.max_connections_per_ip,
+            ),
             (
                 "edge.upstream_connect_timeout_ms",
                 self.edge.upstream_connect_timeout_ms,
@@ -227,6 +232,19 @@ impl Config {
                 return Err(field(name, "0", "must be above 0"));
             }
         }
+        let max_connections = match self.edge.max_connections {
+            0 => machine_connections(),
+            n => n,
+        };
+        if self.edge.max_connections_per_ip > max_connections
+            || self.edge.max_connections_per_ip > u64::from(u32::MAX)
+        {
+            return Err(field(
+                "edge.max_connections_per_ip",
+                &self.edge.max_connections_per_ip.to_string(),
+                format!("must be at most edge.max_connections ({max_connections})"),
+            ));
+        }
         let ms = std::time::Duration::from_millis;
         let mut own_listeners = vec![cluster_listen, admin_listen, http_listen, https_listen];
         own_listeners.push(adv);
@@ -237,6 +255,11 @@ impl Config {
             limits: palisade_edge::ListenerLimits {
                 max_header_bytes: self.edge.max_header_bytes,
                 header_read_timeout: ms(self.edge.header_read_timeout_ms),
+                idle_timeout: ms(self.edge.idle_timeout_ms),
+                slots: palisade_edge::Slots::new(
+                    usize::try_from(max_connections).unwrap_or(usize::MAX),
+                    self.edge.max_connections_per_ip as u32,
+                ),
                 handshake_timeout: ms(self.edge.header_read_timeout_ms),
                 proxy_protocol: self.edge.proxy_protocol,
             },
@@ -295,4 +318,24 @@ fn cidrs(name: &'static str, list: &[String]) -> Result<Vec<Cidr>, ConfigError> 
                 })
         })
         .collect()
+}
+
+/// `edge.max_connections = 0`: half the open-files limit the node raises itself to (the hard
+/// limit) less 1,024 for the store and the cluster, as each connection may hold an upstream one
+/// too; at most one connection per 64 KiB of memory; at least 1,024.
+fn machine_connections() -> u64 {
+    let files = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(_, hard)| hard)
+        .unwrap_or(1_024);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(u64::MAX);
+    (files.saturating_sub(1_024) / 2)
+        .min(memory / (64 << 10))
+        .max(1_024)
 }

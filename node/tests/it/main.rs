@@ -6,6 +6,7 @@ mod admin;
 mod bot;
 mod cluster;
 mod cluster_port;
+mod connections;
 mod edge;
 mod ip_rules;
 

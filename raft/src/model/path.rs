@@ -3,7 +3,7 @@
 //!
 //! The normal form (RFC 3986 §6.2.2, plus the slash rule servers apply): percent-encoded
 //! unreserved characters (`A–Z a–z 0–9 - . _ ~`) are decoded, other percent-encodings get
-//! upper-case hex, dot segments are removed (`..` never climbs above `/`), and runs of slashes
+//! upper-case hex (a `%` that starts no escape becomes `%25`), dot segments are removed (`..` never climbs above `/`), and runs of slashes
 //! become one. `/hooks/%2e%2e/admin` is `/admin`; `/a//b/./c/` is `/a/b/c/`.
 
 use std::borrow::Cow;
@@ -61,6 +61,12 @@ pub fn normalize(path: &str) -> Cow<'_, str> {
                     decoded.push(char::from(b"0123456789ABCDEF"[usize::from(lo)]));
                 }
                 i += 3;
+            }
+            // A `%` that starts no escape is a literal one: written as its escape, so that
+            // the normal form is a fixed point (`%%61f` is `%25af`, not `%af`).
+            (b'%', _, _) => {
+                decoded.push_str("%25");
+                i += 1;
             }
             _ => {
                 // Bytes of a valid `&str`, copied one char at a time.
@@ -150,7 +156,8 @@ mod tests {
             ("/%7Euser/%41%62c", "/~user/Abc"),
             ("/a%2fb", "/a%2Fb"),
             ("/a%2Fb/../c", "/c"),
-            ("/bad%zz/%4", "/bad%zz/%4"),
+            ("/bad%zz/%4", "/bad%25zz/%254"),
+            ("/%%61f", "/%25af"),
             ("/.well-known/x", "/.well-known/x"),
             ("/caf\u{e9}/../x", "/x"),
             ("*", "*"),

@@ -129,6 +129,45 @@ pub async fn write_encoded(
     Ok(())
 }
 
+/// The body length a frame header announces, if the version is known and the length is within
+/// `limit` (checked before anything is allocated).
+fn frame_len(head: &[u8; 5], limit: usize) -> Result<usize, TransportError> {
+    if head[0] != FRAME_VERSION {
+        return Err(TransportError::Frame(format!(
+            "unknown frame version {}",
+            head[0]
+        )));
+    }
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let limit = limit.min(MAX_FRAME);
+    if len > limit {
+        return Err(TransportError::Frame(format!(
+            "frame of {len} bytes exceeds {limit}"
+        )));
+    }
+    Ok(len)
+}
+
+fn frame_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, TransportError> {
+    serde_json::from_slice(body).map_err(|e| TransportError::Frame(format!("malformed frame: {e}")))
+}
+
+/// One whole frame from bytes: what [`read_frame`] reads from a stream (the fuzz target).
+pub fn decode_frame<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, TransportError> {
+    let head: &[u8; 5] = bytes
+        .get(..5)
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| TransportError::Frame("reading frame header: too short".into()))?;
+    let len = frame_len(head, limit)?;
+    match bytes.get(5..) {
+        Some(body) if body.len() == len => frame_body(body),
+        _ => Err(TransportError::Frame(format!(
+            "reading frame body: {} bytes, not {len}",
+            bytes.len() - 5
+        ))),
+    }
+}
+
 /// Read one frame of at most `limit` bytes (the length is checked before anything is allocated).
 pub async fn read_frame<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
@@ -138,25 +177,12 @@ pub async fn read_frame<T: DeserializeOwned>(
     recv.read_exact(&mut head)
         .await
         .map_err(|e| TransportError::Frame(format!("reading frame header: {e}")))?;
-    if head[0] != FRAME_VERSION {
-        return Err(TransportError::Frame(format!(
-            "unknown frame version {}",
-            head[0]
-        )));
-    }
-    let len = u32::from_be_bytes(head[1..].try_into().expect("4 bytes")) as usize;
-    if len > limit.min(MAX_FRAME) {
-        return Err(TransportError::Frame(format!(
-            "frame of {len} bytes exceeds {}",
-            limit.min(MAX_FRAME)
-        )));
-    }
+    let len = frame_len(&head, limit)?;
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body)
         .await
         .map_err(|e| TransportError::Frame(format!("reading frame body: {e}")))?;
-    serde_json::from_slice(&body)
-        .map_err(|e| TransportError::Frame(format!("malformed frame: {e}")))
+    frame_body(&body)
 }
 
 /// Outgoing calls to peers over one QUIC endpoint.

@@ -137,6 +137,23 @@ impl Columns {
     }
 }
 
+/// One import line as the import reads it, after `header` when the upload is a CSV with one
+/// (`None`: one address or CIDR per line). The fuzz target's way in.
+pub fn import_line(
+    header: Option<&str>,
+    line: &str,
+    now: Millis,
+) -> Result<Option<(Cidr, String, Option<Millis>)>, String> {
+    let columns = match header {
+        None => None,
+        Some(h) => {
+            let fields = csv_fields(h).map_err(|e| format!("CSV header: {e}"))?;
+            Some(Columns::from_header(&fields).unwrap_or(Columns::POSITIONAL))
+        }
+    };
+    parse_line(line, columns.as_ref(), now)
+}
+
 /// One import line as an entry, or what is wrong with it. `None` for blank and comment lines.
 fn parse_line(
     text: &str,

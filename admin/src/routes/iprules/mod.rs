@@ -38,6 +38,7 @@ use crate::state::AdminState;
 use crate::write::{audit, commit, written};
 
 mod import;
+pub use import::import_line;
 
 use import::import_rules;
 

@@ -1,0 +1,302 @@
+//! What a public connection may hold: a slot under the node's caps, taken at accept, and
+//! deadlines for its first request and for idleness between requests.
+//!
+//! A connection over a cap is closed at accept without a byte of answer. Once accepted, a
+//! connection that has not delivered a complete request head within the header read timeout is
+//! closed, whatever it sent meanwhile (nothing at all, half an HTTP/2 preface, a TLS handshake
+//! and then silence, an h2 preface without SETTINGS); between requests, one with no request in
+//! flight for the idle timeout is closed (HTTP/1 keep-alive and h2 alike: pings do not count).
+//! A request is in flight from the moment hyper hands it over until its response body ends.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tokio::time::Instant;
+
+use crate::response::{Body, BoxError};
+
+const SHARDS: usize = 16;
+
+/// Why a connection was refused at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// `max_connections` are open.
+    Node,
+    /// `max_connections_per_ip` are open from this source (its IPv6 /64).
+    Source,
+}
+
+impl Full {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Full::Node => "node_full",
+            Full::Source => "source_full",
+        }
+    }
+}
+
+/// The node's connection caps, shared by both public listeners.
+#[derive(Debug)]
+pub struct Slots {
+    max: usize,
+    per_ip: u32,
+    open: AtomicUsize,
+    by_source: [Mutex<HashMap<IpAddr, u32>>; SHARDS],
+}
+
+/// One accepted connection's place under the caps, given back when it is dropped.
+pub struct Slot {
+    slots: Arc<Slots>,
+    source: Option<IpAddr>,
+}
+
+/// The key a source is counted by: the IPv4 address, or the IPv6 /64 (one subscriber's
+/// allocation).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !((1u128 << 64) - 1),
+        )),
+        v4 => v4,
+    }
+}
+
+fn shard(key: IpAddr) -> usize {
+    let mixed = match key {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => (u128::from(v6) >> 64) as u64,
+    };
+    (mixed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60) as usize % SHARDS
+}
+
+impl Slots {
+    pub fn new(max: usize, per_ip: u32) -> Arc<Slots> {
+        Arc::new(Slots {
+            max: max.max(1),
+            per_ip: per_ip.max(1),
+            open: AtomicUsize::new(0),
+            by_source: Default::default(),
+        })
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    pub fn per_ip(&self) -> u32 {
+        self.per_ip
+    }
+
+    /// A slot for a connection from `ip`, if both caps allow it. `per_source` is false for
+    /// trusted load balancers, which speak for many clients.
+    pub fn take(self: &Arc<Self>, ip: IpAddr, per_source: bool) -> Result<Slot, Full> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Full::Node);
+        }
+        let source = per_source.then(|| source_key(ip));
+        if let Some(key) = source {
+            let mut map = self.by_source[shard(key)]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let n = map.entry(key).or_insert(0);
+            if *n >= self.per_ip {
+                drop(map);
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                return Err(Full::Source);
+            }
+            *n += 1;
+        }
+        Ok(Slot {
+            slots: self.clone(),
+            source,
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(key) = self.source {
+            let mut map = self.slots.by_source[shard(key)]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&key);
+                }
+            }
+        }
+        self.slots.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Requests on one connection: how many so far, how many in flight, and when the last ended.
+pub struct Activity {
+    start: Instant,
+    requests: AtomicU64,
+    inflight: AtomicU32,
+    /// Milliseconds after `start` when the last request in flight ended.
+    last_done_ms: AtomicU64,
+}
+
+/// What the watchdog does next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Look again at this time.
+    Keep(Instant),
+    /// Close the connection, for this reason (the metric label).
+    Close(&'static str),
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            start: Instant::now(),
+            requests: AtomicU64::new(0),
+            inflight: AtomicU32::new(0),
+            last_done_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// A request arrived; it is in flight until the returned guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// Whether the connection may stay open at `now`, and if so when to look again.
+    pub fn verdict(&self, now: Instant, first_request: Duration, idle: Duration) -> Verdict {
+        if self.requests.load(Ordering::Acquire) == 0 {
+            let deadline = self.start + first_request;
+            return match now >= deadline {
+                true => Verdict::Close("first_request"),
+                false => Verdict::Keep(deadline),
+            };
+        }
+        if self.inflight.load(Ordering::Acquire) > 0 {
+            return Verdict::Keep(now + idle);
+        }
+        let since = self.start + Duration::from_millis(self.last_done_ms.load(Ordering::Acquire));
+        match now >= since + idle {
+            true => Verdict::Close("idle"),
+            false => Verdict::Keep(since + idle),
+        }
+    }
+}
+
+/// A request in flight (see [`Activity::begin`]).
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let ms = a.start.elapsed().as_millis() as u64;
+        a.last_done_ms.fetch_max(ms, Ordering::AcqRel);
+        a.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request in flight until it ends or is dropped.
+pub struct Tracked {
+    inner: Body,
+    flight: Option<InFlight>,
+}
+
+impl Tracked {
+    pub fn wrap(inner: Body, flight: InFlight) -> Tracked {
+        Tracked {
+            inner,
+            flight: Some(flight),
+        }
+    }
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.flight = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_hold_per_node_and_per_source_and_free_on_drop() {
+        let slots = Slots::new(5, 2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "2001:db8::1".parse().unwrap();
+        let b2: IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        let a1 = slots.take(a, true).unwrap();
+        let _a2 = slots.take(a, true).unwrap();
+        assert_eq!(slots.take(a, true).err(), Some(Full::Source));
+        let _b1 = slots.take(b, true).unwrap();
+        let _b2 = slots.take(b2, true).unwrap();
+        assert_eq!(slots.take(b2, true).err(), Some(Full::Source), "one /64");
+        // A trusted balancer is not counted per source, only against the node's cap.
+        let _lb = slots.take(a, false).unwrap();
+        assert_eq!(
+            slots.take("198.51.100.1".parse().unwrap(), true).err(),
+            Some(Full::Node)
+        );
+        assert_eq!(slots.open(), 5);
+        drop(a1);
+        assert_eq!(slots.open(), 4);
+        let _again = slots.take(a, true).unwrap();
+        assert_eq!(slots.open(), 5);
+    }
+
+    #[test]
+    fn a_connection_has_a_first_request_deadline_then_an_idle_one() {
+        let (first, idle) = (Duration::from_secs(10), Duration::from_secs(60));
+        let a = Activity::new();
+        let t0 = a.start;
+        assert_eq!(a.verdict(t0, first, idle), Verdict::Keep(t0 + first));
+        assert_eq!(
+            a.verdict(t0 + first, first, idle),
+            Verdict::Close("first_request")
+        );
+        let flight = a.begin();
+        let later = t0 + first + idle;
+        assert_eq!(
+            a.verdict(later, first, idle),
+            Verdict::Keep(later + idle),
+            "in flight"
+        );
+        drop(flight);
+        let done = t0 + Duration::from_millis(a.last_done_ms.load(Ordering::Acquire));
+        assert_eq!(a.verdict(done, first, idle), Verdict::Keep(done + idle));
+        assert_eq!(a.verdict(done + idle, first, idle), Verdict::Close("idle"));
+    }
+}
