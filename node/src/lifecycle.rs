@@ -98,7 +98,8 @@ pub(crate) async fn create_cluster(dd: &DataDir, args: &NodeArgs) -> Result<(Str
     let cluster_id = hex::encode(cluster_id);
     let ca = CaMaterial::generate(&cluster_id)?;
     let (node_key, csr) = node_key_and_csr()?;
-    let node_cert = ca.sign_node_csr(1, &csr)?;
+    // The node renews it at start to its configured validity.
+    let node_cert = ca.sign_node_csr(1, &csr, palisade_raft::crypto::NODE_CERT_VALIDITY)?;
     dd.save_tls(&ca, &node_cert, &node_key)?;
     dd.write_secret("master.key", &MasterKey::generate().to_hex())?;
     dd.save_node_file(&NodeFile {

@@ -14,7 +14,7 @@ use palisade_raft::ids::ProjectId;
 use palisade_raft::model::Verdict;
 use palisade_raft::store::Store;
 use palisade_raft::task::Shutdown;
-use palisade_raft::transport::tls::parse_cert;
+use palisade_raft::transport::tls::{parse_cert, Identity};
 use palisade_raft::types::NodeInfo;
 
 use crate::config::Validated;
@@ -50,6 +50,12 @@ pub fn prepare(cfg: &Validated) -> Result<Prepared> {
     }
     let master_key = dd.master_key()?;
     let ca = dd.ca()?;
+    let validity = cert_validity(cfg);
+    // A node that was down for long may hold an expired certificate: renewed before it talks.
+    let identity = match renew_if_due(&dd, &ca, nf.node_id, &identity, validity)? {
+        Some(renewed) => renewed,
+        None => identity,
+    };
     let store = Store::open(&dd.root, &nf.cluster_id)?;
     let setup = MemberSetup {
         node_id: nf.node_id,
@@ -64,6 +70,7 @@ pub fn prepare(cfg: &Validated) -> Result<Prepared> {
         ca,
         master_key,
         tuning: cfg.raw.raft.clone(),
+        cert_validity: validity,
     };
     Ok(Prepared {
         setup,
@@ -71,6 +78,66 @@ pub fn prepare(cfg: &Validated) -> Result<Prepared> {
         node_file: nf,
         data_dir: dd,
     })
+}
+
+fn cert_validity(cfg: &Validated) -> Duration {
+    Duration::from_secs(cfg.raw.cluster.node_cert_validity_seconds)
+}
+
+/// Renew this node's certificate when a third of its validity is left, or when it outlives the
+/// configured validity (one made before node certificates expired, or with a longer setting):
+/// signed by the cluster CA over the node's own key, written to `tls/node.pem`. Returns the
+/// renewed identity.
+fn renew_if_due(
+    dd: &DataDir,
+    ca: &palisade_raft::crypto::CaMaterial,
+    node_id: palisade_raft::ids::NodeId,
+    identity: &Identity,
+    validity: Duration,
+) -> Result<Option<Identity>> {
+    let (_, _, not_after, _) = palisade_raft::crypto::cert_facts(&identity.cert_pem)
+        .map_err(|e| anyhow::anyhow!("the node certificate cannot be read: {e}"))?;
+    let (now, v) = (palisade_raft::now_ms(), validity.as_millis() as u64);
+    let left = not_after.saturating_sub(now);
+    if left > v / 3 && left <= v + 86_400_000 {
+        return Ok(None);
+    }
+    let cert_pem = ca.renew_node_cert(node_id, &identity.key_pem, validity)?;
+    dd.write_public("tls/node.pem", &cert_pem)?;
+    tracing::info!(
+        node = node_id,
+        old_not_after_ms = not_after,
+        valid_for_s = validity.as_secs(),
+        "node certificate renewed"
+    );
+    Ok(Some(Identity {
+        cert_pem,
+        ..identity.clone()
+    }))
+}
+
+/// Keep the running node's certificate renewed: look every tenth of its validity (at most
+/// hourly) and present a renewed one from the next handshake on.
+async fn keep_certificate_renewed(
+    cluster: Arc<Cluster>,
+    dd: DataDir,
+    validity: Duration,
+    shutdown: Shutdown,
+) {
+    let interval = (validity / 10).clamp(Duration::from_secs(1), Duration::from_secs(3_600));
+    palisade_raft::task::every(interval, &shutdown, "node certificate renewal", || {
+        let (cluster, dd) = (cluster.clone(), &dd);
+        async move {
+            let identity = dd.identity()?;
+            if let Some(renewed) =
+                renew_if_due(dd, cluster.ca(), cluster.node_id, &identity, validity)?
+            {
+                cluster.use_certificate(&renewed)?;
+            }
+            Ok::<(), anyhow::Error>(())
+        }
+    })
+    .await
 }
 
 /// A started node: cluster member, edge and admin API.
@@ -154,6 +221,12 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
         shutdown.clone(),
     ));
     tokio::spawn(jobs::keyring::run(cluster.clone(), shutdown.clone()));
+    tokio::spawn(keep_certificate_renewed(
+        cluster.clone(),
+        DataDir::new(&cfg.raw.data_dir),
+        cert_validity(cfg),
+        shutdown.clone(),
+    ));
     tokio::spawn(jobs::decisions::run(
         cluster.clone(),
         edge.detector.clone(),

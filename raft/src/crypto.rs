@@ -194,14 +194,35 @@ impl CaMaterial {
         })
     }
 
-    /// Sign a node certificate for `id` over the public key in `csr_pem`. Whatever names the CSR
-    /// asks for are ignored: the CA decides the node's identity.
-    pub fn sign_node_csr(&self, id: NodeId, csr_pem: &str) -> Result<String, CryptoError> {
+    /// Sign a node certificate for `id` over the public key in `csr_pem`, valid for `validity`.
+    /// Whatever names the CSR asks for are ignored: the CA decides the node's identity.
+    pub fn sign_node_csr(
+        &self,
+        id: NodeId,
+        csr_pem: &str,
+        validity: std::time::Duration,
+    ) -> Result<String, CryptoError> {
         let mut csr =
             rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(cert_err)?;
-        csr.params = node_cert_params(id)?;
+        csr.params = node_cert_params(id, validity)?;
         let issuer = self.issuer()?;
         Ok(csr.signed_by(&issuer).map_err(cert_err)?.pem())
+    }
+
+    /// A new certificate for node `id`'s existing key (`key_pem`), valid for `validity` from
+    /// now: how a node renews its own before it expires (every node holds the CA key).
+    pub fn renew_node_cert(
+        &self,
+        id: NodeId,
+        key_pem: &str,
+        validity: std::time::Duration,
+    ) -> Result<String, CryptoError> {
+        let key = rcgen::KeyPair::from_pem(key_pem).map_err(cert_err)?;
+        let params = node_cert_params(id, validity)?;
+        Ok(params
+            .signed_by(&key, &self.issuer()?)
+            .map_err(cert_err)?
+            .pem())
     }
 
     /// A fresh key and a server certificate for the admin API at `ips` (and DNS `names`),
@@ -234,8 +255,19 @@ impl CaMaterial {
     }
 }
 
-fn node_cert_params(id: NodeId) -> Result<rcgen::CertificateParams, CryptoError> {
+/// How long a node certificate is valid unless configured otherwise; a node renews its own
+/// when a third of that is left.
+pub const NODE_CERT_VALIDITY: std::time::Duration = std::time::Duration::from_secs(90 * 86_400);
+
+fn node_cert_params(
+    id: NodeId,
+    validity: std::time::Duration,
+) -> Result<rcgen::CertificateParams, CryptoError> {
     let mut params = rcgen::CertificateParams::new(vec![node_server_name(id)]).map_err(cert_err)?;
+    // A minute of slack for clocks that disagree a little.
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(1);
+    params.not_after = now + validity;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, node_server_name(id));
@@ -304,7 +336,7 @@ mod tests {
     fn node_certificates_name_the_node() {
         let ca = CaMaterial::generate("test").unwrap();
         let (_key, csr) = node_key_and_csr().unwrap();
-        let pem = ca.sign_node_csr(7, &csr).unwrap();
+        let pem = ca.sign_node_csr(7, &csr, NODE_CERT_VALIDITY).unwrap();
         let der = rustls_pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
             .map(|c: rustls_pki_types::CertificateDer<'static>| c)
             .unwrap();

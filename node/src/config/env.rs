@@ -10,7 +10,7 @@ impl Config {
     /// `PALISADE_EDGE_MAX_CONNECTIONS_PER_IP`) and rule sweep interval, `PALISADE_EDGE_TRUSTED_PROXIES`
     /// and `PALISADE_EDGE_UPSTREAM_ALLOWED_NETWORKS` (comma-separated), `PALISADE_EDGE_PROXY_PROTOCOL`, `PALISADE_ADMIN_ALLOWED_IPS`
     /// (comma-separated), `PALISADE_ADMIN_LAST_USED_FLUSH_MS`, `PALISADE_ADMIN_AUDIT_MAX_ENTRIES`,
-    /// `PALISADE_ADMIN_FAILURE_AUDITS_PER_SECOND`,
+    /// `PALISADE_ADMIN_FAILURE_AUDITS_PER_SECOND`, `PALISADE_CLUSTER_NODE_CERT_VALIDITY_SECONDS`,
     /// `PALISADE_ACME_<FIELD>` for each `[acme]` field, `PALISADE_WORKERS`, and `PALISADE_LOG`.
     pub fn apply_env(mut self) -> Result<Config, ConfigError> {
         let num = |var: &'static str, slot: &mut u64| -> Result<(), ConfigError> {
@@ -43,6 +43,10 @@ impl Config {
         num(
             "PALISADE_EDGE_HEADER_READ_TIMEOUT_MS",
             &mut self.edge.header_read_timeout_ms,
+        )?;
+        num(
+            "PALISADE_CLUSTER_NODE_CERT_VALIDITY_SECONDS",
+            &mut self.cluster.node_cert_validity_seconds,
         )?;
         num(
             "PALISADE_EDGE_IDLE_TIMEOUT_MS",

@@ -123,6 +123,9 @@ pub struct ClusterSection {
     pub listen: String,
     /// Address other nodes use to reach this one (defaults to `listen`).
     pub advertise: Option<String>,
+    /// How long node certificates are valid (this node's own, and those it signs for joining
+    /// nodes); a node renews its own when a third is left. At least 60.
+    pub node_cert_validity_seconds: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,6 +187,7 @@ impl Default for ClusterSection {
         ClusterSection {
             listen: "127.0.0.1:7000".into(),
             advertise: None,
+            node_cert_validity_seconds: palisade_raft::crypto::NODE_CERT_VALIDITY.as_secs(),
         }
     }
 }

@@ -232,6 +232,14 @@ impl Config {
                 return Err(field(name, "0", "must be above 0"));
             }
         }
+        let validity = self.cluster.node_cert_validity_seconds;
+        if !(60..=10 * 365 * 86_400).contains(&validity) {
+            return Err(field(
+                "cluster.node_cert_validity_seconds",
+                &validity.to_string(),
+                "must be 60 to 315360000 (ten years)",
+            ));
+        }
         let max_connections = match self.edge.max_connections {
             0 => machine_connections(),
             n => n,

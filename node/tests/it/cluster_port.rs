@@ -269,3 +269,85 @@ fn a_removed_node_is_out_for_good() {
         String::from_utf8_lossy(&pong.stderr)
     );
 }
+
+/// The `not_after` (Unix ms) of node `idx`'s certificate on disk.
+fn cert_not_after(c: &TestCluster, idx: usize) -> u64 {
+    let pem = std::fs::read_to_string(c.nodes[idx].dir.join("tls/node.pem")).unwrap();
+    palisade_raft::crypto::cert_facts(&pem).unwrap().2
+}
+
+#[test]
+fn node_certificates_expire_and_are_renewed_before_they_do() {
+    let env = [
+        QUIET[0],
+        QUIET[1],
+        ("PALISADE_CLUSTER_NODE_CERT_VALIDITY_SECONDS", "60"),
+    ];
+    let mut c = TestCluster::start(bin(), 3, &env).unwrap();
+    let started = Instant::now();
+    // Finite: every node holds a certificate for the configured 60 s (its first one was made
+    // for the default 90 days and renewed at start).
+    let first: Vec<u64> = (0..3).map(|i| cert_not_after(&c, i)).collect();
+    for (i, &t) in first.iter().enumerate() {
+        let left = t.saturating_sub(palisade_raft::now_ms());
+        assert!(left <= 61_000, "node index {i}: {left} ms left");
+    }
+    // Keep node index 0's first identity, to present it once it has expired.
+    let old = tempfile::tempdir().unwrap();
+    std::fs::create_dir(old.path().join("tls")).unwrap();
+    for f in ["tls/ca.pem", "tls/node.pem", "tls/node.key"] {
+        std::fs::copy(c.nodes[0].dir.join(f), old.path().join(f)).unwrap();
+    }
+
+    // Each node renews its own when a third of the validity is left.
+    wait::until("every node renewed", Duration::from_secs(60), || {
+        (0..3)
+            .all(|i| cert_not_after(&c, i) > first[i])
+            .then_some(())
+    })
+    .unwrap();
+    let renewed_at = started.elapsed();
+    assert!(
+        renewed_at >= Duration::from_secs(30),
+        "renewed after {renewed_at:?}, before a third was left"
+    );
+
+    // Past the first certificates' expiry, new handshakes use the renewed ones: a node that
+    // restarts reconnects to both others and catches up on a new write.
+    std::thread::sleep(Duration::from_secs(62).saturating_sub(started.elapsed()));
+    c.kill(1);
+    wait::until(
+        "a write with node index 1 down",
+        Duration::from_secs(20),
+        || {
+            let body = serde_json::json!({ "id": "renewed", "name": "renewed" });
+            let r = c.post(0, "/v1/projects", body, None).ok()?;
+            (r.status == 201 || r.status == 409).then_some(())
+        },
+    )
+    .unwrap();
+    c.restart(1).unwrap();
+    wait::until(
+        "the write on the restarted node",
+        Duration::from_secs(30),
+        || {
+            let r = c.get(1, "/v1/projects/renewed").ok()?;
+            (r.status == 200).then_some(())
+        },
+    )
+    .unwrap();
+
+    // The first certificate has expired and is refused.
+    let id = c.nodes[1].id;
+    let addr = c.nodes[1].cluster_addr.clone();
+    let refused = rt().block_on(async {
+        match Conn::peer(old.path(), &addr, id).await {
+            Err(_) => true,
+            Ok(conn) => conn
+                .call(&serde_json::to_vec(&Rpc::Status).unwrap())
+                .await
+                .is_err(),
+        }
+    });
+    assert!(refused, "an expired node certificate was accepted");
+}

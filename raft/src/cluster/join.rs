@@ -130,12 +130,12 @@ impl Cluster {
                 })
             }
         };
-        let node_cert_pem =
-            self.ca
-                .sign_node_csr(node_id, &join.csr_pem)
-                .map_err(|e| RemoteError::Refused {
-                    reason: format!("bad certificate request: {e}"),
-                })?;
+        let node_cert_pem = self
+            .ca
+            .sign_node_csr(node_id, &join.csr_pem, self.cert_validity)
+            .map_err(|e| RemoteError::Refused {
+                reason: format!("bad certificate request: {e}"),
+            })?;
         tracing::info!(node = node_id, %remote, "join token accepted; node id allocated");
         Ok(JoinGrant {
             node_id,

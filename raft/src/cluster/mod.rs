@@ -136,6 +136,8 @@ pub struct MemberSetup {
     pub ca: CaMaterial,
     pub master_key: MasterKey,
     pub tuning: RaftTuning,
+    /// How long the node certificates this node signs (for joining nodes) are valid.
+    pub cert_validity: std::time::Duration,
 }
 
 pub struct Cluster {
@@ -150,6 +152,9 @@ pub struct Cluster {
     master_key: MasterKey,
     snapshot_dir: std::path::PathBuf,
     strangers: strangers::Strangers,
+    /// The certificate this node presents, replaced when renewed.
+    node_cert: Arc<tls::NodeCert>,
+    cert_validity: std::time::Duration,
 }
 
 impl Cluster {
@@ -161,15 +166,22 @@ impl Cluster {
     ) -> Result<Arc<Cluster>, ClusterError> {
         let setup_err = |e: String| ClusterError::Setup(e);
         let config = Arc::new(setup.tuning.validate().map_err(setup_err)?);
-        let server_cfg =
-            transport::server_config(&setup.identity).map_err(|e| setup_err(e.to_string()))?;
+        let tls_err = |e: tls::TlsError| setup_err(e.to_string());
+        let node_cert = tls::NodeCert::new(&setup.identity).map_err(tls_err)?;
+        let server_cfg = transport::server_config(
+            setup
+                .identity
+                .server_config_with(node_cert.clone())
+                .map_err(tls_err)?,
+        )
+        .map_err(tls_err)?;
         let client_cfg = transport::client_config(
             setup
                 .identity
-                .client_config()
-                .map_err(|e| setup_err(e.to_string()))?,
+                .client_config_with(node_cert.clone())
+                .map_err(tls_err)?,
         )
-        .map_err(|e| setup_err(e.to_string()))?;
+        .map_err(tls_err)?;
         let endpoint = quinn::Endpoint::server(server_cfg, setup.listen)
             .map_err(|e| setup_err(format!("cannot bind cluster address {}: {e}", setup.listen)))?;
         let transport = Arc::new(Transport::new(endpoint.clone(), client_cfg.clone()));
@@ -198,6 +210,8 @@ impl Cluster {
             master_key: setup.master_key,
             snapshot_dir: data_dir.join("snapshots"),
             strangers: strangers::Strangers::default(),
+            node_cert,
+            cert_validity: setup.cert_validity,
         });
         tokio::spawn(cluster.clone().serve());
         Ok(cluster)
@@ -218,6 +232,20 @@ impl Cluster {
             .initialize(members)
             .await
             .map_err(|e| ClusterError::Fatal(e.to_string()))
+    }
+
+    /// Present `identity`'s (renewed) node certificate from the next handshake on, as server
+    /// and as client.
+    pub fn use_certificate(&self, identity: &tls::Identity) -> Result<(), ClusterError> {
+        self.node_cert
+            .replace(identity)
+            .map_err(|e| ClusterError::Setup(e.to_string()))
+    }
+
+    /// The CA that signs node certificates (every node holds it, to let new nodes in and to
+    /// renew its own certificate).
+    pub fn ca(&self) -> &CaMaterial {
+        &self.ca
     }
 
     pub fn master_key(&self) -> &MasterKey {

@@ -63,9 +63,9 @@ fn transport_config(streams: u32) -> quinn::TransportConfig {
     t
 }
 
-pub fn server_config(identity: &tls::Identity) -> Result<quinn::ServerConfig, tls::TlsError> {
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)
-        .map_err(|e| tls::TlsError::Bad {
+pub fn server_config(tls: rustls::ServerConfig) -> Result<quinn::ServerConfig, tls::TlsError> {
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| tls::TlsError::Bad {
             what: "QUIC server TLS",
             detail: e.to_string(),
         })?;

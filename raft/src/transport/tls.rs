@@ -6,13 +6,15 @@
 //! that is still joining has no certificate: it may only ask to join, and it pins the CA by the
 //! hash its join token carries.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 pub const ALPN: &[u8] = b"palisade-cluster/1";
@@ -83,34 +85,98 @@ impl Identity {
         })
     }
 
+    /// This identity's certificate and key, ready to present.
+    fn certified_key(&self) -> Result<Arc<CertifiedKey>, TlsError> {
+        let (chain, key) = self.chain_and_key()?;
+        let signing = provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| bad("node private key")(e.to_string()))?;
+        Ok(Arc::new(CertifiedKey::new(chain, signing)))
+    }
+
     pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
+        self.server_config_with(NodeCert::new(self)?)
+    }
+
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
+        self.client_config_with(NodeCert::new(self)?)
+    }
+
+    /// The server side, presenting whatever `cert` holds at each handshake.
+    pub fn server_config_with(
+        &self,
+        cert: Arc<NodeCert>,
+    ) -> Result<rustls::ServerConfig, TlsError> {
         let provider = provider();
         let verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider.clone())
                 .allow_unauthenticated()
                 .build()
                 .map_err(|e| bad("client verifier")(e.to_string()))?;
-        let (chain, key) = self.chain_and_key()?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| bad("TLS versions")(e.to_string()))?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .map_err(|e| bad("node certificate")(e.to_string()))?;
+            .with_cert_resolver(cert);
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         Ok(cfg)
     }
 
-    pub fn client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
-        let (chain, key) = self.chain_and_key()?;
+    /// The client side, presenting whatever `cert` holds at each handshake.
+    pub fn client_config_with(
+        &self,
+        cert: Arc<NodeCert>,
+    ) -> Result<rustls::ClientConfig, TlsError> {
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| bad("TLS versions")(e.to_string()))?
             .with_root_certificates(self.roots()?)
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| bad("node certificate")(e.to_string()))?;
+            .with_client_cert_resolver(cert);
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         Ok(cfg)
+    }
+}
+
+/// The certificate a node presents, both as server and as client, replaceable while it runs:
+/// node certificates expire, and a renewed one is used from the next handshake on.
+#[derive(Debug)]
+pub struct NodeCert(RwLock<Arc<CertifiedKey>>);
+
+impl NodeCert {
+    pub fn new(identity: &Identity) -> Result<Arc<NodeCert>, TlsError> {
+        Ok(Arc::new(NodeCert(RwLock::new(identity.certified_key()?))))
+    }
+
+    /// Present `identity`'s certificate from now on.
+    pub fn replace(&self, identity: &Identity) -> Result<(), TlsError> {
+        let key = identity.certified_key()?;
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = key;
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl ResolvesServerCert for NodeCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl ResolvesClientCert for NodeCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
