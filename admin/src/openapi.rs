@@ -29,7 +29,8 @@ pub(crate) const OWNER: Option<Role> = Some(Role::Owner);
 /// What a route takes in its body.
 enum Body {
     None,
-    Json(SchemaFn),
+    /// A JSON body of this schema; `false`: the body may be left out (its fields default).
+    Json(SchemaFn, bool),
     /// Raw bytes of these media types (bulk imports).
     Raw(&'static [&'static str]),
 }
@@ -71,7 +72,13 @@ where
 impl Op {
     /// The route reads a JSON body of type `T`.
     pub(crate) fn json<T: JsonSchema>(mut self) -> Self {
-        self.body = Body::Json(|g| g.subschema_for::<T>());
+        self.body = Body::Json(|g| g.subschema_for::<T>(), true);
+        self
+    }
+
+    /// The route reads a JSON body of type `T` when one is sent, and its defaults otherwise.
+    pub(crate) fn optional_json<T: JsonSchema>(mut self) -> Self {
+        self.body = Body::Json(|g| g.subschema_for::<T>(), false);
         self
     }
 
@@ -167,10 +174,10 @@ fn operation(op: &Op, g: &mut SchemaGenerator) -> Value {
     }
     match &op.body {
         Body::None => {}
-        Body::Json(schema) => {
+        Body::Json(schema, required) => {
             let s = serde_json::to_value(schema(g)).unwrap_or(Value::Null);
             o["requestBody"] =
-                json!({ "required": true, "content": { "application/json": { "schema": s } } });
+                json!({ "required": required, "content": { "application/json": { "schema": s } } });
         }
         Body::Raw(types) => {
             let content: Map<String, Value> = types
@@ -230,19 +237,27 @@ fn document(ops: &[Op]) -> Value {
 /// The router for `ops`, plus `/openapi.json` and `/docs`.
 pub(crate) fn router(ops: Vec<Op>) -> Route {
     let doc = document(&ops).to_string();
-    let mut by_path: Vec<(&'static str, RouteMethod)> = Vec::new();
+    let mut by_path: Vec<(&'static str, RouteMethod, Vec<Method>)> = Vec::new();
     for mut op in ops {
         if let Some(role) = op.role {
             op.ep = authenticated(op.ep, role);
         }
-        match by_path.iter_mut().find(|(p, _)| *p == op.path) {
-            Some((_, rm)) => *rm = std::mem::take(rm).method(op.method, op.ep),
-            None => by_path.push((op.path, RouteMethod::new().method(op.method, op.ep))),
+        let method = op.method.clone();
+        match by_path.iter_mut().find(|(p, _, _)| *p == op.path) {
+            Some((_, rm, methods)) => {
+                *rm = std::mem::take(rm).method(op.method, op.ep);
+                methods.push(method);
+            }
+            None => by_path.push((
+                op.path,
+                RouteMethod::new().method(op.method, op.ep),
+                vec![method],
+            )),
         }
     }
     let mut route = Route::new();
-    for (path, rm) in by_path {
-        route = route.at(path, rm);
+    for (path, rm, methods) in by_path {
+        route = route.at(path, with_allow(rm, &methods));
     }
     route
         .at(
@@ -259,6 +274,28 @@ pub(crate) fn router(ops: Vec<Op>) -> Route {
                 poem::web::Html(DOCS_PAGE).into_response()
             })),
         )
+}
+
+/// A path's 405 names the methods it takes (`Allow`, RFC 9110 §15.5.6); HEAD goes with GET.
+fn with_allow(rm: RouteMethod, methods: &[Method]) -> BoxEndpoint<'static> {
+    let mut names: Vec<&str> = methods.iter().map(Method::as_str).collect();
+    if methods.contains(&Method::GET) {
+        names.push("HEAD");
+    }
+    let allow = names.join(", ");
+    rm.around(move |ep, req| {
+        let allow = allow.clone();
+        async move {
+            let mut resp = ep.get_response(req).await;
+            if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
+                if let Ok(v) = allow.parse() {
+                    resp.headers_mut().insert(poem::http::header::ALLOW, v);
+                }
+            }
+            Ok(resp)
+        }
+    })
+    .boxed()
 }
 
 /// Check the key (and its role) before the endpoint reads anything, so a caller without one

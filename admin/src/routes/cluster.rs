@@ -36,7 +36,7 @@ pub(crate) fn ops() -> Vec<Op> {
             "Create a one-use join token",
             create_join_token,
         )
-        .json::<TokenBody>(),
+        .optional_json::<TokenBody>(),
         op(
             Method::DELETE,
             "/v1/cluster/members/:id",

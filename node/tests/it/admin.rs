@@ -1066,9 +1066,31 @@ fn the_openapi_document_validates_and_matches_the_routes() {
         }
     }
     assert!(n >= 40, "only {n} operations documented");
-    // A method the document does not list is not served either.
+    // A method the document does not list is not served either, and the answer says which are.
     let (status, _) = request_from("127.0.0.9".parse().unwrap(), admin, "PATCH", "/v1/keys", "");
     assert_eq!(status, 405);
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "DELETE /v1/keys HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        c.key
+    )
+    .unwrap();
+    let mut raw405 = String::new();
+    s.read_to_string(&mut raw405).unwrap();
+    let head = raw405.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 405"), "{raw405}");
+    assert!(head.contains("\r\nallow: get, post, head\r\n"), "{raw405}");
+    // A body whose fields all default may be left out, and the document says so.
+    assert_eq!(
+        raw["paths"]["/v1/cluster/join-tokens"]["post"]["requestBody"]["required"],
+        false
+    );
+    assert_eq!(
+        raw["paths"]["/v1/keys"]["post"]["requestBody"]["required"],
+        true
+    );
     // The interactive page reads the document.
     let (status, page) = c.get_text(0, "/docs").unwrap();
     assert_eq!(status, 200);
