@@ -110,10 +110,8 @@ impl Gate for BotGate {
     fn check(&self, ctx: &RequestCtx<'_>, req: &Request<Incoming>) -> Option<Response<Body>> {
         let project = ctx.project?;
         let mode = mode_of(ctx, project);
-        if mode == BotMode::Off {
-            return None;
-        }
-        // The pipeline has put the path in normal form; a `block` outranks every exemption.
+        // The pipeline has put the path in normal form; a `block` outranks every exemption,
+        // and applies whatever the domain's bot mode.
         let path = req.uri().path();
         let now = now_ms();
         let ip = ctx.client_ip;
@@ -130,6 +128,9 @@ impl Gate for BotGate {
                 ctx.request_id,
                 !navigation(req),
             ));
+        }
+        if mode == BotMode::Off {
+            return None;
         }
         if path == VERIFY_PATH {
             return Some(self.verify(ctx, req, project, mode));

@@ -229,7 +229,9 @@ async fn sweep_decisions(
         .collect();
     for batch in keys.chunks(BATCH) {
         let target = format!("bot decisions ({} ended)", batch.len());
-        let audit = AuditEntry::by_node(cluster.node_id, "bot.decision.expire", target, "ok");
+        // Decisions come from outside traffic: their ends are outside-class entries too.
+        let audit =
+            AuditEntry::by_node(cluster.node_id, "bot.decision.expire", target, "ok").outside();
         let cmd = Command::DeleteExpired {
             keys: batch.to_vec(),
             at: now,
@@ -291,7 +293,11 @@ async fn prune_audit(
             keep.max_age.as_secs() / 86_400,
             keep.max_entries
         );
-        let entry = AuditEntry::by_node(cluster.node_id, "audit.prune", target, "ok");
+        // In the class it prunes: pruning what outsiders caused writes nothing operator-class.
+        let entry = AuditEntry {
+            class,
+            ..AuditEntry::by_node(cluster.node_id, "audit.prune", target, "ok")
+        };
         lease.write(cmd, Some(entry)).await?;
     }
 }

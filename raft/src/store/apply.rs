@@ -11,7 +11,8 @@ use super::sm::Change;
 use super::{decode, encode, io_err, CF_SM_DATA};
 use crate::command::{Command, Refusal, Request, Response, OWN_COMMANDS_ONLY};
 use crate::model::{
-    prefix, AuditEntry, CertStatus, JoinToken, Lease, Millis, RateWindow, Record, RecordKey,
+    prefix, AuditEntry, CertStatus, Decision, JoinToken, Lease, Millis, RateWindow, Record,
+    RecordKey,
 };
 
 /// How long a request id is remembered for exactly-once retries.
@@ -233,12 +234,18 @@ fn apply_command(txn: &mut Txn<'_>, index: u64, at: Millis, cmd: &Command) -> io
         Command::Decide { decisions } => {
             for d in decisions {
                 let record = Record::Decision(d.clone());
-                let longer = match txn.get_record(&record.key())? {
-                    Some(Record::Decision(old)) => old.until >= d.until,
-                    _ => false,
-                };
-                if !longer {
-                    txn.put_record(record);
+                match txn.get_record(&record.key())? {
+                    // A longer decision stays, but a newer one's `since` still reaches it, so
+                    // that a clearance earned before the newer decision no longer passes.
+                    Some(Record::Decision(old)) if old.until >= d.until => {
+                        if d.since > old.since {
+                            txn.put_record(Record::Decision(Decision {
+                                since: d.since,
+                                ..old
+                            }));
+                        }
+                    }
+                    _ => txn.put_record(record),
                 }
             }
             applied
