@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::response::{Body, BoxError};
@@ -125,6 +126,31 @@ impl Slots {
     }
 }
 
+impl Slot {
+    /// Counts the connection against `ip`'s per-source cap as well, once a trusted load
+    /// balancer's PROXY header has said whose it is. Refused (and the slot left as it was) if
+    /// that source is at its cap.
+    pub fn attribute(&mut self, ip: IpAddr) -> Result<(), Full> {
+        if self.source.is_some() {
+            return Ok(());
+        }
+        let key = source_key(ip);
+        let mut map = self.slots.by_source[shard(key)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key).or_insert(0);
+        if *n >= self.slots.per_ip {
+            if *n == 0 {
+                map.remove(&key);
+            }
+            return Err(Full::Source);
+        }
+        *n += 1;
+        self.source = Some(key);
+        Ok(())
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(key) = self.source {
@@ -139,6 +165,123 @@ impl Drop for Slot {
             }
         }
         self.slots.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a connection in `palisade_active_connections` for as long as it lives, whichever way
+/// its task ends.
+struct ActiveConnection;
+
+impl ActiveConnection {
+    fn new() -> Self {
+        metrics::gauge!("palisade_active_connections").increment(1.0);
+        ActiveConnection
+    }
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("palisade_active_connections").decrement(1.0);
+    }
+}
+
+/// What an accepted connection holds for as long as it lives: its slot under the caps and its
+/// place in `palisade_active_connections`. An upgraded connection (a WebSocket) outlives its
+/// HTTP connection, so its tunnel keeps a clone: a tunnel counts against the caps like any
+/// connection, and is closed when idle like one.
+#[derive(Clone)]
+pub struct Hold {
+    _held: Arc<(Slot, ActiveConnection)>,
+    /// How long a tunnel may pass no byte either way before it is closed.
+    pub idle: Duration,
+}
+
+impl Hold {
+    pub fn new(slot: Slot, idle: Duration) -> Hold {
+        Hold {
+            _held: Arc::new((slot, ActiveConnection::new())),
+            idle,
+        }
+    }
+}
+
+/// An I/O half that notes when it last read a byte.
+struct Stamped<'a, T> {
+    io: T,
+    start: Instant,
+    last_ms: &'a AtomicU64,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Stamped<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let ms = self.start.elapsed().as_millis() as u64;
+            self.last_ms.fetch_max(ms, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Stamped<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Copies both ways between the client's and the upstream's side of an upgraded connection
+/// until either closes, or until no byte has passed either way for `hold.idle`. The connection
+/// keeps its slot until then.
+pub async fn tunnel<A, B>(client: A, upstream: B, hold: Hold)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let last_ms = AtomicU64::new(0);
+    let mut a = Stamped {
+        io: client,
+        start,
+        last_ms: &last_ms,
+    };
+    let mut b = Stamped {
+        io: upstream,
+        start,
+        last_ms: &last_ms,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    tokio::pin!(copy);
+    let mut check = start + hold.idle;
+    loop {
+        tokio::select! {
+            _ = &mut copy => return,
+            _ = tokio::time::sleep_until(check) => {
+                let since = start + Duration::from_millis(last_ms.load(Ordering::Relaxed));
+                if Instant::now() >= since + hold.idle {
+                    metrics::counter!("palisade_connections_closed_total", "reason" => "tunnel_idle")
+                        .increment(1);
+                    return;
+                }
+                check = since + hold.idle;
+            }
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::conn_limits::{tunnel, Hold};
 use crate::egress::{refusal_in, Connector, Egress};
 use crate::response::{empty, error_page, Body, BoxError};
 use crate::upstream::Target;
@@ -245,6 +246,7 @@ impl Proxy {
         }
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let hold = req.extensions_mut().remove::<Hold>();
         let (mut parts, body) = req.into_parts();
         let upgrade_value = parts.headers.get(UPGRADE).cloned();
         let retryable = is_idempotent(&parts.method) && !has_body(&parts.headers) && !upgrade;
@@ -349,12 +351,10 @@ impl Proxy {
                         if let Some(client_side) = client_upgrade {
                             let upstream_side = hyper::upgrade::on(&mut resp);
                             tokio::spawn(async move {
-                                if let (Ok(c), Ok(u)) = (client_side.await, upstream_side.await) {
-                                    let _ = tokio::io::copy_bidirectional(
-                                        &mut TokioIo::new(c),
-                                        &mut TokioIo::new(u),
-                                    )
-                                    .await;
+                                if let (Ok(c), Ok(u), Some(hold)) =
+                                    (client_side.await, upstream_side.await, hold)
+                                {
+                                    tunnel(TokioIo::new(c), TokioIo::new(u), hold).await;
                                 }
                             });
                         }

@@ -13,7 +13,7 @@ use palisade_raft::task::Shutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
-use crate::conn_limits::{Activity, Slots, Tracked, Verdict};
+use crate::conn_limits::{Activity, Hold, Slots, Tracked, Verdict};
 use crate::pipeline::{Conn, Pipeline};
 use crate::tls::TlsConfigs;
 
@@ -92,8 +92,7 @@ pub async fn serve(
         let limits = limits.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _slot = slot;
-            let _active = ActiveConnection::new();
+            let mut slot = slot;
             let mut stream = stream;
             let mut peer = peer;
             let mut forwarded = true;
@@ -111,6 +110,12 @@ pub async fn serve(
                         if refused_at_accept(&pipeline, peer.ip()) {
                             return;
                         }
+                        // Now the client is known, it counts against its own cap too.
+                        if let Err(full) = slot.attribute(peer.ip()) {
+                            metrics::counter!("palisade_connections_refused_total", "reason" => full.as_str())
+                                .increment(1);
+                            return;
+                        }
                     }
                     // LOCAL or UNKNOWN: the balancer speaks for itself (a health check), so
                     // what the request says about its client is not believed.
@@ -122,6 +127,7 @@ pub async fn serve(
                     Err(_) => return,
                 }
             }
+            let hold = Hold::new(slot, limits.idle_timeout);
             let conn = Conn {
                 peer,
                 https,
@@ -140,7 +146,7 @@ pub async fn serve(
                             {
                                 return;
                             }
-                            serve_conn(tls_stream, conn, pipeline, &limits, watcher).await;
+                            serve_conn(tls_stream, conn, pipeline, &limits, hold, watcher).await;
                         }
                         Ok(Err(e)) => {
                             metrics::counter!("palisade_tls_handshake_failures_total", "reason" => "handshake").increment(1);
@@ -151,7 +157,7 @@ pub async fn serve(
                         }
                     }
                 }
-                None => serve_conn(stream, conn, pipeline, &limits, watcher).await,
+                None => serve_conn(stream, conn, pipeline, &limits, hold, watcher).await,
             }
         });
     }
@@ -165,6 +171,7 @@ async fn serve_conn<S>(
     conn: Conn,
     pipeline: Arc<Pipeline>,
     limits: &ListenerLimits,
+    hold: Hold,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -182,9 +189,13 @@ async fn serve_conn<S>(
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let activity = Activity::new();
     let requests = activity.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let pipeline = pipeline.clone();
         let flight = requests.begin();
+        // A request that may become a tunnel carries the connection's hold into it.
+        if req.headers().contains_key(hyper::header::UPGRADE) {
+            req.extensions_mut().insert(hold.clone());
+        }
         async move {
             let resp = pipeline.handle(req, conn).await;
             Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked::wrap(body, flight).boxed()))
@@ -219,23 +230,6 @@ async fn serve_conn<S>(
                 }
             }
         }
-    }
-}
-
-/// Counts a connection in `palisade_active_connections` for as long as it lives, whichever way
-/// its task ends.
-struct ActiveConnection;
-
-impl ActiveConnection {
-    fn new() -> Self {
-        metrics::gauge!("palisade_active_connections").increment(1.0);
-        ActiveConnection
-    }
-}
-
-impl Drop for ActiveConnection {
-    fn drop(&mut self) {
-        metrics::gauge!("palisade_active_connections").decrement(1.0);
     }
 }
 

@@ -20,7 +20,7 @@ pub(crate) fn full(b: impl Into<Bytes>) -> TestBody {
 
 /// A real origin: `GET /` answers 1 KiB and names itself; `GET /echo` answers the request's
 /// headers as a JSON object; `GET /bytes/N` streams N bytes;
-/// `POST /upload` counts what it receives; `/login` (any case, optional trailing slash) answers
+/// `POST /upload` counts what it receives; `/login` (any case, optional trailing slash, `;` parameters) answers
 /// 401 and `/missing…` 404; an `Upgrade` request is switched and echoed. `x-seen-path` names
 /// the path and query it was sent.
 pub async fn upstream(name: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
@@ -104,7 +104,13 @@ async fn handle(
             }
         }
         Response::new(full(serde_json::Value::Object(seen).to_string()))
-    } else if path.trim_end_matches('/').eq_ignore_ascii_case("/login") {
+    } else if path
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .eq_ignore_ascii_case("/login")
+    {
         // A login that always fails, for the failed-login trigger.
         let mut r = Response::new(full("bad password"));
         *r.status_mut() = StatusCode::UNAUTHORIZED;

@@ -136,6 +136,9 @@ pub enum Signal {
     MissingHeaders,
 }
 
+/// How many [`Signal`]s there are.
+const SIGNALS: usize = 5;
+
 impl Signal {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -167,8 +170,9 @@ struct Local {
     until: u64,
     /// When this node decided.
     at: u64,
-    /// Events counted since `at` from clients holding a clearance earned after it.
-    strikes: u32,
+    /// Events counted since `at` from clients holding a clearance earned after it, per signal
+    /// (one request counted by two triggers is one event of each, not two of either).
+    strikes: [u32; SIGNALS],
 }
 
 /// This node's recent decisions, and the IPv6 prefix lengths they use (the lengths to look up).
@@ -300,8 +304,9 @@ impl Detector {
                     if cleared_at.is_none_or(|c| c < local.at) {
                         return true;
                     }
-                    local.strikes += 1;
-                    if local.strikes < trigger.threshold {
+                    let strikes = &mut local.strikes[signal as usize];
+                    *strikes += 1;
+                    if *strikes < trigger.threshold {
                         return true;
                     }
                     again = true;
@@ -310,11 +315,13 @@ impl Detector {
             if decided.by_source.len() >= MAX_DECIDED {
                 decided.by_source.retain(|_, l| l.until > now_ms);
             }
-            if decided.by_source.len() < MAX_DECIDED {
+            // A source already held is updated in place even when the map is full, so that its
+            // strikes start again from the new decision.
+            if decided.by_source.len() < MAX_DECIDED || decided.by_source.contains_key(&key) {
                 let local = Local {
                     until: until.max(decided.by_source.get(&key).map_or(0, |l| l.until)),
                     at: now_ms,
-                    strikes: 0,
+                    strikes: [0; SIGNALS],
                 };
                 decided.by_source.insert(key.clone(), local);
                 if let IpNet::V6(net) = prefix.net() {
@@ -502,6 +509,41 @@ mod tests {
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].since, 3_000);
         assert_eq!(d.decided(&p, ip, 3_000).map(|(_, at)| at), Some(3_000));
+    }
+
+    #[test]
+    fn strikes_count_per_trigger_not_per_source() {
+        let d = Detector::new();
+        let t = Trigger::new(5, 600, 600);
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let p = project();
+        for _ in 0..5 {
+            d.count(&p, Signal::FailedLogins, ip, &t, 1_000, None);
+            d.count(&p, Signal::MissingHeaders, ip, &t, 1_000, None);
+        }
+        assert_eq!(
+            d.take_batch().len(),
+            1,
+            "both over their thresholds, one decision"
+        );
+        // Each request of a cleared client counted by two triggers: four of each stay under
+        // either threshold, although eight events were counted for the source.
+        for _ in 0..4 {
+            assert!(d.count(&p, Signal::FailedLogins, ip, &t, 3_000, Some(2_500)));
+            d.count(&p, Signal::MissingHeaders, ip, &t, 3_000, Some(2_500));
+        }
+        assert!(
+            d.take_batch().iter().all(|x| !x.reason.contains("again")),
+            "no trigger reached its threshold again"
+        );
+        assert!(d.count(&p, Signal::FailedLogins, ip, &t, 3_000, Some(2_500)));
+        let again = d.take_batch();
+        assert_eq!(again.len(), 1);
+        assert!(
+            again[0].reason.starts_with("failed_logins"),
+            "{}",
+            again[0].reason
+        );
     }
 
     #[test]

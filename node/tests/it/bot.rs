@@ -924,6 +924,12 @@ fn exemptions_match_the_path_the_upstream_will_see_and_a_block_outranks_them() {
         "/hooks/.%2E/admin",
         "/hooks/../admin",
         "/HOOKS/github",
+        // Spellings some upstreams read as leaving the prefix: path parameters, backslashes,
+        // encoded slashes.
+        "/hooks/..;/admin",
+        "/hooks/..%2Fadmin",
+        "/hooks/..%5cadmin",
+        "/hooks/..\\admin",
         // Over HTTPS the ACME path is the upstream's: no exemption.
         "/.well-known/acme-challenge/../../x",
         "/.well-known/acme-challenge/token",
@@ -968,13 +974,23 @@ fn exemptions_match_the_path_the_upstream_will_see_and_a_block_outranks_them() {
             text(&a)
         );
     }
+    // With bot protection switched off for the project, the block still holds.
+    let mut bot = c.get(0, "/v1/projects/shop/bot").unwrap().body;
+    bot["mode"] = json!("off");
+    let r = c.put(0, "/v1/projects/shop/bot?wait=all", bot).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    for path in ["/", "/hooks/github"] {
+        let a = get(path);
+        assert_eq!(a.status, 403, "{path}: {}", text(&a));
+        assert!(text(&a).contains("not allowed from your network"), "{path}");
+    }
 }
 
 #[test]
 fn a_clearance_is_not_a_pass_for_abuse() {
     let rt = rt();
     let (up, _task) = rt.block_on(upstream("origin"));
-    let c = TestCluster::start(
+    let mut c = TestCluster::start(
         bin(),
         1,
         &[("PALISADE_EDGE_TRUSTED_PROXIES", "127.0.0.1/32")],
@@ -1050,6 +1066,26 @@ fn a_clearance_is_not_a_pass_for_abuse() {
         },
     )
     .unwrap();
+    // The cluster's copy holds it too: after a restart (this node's own memory gone) the first
+    // clearance, earned before the trigger's decisions, still does not pass the operator's
+    // longer one.
+    c.kill(0);
+    c.restart(0).unwrap();
+    c.wait_ready(0, Duration::from_secs(30)).unwrap();
+    wait::until("the edge listening again", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(&addr).ok()
+    })
+    .unwrap();
+    let after = wait::until(
+        "the stored decision in force",
+        Duration::from_secs(10),
+        || {
+            let a = run(&cleared, "/");
+            (a.status == 403).then_some(a)
+        },
+    )
+    .unwrap();
+    assert_eq!(after.headers["x-palisade-mitigated"], "challenge");
 
     // Rotating inside one IPv6 /64 counts as one source: 100 addresses, one failed login each.
     let answers: Vec<u16> = (1..=100u32)
@@ -1106,7 +1142,7 @@ fn a_clearance_is_not_a_pass_for_abuse() {
 }
 
 #[test]
-fn login_paths_count_in_any_case_and_with_a_trailing_slash() {
+fn login_paths_count_in_any_case_with_a_trailing_slash_or_parameters() {
     let rt = rt();
     let (up, _task) = rt.block_on(upstream("origin"));
     let c = TestCluster::start(bin(), 1, &[]).unwrap();
@@ -1124,13 +1160,13 @@ fn login_paths_count_in_any_case_and_with_a_trailing_slash() {
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.body);
     let policy = json!({ "mode": "automatic", "triggers": {
-        "failed_logins": { "threshold": 3, "window_seconds": 600, "challenge_seconds": 600 } } });
+        "failed_logins": { "threshold": 4, "window_seconds": 600, "challenge_seconds": 600 } } });
     let r = c.put(0, "/v1/projects/shop/bot?wait=all", policy).unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     let addr = c.nodes[0].http_addr.clone();
     let client = Client::browser(None).api();
     rt.block_on(async {
-        for path in ["/LOGIN", "/login/", "/Log%49n"] {
+        for path in ["/LOGIN", "/login/", "/Log%49n", "/login;jsessionid=1"] {
             assert_eq!(
                 client.get(&addr, "plain.test", path).await.status,
                 401,
@@ -1141,7 +1177,7 @@ fn login_paths_count_in_any_case_and_with_a_trailing_slash() {
         assert_eq!(
             a.status,
             429,
-            "three failed logins, however spelled: {}",
+            "four failed logins, however spelled: {}",
             text(&a)
         );
     });

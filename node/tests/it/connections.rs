@@ -442,3 +442,132 @@ fn twenty_thousand_idle_connections_leave_room_for_a_real_visitor() {
     );
     assert!(visit().is_some(), "the site still serves");
 }
+
+/// Sends a WebSocket upgrade for `plain.test` on `s` and reads the 101 head.
+async fn upgrade(s: &mut TcpStream) {
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: plain.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+}
+
+/// Whether `s` echoes a message through its tunnel.
+async fn echoes(s: &mut TcpStream) -> bool {
+    if s.write_all(b"ping").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 4];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf)).await,
+        Ok(Ok(_)) if &buf == b"ping"
+    )
+}
+
+/// Whether a request on a new connection from `src` (after `prefix`, a PROXY header or
+/// nothing) is answered.
+async fn answered(src: &str, to: &str, prefix: &[u8]) -> bool {
+    let mut s = connect_from(src, to).await.unwrap();
+    let _ = s.write_all(prefix).await;
+    let _ = s
+        .write_all(b"GET / HTTP/1.1\r\nHost: plain.test\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    buf.starts_with(b"HTTP/1.1 200")
+}
+
+#[test]
+fn tunnels_and_clients_behind_a_balancer_count_against_the_caps() {
+    let rt = rt();
+    let (up, _task) = rt.block_on(upstream("origin"));
+    let c = TestCluster::start(
+        bin(),
+        1,
+        &[
+            ("PALISADE_EDGE_IDLE_TIMEOUT_MS", "2000"),
+            ("PALISADE_EDGE_MAX_CONNECTIONS_PER_IP", "3"),
+            ("PALISADE_EDGE_PROXY_PROTOCOL", "true"),
+            ("PALISADE_EDGE_TRUSTED_PROXIES", "127.0.0.1/32"),
+        ],
+    )
+    .unwrap();
+    serve_sites(&c, up);
+    let http = c.nodes[0].http_addr.clone();
+    wait::until("the site served", Duration::from_secs(10), || {
+        rt.block_on(answered("127.0.0.5", &http, b"")).then_some(())
+    })
+    .unwrap();
+
+    rt.block_on(async {
+        // Three WebSockets from one source hold its three places: a fourth connection is
+        // refused while they are open, although their HTTP exchanges ended with the upgrade.
+        let mut tunnels = Vec::new();
+        for _ in 0..3 {
+            let mut s = connect_from("127.0.0.5", &http).await.unwrap();
+            upgrade(&mut s).await;
+            tunnels.push(s);
+        }
+        assert!(!answered("127.0.0.5", &http, b"").await, "over the cap");
+        // Traffic either way keeps a tunnel open past the idle timeout.
+        let busy = Instant::now();
+        let mut quiet = busy;
+        while busy.elapsed() < Duration::from_secs(4) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for s in tunnels.iter_mut() {
+                assert!(echoes(s).await, "a busy tunnel stays open");
+            }
+            quiet = Instant::now();
+        }
+        // Silent, each is closed the idle timeout after its last byte, and the source has its
+        // places back.
+        for s in tunnels {
+            let closed = until_closed(s, quiet, Duration::from_secs(6)).await;
+            let closed = closed.expect("a silent tunnel is closed");
+            assert!(
+                closed >= Duration::from_millis(1_900) && closed < Duration::from_millis(3_500),
+                "closed after {closed:?}"
+            );
+        }
+        assert!(answered("127.0.0.5", &http, b"").await, "room again");
+
+        // Behind the trusted balancer, each client counts against its own cap: three held
+        // connections for one client leave a fourth for it refused, another client served.
+        let dst: SocketAddr = http.parse().unwrap();
+        let proxy = |client: &str| {
+            format!("PROXY TCP4 {client} {} 40000 {}\r\n", dst.ip(), dst.port()).into_bytes()
+        };
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut s = connect_from("127.0.0.1", &http).await.unwrap();
+            s.write_all(&proxy("198.51.100.7")).await.unwrap();
+            held.push(s);
+        }
+        // The node has read their headers (a request on a fourth would otherwise race them).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !answered("127.0.0.1", &http, &proxy("198.51.100.7")).await,
+            "the client is at its cap"
+        );
+        assert!(
+            answered("127.0.0.1", &http, &proxy("198.51.100.8")).await,
+            "another client behind the same balancer is served"
+        );
+        drop(held);
+        wait::until_async(
+            "the client's places back",
+            Duration::from_secs(5),
+            || async {
+                answered("127.0.0.1", &http, &proxy("198.51.100.7"))
+                    .await
+                    .then_some(())
+            },
+        )
+        .await
+        .unwrap();
+    });
+}

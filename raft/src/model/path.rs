@@ -101,18 +101,46 @@ pub fn normalize(path: &str) -> Cow<'_, str> {
     Cow::Owned(normal)
 }
 
+/// Whether what follows an exempt prefix could be read by some upstream as climbing out of it:
+/// a `;` (path parameters: Tomcat and Spring read `/hooks/..;/admin` as `/admin`), a backslash
+/// (a separator to IIS and some Windows stacks), or an encoded slash or backslash (decoded
+/// before routing by some frameworks). The normal form keeps these as they are, so a prefix
+/// exemption does not cover a path that holds one.
+fn may_climb(rest: &str) -> bool {
+    rest.contains([';', '\\']) || rest.contains("%2F") || rest.contains("%5C")
+}
+
 /// Whether the normalised `path` is one of `patterns`: exact, or a prefix when the pattern ends
-/// in `*`. Case matters: an exemption is a way past the challenge, so it matches narrowly.
+/// in `*` (and the rest holds nothing an upstream could read as leaving it, see `may_climb`).
+/// Case matters: an exemption is a way past the challenge, so it matches narrowly.
 pub fn path_matches(patterns: &[String], path: &str) -> bool {
     patterns.iter().any(|p| match p.strip_suffix('*') {
-        Some(prefix) => path.starts_with(prefix),
+        Some(prefix) => path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| !may_climb(rest)),
         None => path == p,
     })
 }
 
-/// Whether the normalised `path` is one of the login `patterns`, ignoring ASCII case and one
-/// trailing slash: `/LOGIN` and `/login/` are `/login` to most frameworks, so they count.
+/// `path` without `;` parameters in its segments, in normal form again (`/login;jsessionid=1`
+/// is `/login`, `/x/..;/login` is `/login`), as servers that read parameters route it.
+fn without_params(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    let stripped: Vec<&str> = path
+        .split('/')
+        .map(|s| s.split_once(';').map_or(s, |(s, _)| s))
+        .collect();
+    Cow::Owned(normalize(&stripped.join("/")).into_owned())
+}
+
+/// Whether the normalised `path` is one of the login `patterns`, ignoring ASCII case, one
+/// trailing slash and `;` parameters: `/LOGIN`, `/login/` and `/login;jsessionid=1` are
+/// `/login` to most frameworks, so they count.
 pub fn login_matches(patterns: &[String], path: &str) -> bool {
+    let path = without_params(path);
+    let path = path.as_ref();
     let trim = |s: &str| -> usize {
         match s.len() > 1 && s.ends_with('/') {
             true => s.len() - 1,
@@ -176,6 +204,17 @@ mod tests {
         assert!(!path_matches(&exempt, "/HOOKS/github"));
         assert!(!path_matches(&exempt, "/health/"));
         assert!(!path_matches(&exempt, &normalize("/hooks/%2e%2e/admin")));
+        for climbs in [
+            "/hooks/..;/admin",
+            "/hooks/x;/../../admin",
+            "/hooks/..%2Fadmin",
+            "/hooks/..%2fadmin",
+            "/hooks/..%5Cadmin",
+            "/hooks/..\\admin",
+        ] {
+            assert!(!path_matches(&exempt, &normalize(climbs)), "{climbs}");
+        }
+        assert!(path_matches(&exempt, "/hooks/a%20b"));
 
         let login = vec!["/login".to_string(), "/auth/*".to_string()];
         for yes in [
@@ -190,6 +229,14 @@ mod tests {
             assert!(login_matches(&login, yes), "{yes}");
         }
         assert!(login_matches(&login, "/Auth"));
+        for params in [
+            "/login;jsessionid=1",
+            "/x/..;/login",
+            "/LOGIN;a=b/",
+            "/auth;x/token",
+        ] {
+            assert!(login_matches(&login, &normalize(params)), "{params}");
+        }
         for no in ["/login2", "/log", "/", "/login//x", "/authx"] {
             assert!(!login_matches(&login, no), "{no}");
         }
