@@ -53,6 +53,12 @@ pub(crate) fn error(status: StatusCode, message: impl std::fmt::Display) -> poem
     fail(status, None, message)
 }
 
+/// 409 for an input that names something the cluster's state refuses (a node that is not a
+/// voter): `field` names it.
+pub(crate) fn conflict(field: &str, message: impl std::fmt::Display) -> poem::Error {
+    fail(StatusCode::CONFLICT, Some(field), message)
+}
+
 /// 400 for one bad input: `field` names it (a body path such as `upstreams[1]`, a query
 /// parameter, or a path segment).
 pub(crate) fn invalid(field: &str, message: impl std::fmt::Display) -> poem::Error {

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use palisade_raft::model::Role;
+use palisade_raft::model::{schema, Role};
 use poem::endpoint::BoxEndpoint;
 use poem::http::Method;
 use poem::{Endpoint, EndpointExt, FromRequest, IntoEndpoint, IntoResponse, Route, RouteMethod};
@@ -106,12 +106,74 @@ fn openapi_path(path: &str) -> String {
         .join("/")
 }
 
+/// What a path segment takes, by its name and route (the handlers parse them so).
+fn path_schema(path: &str, name: &str) -> Value {
+    let mut g = SchemaSettings::openapi3().into_generator();
+    let s = match (name, path) {
+        ("host", _) => g.subschema_for::<schema::HostText>(),
+        ("id", p) if p.starts_with("/v1/projects/") => g.subschema_for::<schema::ProjectIdText>(),
+        ("id", p) if p.starts_with("/v1/cluster/members/") => {
+            return json!({ "type": "integer", "format": "int64", "minimum": 1, "maximum": i64::MAX });
+        }
+        _ => g.subschema_for::<schema::NameText>(),
+    };
+    serde_json::to_value(s).unwrap_or(Value::Null)
+}
+
+/// The query parameters `op` reads: those its query type declares, and `wait` on a change.
+fn query_names(op: &Op) -> Vec<String> {
+    let mut names: Vec<String> = match op.query {
+        Some(query) => {
+            let mut g = SchemaSettings::openapi3().into_generator();
+            let schema = serde_json::to_value(query(&mut g)).unwrap_or(Value::Null);
+            schema["properties"]
+                .as_object()
+                .map(|p| p.keys().cloned().collect())
+                .unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
+    if !op.method.is_safe() {
+        names.push("wait".into());
+    }
+    names
+}
+
+/// Refuses, before the handler, what the document says the operation does not take: a query
+/// parameter it does not declare (a typo would otherwise be ignored) and an `Idempotency-Key`
+/// that is not 1 to 128 printable characters, naming the parameter or header.
+fn checked_input(ep: BoxEndpoint<'static>, names: Vec<String>) -> BoxEndpoint<'static> {
+    ep.around(move |ep, req| {
+        let names = names.clone();
+        async move {
+            let query = req.uri().query().unwrap_or("");
+            for (name, _) in form_urlencoded::parse(query.as_bytes()) {
+                if !names.iter().any(|n| *n == name) {
+                    let known = match names.is_empty() {
+                        true => "it takes none".to_string(),
+                        false => format!("it takes {}", names.join(", ")),
+                    };
+                    return Err(crate::http::invalid(
+                        &name,
+                        format!("is not a query parameter of this operation ({known})"),
+                    ));
+                }
+            }
+            if !req.method().is_safe() {
+                crate::write::check_idempotency_key(req.headers())?;
+            }
+            ep.call(req).await
+        }
+    })
+    .boxed()
+}
+
 fn parameters(op: &Op, g: &mut SchemaGenerator) -> Vec<Value> {
     let mut out: Vec<Value> = op
         .path
         .split('/')
         .filter_map(|seg| seg.strip_prefix(':'))
-        .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+        .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": path_schema(op.path, name) }))
         .collect();
     if let Some(query) = op.query {
         let schema = serde_json::to_value(query(g)).unwrap_or(Value::Null);
@@ -136,7 +198,7 @@ fn parameters(op: &Op, g: &mut SchemaGenerator) -> Vec<Value> {
         out.push(json!({
             "name": "Idempotency-Key", "in": "header", "required": false,
             "description": "A retry with the same key (from the same API key, within 24 hours) is applied once and answers as the first did; the key on a different request gets 422.",
-            "schema": { "type": "string", "maxLength": 128 },
+            "schema": { "type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[!-~]{1,128}$" },
         }));
         out.push(json!({
             "name": "wait", "in": "query", "required": false,
@@ -182,12 +244,40 @@ fn operation(op: &Op, g: &mut SchemaGenerator) -> Value {
         Body::Raw(types) => {
             let content: Map<String, Value> = types
                 .iter()
-                .map(|t| (t.to_string(), json!({ "schema": { "type": "string" } })))
+                .map(|t| {
+                    (
+                        t.to_string(),
+                        json!({ "schema": { "type": "string", "minLength": 1 } }),
+                    )
+                })
                 .collect();
             o["requestBody"] = json!({ "required": true, "content": content });
         }
     }
     o
+}
+
+/// States the largest value of every unsigned integer the handlers parse into a Rust type
+/// (`format: uint32` says it, but is not a bound JSON Schema checks).
+fn bound_integers(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            let max = match o.get("format").and_then(Value::as_str) {
+                Some("uint8") => Some(u64::from(u8::MAX)),
+                Some("uint16") => Some(u64::from(u16::MAX)),
+                Some("uint32") => Some(u64::from(u32::MAX)),
+                Some("uint64" | "uint") => Some(u64::MAX),
+                _ => None,
+            };
+            if let Some(max) = max {
+                o.entry("maximum").or_insert(json!(max));
+                o.entry("minimum").or_insert(json!(0));
+            }
+            o.values_mut().for_each(bound_integers);
+        }
+        Value::Array(a) => a.iter_mut().for_each(bound_integers),
+        _ => {}
+    }
 }
 
 /// The document for `ops`.
@@ -219,7 +309,7 @@ fn document(ops: &[Op]) -> Value {
             },
         }),
     );
-    json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "Palisade admin API",
@@ -231,7 +321,9 @@ fn document(ops: &[Op]) -> Value {
             "schemas": schemas,
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "description": "An API key: `pal_{id}_{secret}`." } },
         },
-    })
+    });
+    bound_integers(&mut doc);
+    doc
 }
 
 /// The router for `ops`, plus `/openapi.json` and `/docs`.
@@ -242,6 +334,8 @@ pub(crate) fn router(ops: Vec<Op>) -> Route {
         if let Some(role) = op.role {
             op.ep = authenticated(op.ep, role);
         }
+        let names = query_names(&op);
+        op.ep = checked_input(op.ep, names);
         let method = op.method.clone();
         match by_path.iter_mut().find(|(p, _, _)| *p == op.path) {
             Some((_, rm, methods)) => {

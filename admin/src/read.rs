@@ -2,7 +2,7 @@
 //! node's applied state as it is), records by key, and pages of records under a prefix.
 
 use palisade_raft::ids::{Hostname, ProjectId};
-use palisade_raft::model::{Domain, Project, Record, RecordKey};
+use palisade_raft::model::{schema, Domain, Project, Record, RecordKey};
 use poem::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +13,7 @@ use crate::write::{cluster_error, internal};
 #[derive(Deserialize, Serialize, Default, schemars::JsonSchema)]
 pub(crate) struct ReadOpts {
     /// `linearizable` (default) or `local`.
+    #[schemars(with = "Option<schema::Consistency>")]
     pub(crate) consistency: Option<String>,
 }
 
@@ -48,8 +49,11 @@ pub(crate) fn project(state: &AdminState, id: &ProjectId) -> poem::Result<Projec
 
 #[derive(Deserialize, Serialize, Default, schemars::JsonSchema)]
 pub(crate) struct ListOpts {
+    #[schemars(with = "Option<schema::Consistency>")]
     pub(crate) consistency: Option<String>,
+    /// The `next` cursor of the previous page.
     pub(crate) after: Option<String>,
+    #[schemars(with = "Option<schema::Limit>")]
     pub(crate) limit: Option<usize>,
 }
 

@@ -80,9 +80,9 @@ pub(crate) fn request_id(caller: &Caller) -> poem::Result<RequestId> {
     }
 }
 
-/// The caller's `Idempotency-Key`, checked: 1 to 128 printable characters.
-fn client_key(caller: &Caller) -> poem::Result<Option<&str>> {
-    let Some(v) = caller.headers.get("idempotency-key") else {
+/// The `Idempotency-Key` in `headers`, checked: 1 to 128 printable characters.
+pub(crate) fn check_idempotency_key(headers: &poem::http::HeaderMap) -> poem::Result<Option<&str>> {
+    let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
     v.to_str()
@@ -90,6 +90,11 @@ fn client_key(caller: &Caller) -> poem::Result<Option<&str>> {
         .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
         .map(Some)
         .ok_or_else(|| invalid("idempotency-key", "must be 1 to 128 printable characters"))
+}
+
+/// The caller's `Idempotency-Key`, checked.
+fn client_key(caller: &Caller) -> poem::Result<Option<&str>> {
+    check_idempotency_key(&caller.headers)
 }
 
 /// `req` under the caller's request id; with an idempotency key, also with what the request
@@ -166,8 +171,13 @@ pub(crate) fn required_text(field: &str, value: &str, max: usize) -> poem::Resul
     if value.trim().is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
-    if value.len() > max {
-        return Err(invalid(field, format!("is longer than {max} bytes")));
+    optional_text(field, value, max)
+}
+
+/// A string field that may be empty: at most `max` characters, no control characters.
+pub(crate) fn optional_text(field: &str, value: &str, max: usize) -> poem::Result<()> {
+    if value.chars().count() > max {
+        return Err(invalid(field, format!("is longer than {max} characters")));
     }
     if value.chars().any(char::is_control) {
         return Err(invalid(field, "holds control characters"));

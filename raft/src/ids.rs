@@ -118,7 +118,7 @@ fn parse_hostname(s: &str) -> Result<String, InvalidId> {
 
 fn parse_name(s: &str) -> Result<String, InvalidId> {
     const WHAT: &str = "name";
-    if s.is_empty() || s.len() > 255 {
+    if s.is_empty() || s.chars().count() > 255 {
         return Err(invalid(WHAT, s, "must be 1 to 255 characters"));
     }
     if s.contains('/') || s.chars().any(char::is_control) {

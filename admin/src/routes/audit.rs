@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use palisade_raft::model::{AuditClass, AuditEntry, Record};
+use palisade_raft::model::{schema, AuditClass, AuditEntry, Record};
 use poem::http::Method;
 use poem::web::{Data, Json};
 use poem::{handler, IntoResponse};
@@ -30,8 +30,12 @@ pub(crate) fn ops() -> Vec<Op> {
 
 #[derive(Deserialize, Serialize, Default, schemars::JsonSchema)]
 struct AuditQuery {
+    #[schemars(with = "Option<schema::Consistency>")]
     consistency: Option<String>,
+    /// The `next` cursor of the previous page (20 digits).
+    #[schemars(regex(pattern = r"^[0-9]{20}$"))]
     after: Option<String>,
+    #[schemars(with = "Option<schema::Limit>")]
     limit: Option<usize>,
     /// Unix ms, inclusive.
     since: Option<u64>,
@@ -41,11 +45,22 @@ struct AuditQuery {
     action: Option<String>,
     target: Option<String>,
     /// `json` (default) or `csv`.
+    #[schemars(with = "Option<AuditFormat>")]
     format: Option<String>,
     /// `operator` (what keys, operators and the cluster did), `outside` (what unauthenticated
     /// traffic caused: failed keys, refused joins, bot decisions), or both (default).
+    #[schemars(with = "Option<AuditClassName>")]
     class: Option<String>,
 }
+
+palisade_raft::schema_type!(
+    AuditFormat,
+    serde_json::json!({ "type": "string", "enum": ["json", "csv"] })
+);
+palisade_raft::schema_type!(
+    AuditClassName,
+    serde_json::json!({ "type": "string", "enum": ["operator", "outside"] })
+);
 
 const AUDIT_COLUMNS: [&str; 8] = [
     "seq",

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use palisade_raft::command::Command;
 use palisade_raft::ids::{Cidr, ProjectId};
-use palisade_raft::model::{prefix, BotPolicy, Decision, DecisionAction, Record, RecordKey, Role};
+use palisade_raft::model::{
+    prefix, schema, BotPolicy, Decision, DecisionAction, Record, RecordKey, Role,
+};
 use palisade_raft::now_ms;
 use poem::http::{Method, StatusCode};
 use poem::web::{Data, Json, Path};
@@ -18,7 +20,7 @@ use crate::http::{error, invalid, path_param, Caller, JsonBody, QueryParams};
 use crate::openapi::{op, Op, ADMIN, OPERATOR, VIEWER};
 use crate::read::{get_record, project, read_barrier, ReadOpts};
 use crate::state::AdminState;
-use crate::write::{apply, audit, internal, ApiResult};
+use crate::write::{apply, audit, internal, optional_text, ApiResult};
 
 pub(crate) fn ops() -> Vec<Op> {
     vec![
@@ -184,6 +186,7 @@ async fn list_decisions(
     let id: ProjectId = path_param("id", &id)?;
     authorize(&state, &caller, Role::Viewer, Within::Project(&id)).await?;
     read_barrier(&state, opts.0.consistency.as_deref()).await?;
+    project(&state, &id)?;
     let now = now_ms();
     let mut items = Vec::new();
     state
@@ -201,19 +204,26 @@ async fn list_decisions(
 }
 
 #[derive(Deserialize, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 struct NewDecision {
     /// An address or CIDR.
+    #[schemars(with = "schema::CidrText")]
     prefix: String,
     /// `challenge` (default) or `block`.
     #[serde(default)]
     action: Option<DecisionAction>,
+    /// 1 to 43,200 (30 days).
+    #[schemars(range(min = 1, max = 43_200))]
     minutes: u32,
     #[serde(default)]
+    #[schemars(schema_with = "schema::text::<200>")]
     reason: String,
 }
 
 #[derive(Deserialize, Serialize, Default, schemars::JsonSchema)]
 struct DecisionQuery {
+    /// The decision's address or CIDR.
+    #[schemars(with = "schema::CidrText")]
     prefix: Option<String>,
 }
 
@@ -234,6 +244,7 @@ async fn add_decision(
     let p = authorize(&state, &caller, Role::Operator, Within::Project(&id)).await?;
     let body = body.0;
     let prefix = parse_prefix("prefix", &body.prefix)?;
+    optional_text("reason", &body.reason, 200)?;
     if body.minutes == 0 || body.minutes > 43_200 {
         return Err(invalid(
             "minutes",
@@ -250,7 +261,7 @@ async fn add_decision(
         since: now_ms(),
         reason: match body.reason.trim() {
             "" => format!("by {}", p.actor()),
-            r => r.chars().take(200).collect(),
+            r => r.to_string(),
         },
     };
     let target = format!("project/{id}/bot/decisions/{prefix}");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use palisade_raft::command::Command;
 use palisade_raft::ids::{Hostname, Name, ProjectId};
 use palisade_raft::model::{
-    prefix, Cert, CertSource, CertStatus, Record, RecordKey, Role, TlsMode,
+    prefix, schema, Cert, CertSource, CertStatus, Record, RecordKey, Role, TlsMode,
 };
 use palisade_raft::now_ms;
 use poem::http::{Method, StatusCode};
@@ -61,13 +61,28 @@ pub(crate) fn ops() -> Vec<Op> {
 #[derive(Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct CertBody {
+    #[schemars(with = "schema::NameText")]
     name: String,
+    /// PEM: the leaf certificate first, then its intermediates.
+    #[schemars(with = "PemChain")]
     chain_pem: String,
+    /// PEM: the leaf's private key (PKCS#8, PKCS#1 or SEC1).
+    #[schemars(with = "PemKey")]
     key_pem: String,
     /// Serve it for this project's domains only (none: for any project's).
     #[serde(default)]
+    #[schemars(with = "Option<schema::ProjectIdText>")]
     project: Option<String>,
 }
+
+palisade_raft::schema_type!(
+    PemChain,
+    serde_json::json!({ "type": "string", "format": "pem-chain", "minLength": 1 })
+);
+palisade_raft::schema_type!(
+    PemKey,
+    serde_json::json!({ "type": "string", "format": "pem-key", "minLength": 1 })
+);
 
 #[handler]
 async fn upload_cert(

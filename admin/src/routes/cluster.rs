@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::authz::{authorize, Within};
-use crate::http::{error, invalid, path_param, Caller, JsonBody, OptionalJsonBody};
+use crate::http::{conflict, error, invalid, path_param, Caller, JsonBody, OptionalJsonBody};
 use crate::openapi::{op, Op, OWNER, VIEWER};
 use crate::state::AdminState;
 use crate::write::{audit, cluster_error, ApiResult};
@@ -69,8 +69,11 @@ async fn cluster_status(state: Data<&Arc<AdminState>>, caller: Caller) -> ApiRes
 }
 
 #[derive(Deserialize, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 struct TokenBody {
+    /// 1 to 604,800 (a week); default 3,600.
     #[serde(default = "default_token_ttl")]
+    #[schemars(range(min = 1, max = 604_800))]
     ttl_seconds: u64,
 }
 
@@ -166,6 +169,7 @@ async fn promote_member(
 }
 
 #[derive(Deserialize, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 struct LeaderBody {
     node_id: NodeId,
 }
@@ -183,7 +187,7 @@ async fn transfer_leader(
         .transfer_leadership(to, Duration::from_secs(10))
         .await
         .map_err(|e| match e {
-            ClusterError::Refused(why) => invalid("node_id", why),
+            ClusterError::Refused(why) => conflict("node_id", why),
             e => cluster_error(e),
         })?;
     audit_after(

@@ -72,6 +72,7 @@ pub(crate) fn ops() -> Vec<Op> {
 #[serde(deny_unknown_fields)]
 struct ExportBody {
     /// At least 12 characters; needed again to import.
+    #[schemars(length(min = 12))]
     passphrase: String,
 }
 

@@ -6,7 +6,7 @@ use palisade_raft::command::Command;
 use palisade_raft::ids::{Hostname, ProjectId};
 use palisade_raft::model::settings::EDGE_UPSTREAM_ALLOWED_NETWORKS;
 use palisade_raft::model::{
-    prefix, BotMode, ClusterSettings, Domain, Record, RecordKey, Role, TlsMode,
+    prefix, schema, BotMode, ClusterSettings, Domain, Record, RecordKey, Role, TlsMode,
 };
 use poem::http::{Method, StatusCode};
 use poem::web::{Data, Json, Path};
@@ -61,7 +61,10 @@ pub(crate) fn ops() -> Vec<Op> {
 #[derive(Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct DomainBody {
+    #[schemars(with = "schema::ProjectIdText")]
     project: String,
+    /// 1 to 64 HOST:PORT.
+    #[schemars(with = "Vec<schema::HostPortText>", length(min = 1, max = 64))]
     upstreams: Vec<String>,
     #[serde(default)]
     tls: Option<TlsMode>,

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use palisade_raft::ids::{Name, ProjectId};
-use palisade_raft::model::{prefix, ApiKey, Millis, Record, RecordKey, Role};
+use palisade_raft::model::{prefix, schema, ApiKey, Millis, Record, RecordKey, Role};
 use palisade_raft::now_ms;
 use poem::http::{Method, StatusCode};
 use poem::web::{Data, Json, Path};
@@ -25,7 +25,7 @@ use crate::http::{error, invalid};
 use crate::http::{expiry, path_param, Caller, JsonBody, QueryParams};
 use crate::read::{read_barrier, ReadOpts};
 use crate::state::AdminState;
-use crate::write::{audit, commit, internal, required_text};
+use crate::write::{audit, commit, internal, optional_text};
 
 pub(crate) fn ops() -> Vec<Op> {
     let admin = Some(Role::Admin);
@@ -69,13 +69,17 @@ pub(crate) fn ops() -> Vec<Op> {
 struct NewKeyBody {
     role: Role,
     #[serde(default)]
+    #[schemars(with = "Option<schema::ProjectIdText>")]
     project: Option<String>,
     #[serde(default)]
+    #[schemars(schema_with = "schema::text::<200>")]
     description: String,
-    /// Unix ms.
+    /// Unix ms, in the future (or `ttl_seconds`, not both).
     #[serde(default)]
     expires_at: Option<Millis>,
+    /// 1 to 315,360,000 (ten years).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 315_360_000))]
     ttl_seconds: Option<u64>,
 }
 
@@ -146,9 +150,7 @@ async fn create_key(
             return Err(error(StatusCode::NOT_FOUND, format!("no project {id}")));
         }
     }
-    if !body.description.is_empty() {
-        required_text("description", &body.description, 200)?;
-    }
+    optional_text("description", &body.description, 200)?;
     let now = now_ms();
     let expires_at = expiry(body.expires_at, body.ttl_seconds, now)?;
     let made = new_key(
@@ -186,6 +188,7 @@ fn key(state: &AdminState, id: &Name) -> poem::Result<ApiKey> {
 
 #[derive(Deserialize, Serialize, Default, schemars::JsonSchema)]
 struct KeyQuery {
+    #[schemars(with = "Option<schema::Consistency>")]
     consistency: Option<String>,
     /// Include revoked and expired keys (default: only active ones).
     all: Option<bool>,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use palisade_raft::command::Command;
 use palisade_raft::ids::ProjectId;
 use palisade_raft::model::{
-    prefix, BotPolicy, HeaderPolicy, Limits, Project, Record, RecordKey, Role,
+    prefix, schema, BotPolicy, HeaderPolicy, Limits, Project, Record, RecordKey, Role,
 };
 use palisade_raft::now_ms;
 use poem::http::{Method, StatusCode};
@@ -69,7 +69,9 @@ pub(crate) fn ops() -> Vec<Op> {
 #[derive(Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct NewProject {
+    #[schemars(with = "schema::ProjectIdText")]
     id: String,
+    #[schemars(schema_with = "schema::required_text::<200>")]
     name: String,
     #[serde(default)]
     headers: Option<HeaderPolicy>,
@@ -80,6 +82,12 @@ struct NewProject {
 }
 
 const MAX_NAME: usize = 200;
+
+fn nullable_name(g: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+    let mut s = serde_json::to_value(schema::required_text::<200>(g)).unwrap_or_default();
+    s["nullable"] = serde_json::Value::Bool(true);
+    schema::from_json(s)
+}
 
 fn check_limits(l: &Limits) -> poem::Result<()> {
     if l.max_body_bytes == 0 || l.max_body_bytes > 1 << 40 {
@@ -152,6 +160,8 @@ async fn create_project(
 #[derive(Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ProjectPatch {
+    #[serde(default)]
+    #[schemars(schema_with = "nullable_name")]
     name: Option<String>,
     headers: Option<HeaderPolicy>,
     limits: Option<Limits>,

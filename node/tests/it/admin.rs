@@ -341,7 +341,11 @@ fn bad_input_is_refused_naming_the_field_and_odd_text_is_kept_verbatim() {
         ("PUT", "/v1/settings".into(), JSON, j(json!({ "values": { "min_tls": "1.1" } })), 400, "values.min_tls"),
         ("PUT", "/v1/settings".into(), JSON, j(json!({ "values": { "colour": "red" } })), 400, "values.colour"),
         ("GET", "/v1/projects/Not%20An%20Id".into(), JSON, Vec::new(), 400, "id"),
-        ("POST", "/v1/cluster/leader".into(), JSON, j(json!({ "node_id": 99 })), 400, "node_id"),
+        ("POST", "/v1/cluster/leader".into(), JSON, j(json!({ "node_id": 99 })), 409, "node_id"),
+        // What the document does not list is refused, naming it.
+        ("POST", "/v1/cluster/leader?wiat=all".into(), JSON, j(json!({ "node_id": 1 })), 400, "wiat"),
+        ("GET", "/v1/projects?limt=5".into(), JSON, Vec::new(), 400, "limt"),
+        ("POST", "/v1/cluster/join-tokens".into(), JSON, j(json!({ "ttl_seconds": 60, "ttl": 5 })), 400, "ttl"),
     ];
     assert!(cases.len() >= 20);
     for (method, path, ct, body, status, field) in cases {
@@ -375,24 +379,31 @@ fn bad_input_is_refused_naming_the_field_and_odd_text_is_kept_verbatim() {
         "{}",
         r.body
     );
-    let r = c
-        .call(
-            0,
-            "POST",
-            "/v1/projects",
-            &[
-                ("Authorization", format!("Bearer {}", c.key)),
-                ("Idempotency-Key", "x".repeat(300)),
-            ],
-            j(json!({ "id": "idem", "name": "x" })),
-        )
-        .unwrap();
-    assert_eq!(
-        (r.status, r.body["field"].as_str()),
-        (400, Some("idempotency-key")),
-        "{}",
-        r.body
-    );
+    // An over-long Idempotency-Key is refused on every change, whether or not the route
+    // would have used it.
+    for (path, body) in [
+        ("/v1/projects", json!({ "id": "idem", "name": "x" })),
+        ("/v1/cluster/join-tokens", json!({ "ttl_seconds": 60 })),
+    ] {
+        let r = c
+            .call(
+                0,
+                "POST",
+                path,
+                &[
+                    ("Authorization", format!("Bearer {}", c.key)),
+                    ("Idempotency-Key", "x".repeat(300)),
+                ],
+                j(body),
+            )
+            .unwrap();
+        assert_eq!(
+            (r.status, r.body["field"].as_str()),
+            (400, Some("idempotency-key")),
+            "{path}: {}",
+            r.body
+        );
+    }
 
     // Nothing was written by any of them.
     let r = c.get(0, "/v1/projects").unwrap();

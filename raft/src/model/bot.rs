@@ -22,15 +22,23 @@ pub enum BotMode {
 /// it would do and changes nothing, to tune a threshold safely.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
+#[schemars(deny_unknown_fields)]
 pub struct Trigger {
     pub enabled: bool,
+    /// Events in the window that decide: 1 to 10,000,000.
+    #[schemars(range(min = 1, max = 10_000_000))]
     pub threshold: u32,
+    /// 4 to 86,400.
+    #[schemars(range(min = 4, max = 86_400))]
     pub window_seconds: u32,
+    /// How long a decision lasts: 1 to 604,800 (a week).
+    #[schemars(range(min = 1, max = 604_800))]
     pub challenge_seconds: u32,
     pub log_only: bool,
     /// IPv6 sources are counted (and decided) per prefix of this length: one subscriber is
     /// usually given a whole /64, so counting per address would let it rotate past the
     /// threshold. 48 to 128. (`request_rate_v6_64` always counts per /64.)
+    #[schemars(range(min = 48, max = 128))]
     pub ipv6_prefix: u8,
 }
 
@@ -56,6 +64,7 @@ impl Default for Trigger {
 /// The automatic triggers of a project (`mode = "automatic"`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
+#[schemars(deny_unknown_fields)]
 pub struct Triggers {
     /// Requests from one IP address.
     pub request_rate: Trigger,
@@ -95,17 +104,25 @@ impl Triggers {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
+#[schemars(deny_unknown_fields)]
 pub struct BotPolicy {
     pub mode: BotMode,
-    /// Leading zero bits the proof of work must find.
+    /// Leading zero bits the proof of work must find: 8 to 28.
+    #[schemars(range(min = 8, max = 28))]
     pub difficulty_bits: u8,
-    /// Seconds a client without JavaScript waits before its clearance.
+    /// Seconds a client without JavaScript waits before its clearance: 1 to 120, and at most
+    /// half of `answer_within_seconds`.
+    #[schemars(range(min = 1, max = 120))]
     pub no_script_wait_seconds: u32,
-    /// Seconds a challenge may be answered in (at most five minutes).
+    /// Seconds a challenge may be answered in: 10 to 300.
+    #[schemars(range(min = 10, max = 300))]
     pub answer_within_seconds: u32,
-    /// Clearance lifetime after an automatic trigger.
+    /// Clearance lifetime after an automatic trigger: 1 to 43,200 minutes.
+    #[schemars(range(min = 1, max = 43_200))]
     pub session_minutes: u32,
-    /// Clearance lifetime while the challenge is switched on by hand (`always_on`).
+    /// Clearance lifetime while the challenge is switched on by hand (`always_on`): 1 to
+    /// 43,200 minutes.
+    #[schemars(range(min = 1, max = 43_200))]
     pub manual_session_minutes: u32,
     /// Bumping the epoch invalidates every clearance cookie of the project at once.
     pub epoch: u32,
@@ -115,10 +132,14 @@ pub struct BotPolicy {
     pub allow_no_script: bool,
     /// Paths never challenged (webhooks, health checks): exact, or a prefix ending in `*`,
     /// compared case-sensitively with the request's normalised path ([`super::path`]).
-    /// `/robots.txt` is always exempt. A `block` decision outranks every exemption.
+    /// `/robots.txt` is always exempt. A `block` decision outranks every exemption. At most
+    /// 200, each in normal form.
+    #[schemars(with = "Vec<super::schema::PathPattern>", length(max = 200))]
     pub exempt_paths: Vec<String>,
     /// Paths whose 401/403 answers count as failed logins: exact, or a prefix ending in `*`,
-    /// compared with the normalised path ignoring ASCII case and one trailing slash.
+    /// compared with the normalised path ignoring ASCII case and one trailing slash. At most
+    /// 200, each in normal form.
+    #[schemars(with = "Vec<super::schema::PathPattern>", length(max = 200))]
     pub login_paths: Vec<String>,
     pub triggers: Triggers,
 }

@@ -25,6 +25,7 @@ pub mod iprule;
 pub mod keys;
 pub mod path;
 pub mod project;
+pub mod schema;
 pub mod settings;
 pub mod upstream;
 

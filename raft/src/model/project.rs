@@ -8,7 +8,10 @@ use crate::ids::{Hostname, ProjectId};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
+#[schemars(deny_unknown_fields)]
 pub struct HeaderPolicy {
+    /// Seconds, at most two years (63,072,000); with `hsts_preload`, at least one year.
+    #[schemars(range(max = 63_072_000))]
     pub hsts_max_age: u64,
     pub hsts_include_subdomains: bool,
     pub hsts_preload: bool,
@@ -40,8 +43,10 @@ impl Default for HeaderPolicy {
 /// Request limits of a project's domains.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
+#[schemars(deny_unknown_fields)]
 pub struct Limits {
-    /// Largest request body accepted, in bytes.
+    /// Largest request body accepted, in bytes: 1 to 2^40.
+    #[schemars(range(min = 1, max = 1_099_511_627_776u64))]
     pub max_body_bytes: u64,
 }
 

@@ -9,9 +9,59 @@ use serde::{Deserialize, Serialize};
 
 /// Cluster-wide settings that every node applies. Absent names take their default.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ClusterSettings {
     #[serde(default)]
+    #[schemars(schema_with = "values_schema")]
     pub values: BTreeMap<String, String>,
+}
+
+/// The document's view of `values`: one property per row of [`SETTINGS`], each stating what it
+/// takes, and no other names.
+fn values_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+    let properties: serde_json::Map<String, serde_json::Value> = SETTINGS
+        .iter()
+        .map(|row| {
+            let mut s = match row.takes {
+                Takes::OneOf(words) => serde_json::json!({ "type": "string", "enum": words }),
+                Takes::AtLeast(min) => serde_json::json!({
+                    "type": "string", "pattern": at_least_pattern(min),
+                    "description": format!("A whole number, at least {min}."),
+                }),
+                Takes::Networks(max) => serde_json::json!({
+                    "type": "string", "format": "cidr-list",
+                    "description": format!("Comma-separated addresses or CIDRs, at most {max}; empty for none."),
+                }),
+            };
+            let about = format!("{} (default {:?}).", row.about, row.default);
+            match s["description"].as_str() {
+                Some(d) => s["description"] = format!("{about} {d}").into(),
+                None => s["description"] = about.into(),
+            }
+            (row.name.to_string(), s)
+        })
+        .collect();
+    super::schema::from_json(serde_json::json!({
+        "type": "object", "properties": properties, "additionalProperties": false,
+    }))
+}
+
+/// The decimal numbers from `min` (below 10) up, without leading zeros, at most 19 digits (so
+/// that every one fits a `u64`).
+fn at_least_pattern(min: u64) -> String {
+    match min {
+        0 => "^(0|[1-9][0-9]{0,18})$".into(),
+        1..=9 => format!("^([{min}-9]|[1-9][0-9]{{1,18}})$"),
+        _ => unreachable!("no setting takes a least value over 9"),
+    }
+}
+
+/// Whether `value` is a decimal number as the document states it (see [`at_least_pattern`]).
+fn plain_number(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 19
+        && value.bytes().all(|b| b.is_ascii_digit())
+        && (value == "0" || !value.starts_with('0'))
 }
 
 /// What a setting accepts.
@@ -47,6 +97,9 @@ impl Takes {
                     .map(|w| format!("{w:?}"))
                     .collect::<Vec<_>>()
                     .join(" or ")
+            )),
+            Takes::AtLeast(_) if !plain_number(value) => Err(format!(
+                "{value:?} is not a whole number (digits, no leading zeros)"
             )),
             Takes::AtLeast(min) => match value.parse::<u64>() {
                 Ok(n) if n >= min => Ok(()),

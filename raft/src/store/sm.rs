@@ -139,12 +139,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             r.send(resp);
         }
         self.applied_tx.send_replace(last.index);
-        if !changes.is_empty() {
-            let _ = self.events.send(Arc::new(ChangeSet {
-                index: last.index,
-                changes,
-            }));
-        }
+        // Sent with no changes too: followers of the events (the edge view) learn that they
+        // reflect everything up to this index, a blank leader entry or a refused write included.
+        let _ = self.events.send(Arc::new(ChangeSet {
+            index: last.index,
+            changes,
+        }));
         Ok(())
     }
 

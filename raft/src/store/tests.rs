@@ -92,6 +92,23 @@ async fn apply_emits_changes_and_retries_apply_once() {
 }
 
 #[tokio::test]
+async fn entries_that_change_nothing_still_announce_their_index() {
+    let dir = TempDir::new().unwrap();
+    let mut store = Store::open(dir.path(), "c1").unwrap();
+    let mut events = store.reader.subscribe();
+    // A new leader's blank entry: applied, nothing changed.
+    let blank = Entry {
+        log_id: log_id(1),
+        payload: EntryPayload::Blank,
+    };
+    let stream = futures::stream::iter([Ok((blank, None))]);
+    store.state_machine.apply(stream).await.unwrap();
+    let set = events.recv().await.unwrap();
+    assert_eq!((set.index, set.changes.len()), (1, 0));
+    assert_eq!(store.reader.applied_index(), 1);
+}
+
+#[tokio::test]
 async fn a_stale_fencing_token_is_refused() {
     let dir = TempDir::new().unwrap();
     let mut store = Store::open(dir.path(), "c1").unwrap();

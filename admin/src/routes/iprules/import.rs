@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use super::{RuleQuery, Scope, IMPORT_BATCH, IMPORT_IN_FLIGHT, MAX_IMPORT_LINES, MAX_NOTE};
-use crate::http::{busy, error, Caller, QueryParams};
+use crate::http::{busy, error, invalid, Caller, QueryParams};
 use crate::state::AdminState;
 use crate::write::{audit, cluster_error, request_id, written};
 
@@ -242,6 +242,13 @@ pub(super) async fn import_rules(
             fingerprint.feed(b"\n");
         }
         let outcome = match got {
+            // An empty body is a mistake (a file that was not there), not an empty list.
+            Ok(false) if line == 1 => {
+                return Err(invalid(
+                    "body",
+                    "is empty: an import needs at least one line",
+                ))
+            }
             Ok(false) => break,
             Err(()) => Err(format!("longer than {MAX_LINE_BYTES} bytes")),
             Ok(true) => match std::str::from_utf8(&buf) {
@@ -284,7 +291,8 @@ pub(super) async fn import_rules(
             format!("an import holds at most {MAX_IMPORT_LINES} entries"),
         ));
     }
-    if bad > 0 && q.partial != Some(true) {
+    // With `partial`, the good lines are imported; with none good, nothing is, and that fails.
+    if bad > 0 && (q.partial != Some(true) || entries.is_empty()) {
         return Ok((
             StatusCode::BAD_REQUEST,
             Json(json!({

@@ -37,6 +37,7 @@ use crate::read::read_barrier;
 use crate::state::AdminState;
 use crate::write::{audit, commit, written};
 
+mod doc;
 mod import;
 pub use import::import_line;
 
@@ -77,7 +78,7 @@ pub(crate) fn ops() -> Vec<Op> {
             "Would this address pass for this project, and by which entry?",
             check,
         )
-        .query::<RuleQuery>(),
+        .query::<doc::CheckQuery>(),
     );
     ops
 }
@@ -86,31 +87,29 @@ pub(crate) fn ops() -> Vec<Op> {
 /// changes them).
 fn scope_ops([list, import, export]: [&'static str; 3], write: Role) -> Vec<Op> {
     let read = Some(Role::Viewer);
-    vec![
+    let project = list.starts_with("/v1/projects/");
+    let ops = vec![
         op(
             Method::GET,
             list,
             read,
             "List entries (paginated)",
             list_rules,
-        )
-        .query::<RuleQuery>(),
+        ),
         op(
             Method::POST,
             list,
             Some(write),
             "Add an address or CIDR",
             add_rule,
-        )
-        .json::<NewRule>(),
+        ),
         op(
             Method::DELETE,
             list,
             Some(write),
             "Remove an entry",
             remove_rule,
-        )
-        .query::<RuleQuery>(),
+        ),
         op(
             Method::POST,
             import,
@@ -118,7 +117,6 @@ fn scope_ops([list, import, export]: [&'static str; 3], write: Role) -> Vec<Op> 
             "Bulk import of up to 1,000,000 lines of text or CSV",
             import_rules,
         )
-        .query::<RuleQuery>()
         .raw(&["text/plain", "text/csv"]),
         op(
             Method::GET,
@@ -126,9 +124,26 @@ fn scope_ops([list, import, export]: [&'static str; 3], write: Role) -> Vec<Op> 
             read,
             "Export as CSV or JSON",
             export_rules,
-        )
-        .query::<RuleQuery>(),
-    ]
+        ),
+    ];
+    // Each operation's document names exactly what it reads in its scope.
+    let [listing, add, remove, import, export]: [Op; 5] = ops.try_into().ok().expect("five");
+    match project {
+        true => vec![
+            listing.query::<doc::ProjectList>(),
+            add.json::<doc::ProjectRule>(),
+            remove.query::<doc::ProjectRemove>(),
+            import.query::<doc::ProjectImport>(),
+            export.query::<doc::ProjectExport>(),
+        ],
+        false => vec![
+            listing.query::<doc::ClusterList>(),
+            add.json::<doc::ClusterRule>(),
+            remove.query::<doc::ClusterRemove>(),
+            import.query::<doc::ClusterImport>(),
+            export.query::<doc::ClusterExport>(),
+        ],
+    }
 }
 
 /// Whose lists a request is about: `/v1/projects/{id}/…` or the cluster's.
@@ -236,8 +251,11 @@ fn parse_cidr(field: &str, s: &str) -> poem::Result<Cidr> {
 }
 
 fn check_note(field: &str, note: &str) -> poem::Result<()> {
-    if note.len() > MAX_NOTE {
-        return Err(invalid(field, format!("is longer than {MAX_NOTE} bytes")));
+    if note.chars().count() > MAX_NOTE {
+        return Err(invalid(
+            field,
+            format!("is longer than {MAX_NOTE} characters"),
+        ));
     }
     if note.chars().any(char::is_control) {
         return Err(invalid(field, "holds control characters"));
@@ -263,6 +281,7 @@ async fn list_rules(
         given => format!("{base}{}/", scope.list(given)?.as_str()),
     };
     q.barrier(&state).await?;
+    scope.ensure_exists(&state)?;
     let after = q.after.as_ref().map(|a| format!("{base}{a}"));
     let mut items = state
         .cluster
@@ -338,6 +357,7 @@ async fn remove_rule(
     QueryParams(q): QueryParams<RuleQuery>,
 ) -> poem::Result<poem::Response> {
     let p = scope.authorize(&state, &caller, Role::Operator).await?;
+    scope.ensure_exists(&state)?;
     let list = scope.list(q.list.as_deref())?;
     match (q.all, q.cidr.as_deref()) {
         (Some(true), None) => return clear(&state, &caller, &p, &scope, list).await,
@@ -424,6 +444,7 @@ async fn export_rules(
         }
     };
     q.barrier(&state).await?;
+    scope.ensure_exists(&state)?;
     let prefix = format!("{}{}/", ip_rule_prefix(scope.0.as_ref()), list.as_str());
     let mut out = String::new();
     let mut rules = Vec::new();
@@ -487,6 +508,7 @@ async fn check(
             ));
         }
     }
+    scope.ensure_exists(&state)?;
     let d = state.edge.verdict(scope.0.as_ref(), ip, now_ms());
     let entry = match (d.reason.list(), d.rule) {
         (Some((list, of_project)), Some(cidr)) => state

@@ -496,8 +496,11 @@ async fn wake_on_changes(
             _ = shutdown.cancelled() => return,
             e = events.recv() => e,
         };
-        if let Err(RecvError::Closed) = event {
-            return;
+        match event {
+            Err(RecvError::Closed) => return,
+            // An entry that changed nothing (a blank leader entry) is no work.
+            Ok(set) if set.changes.is_empty() => continue,
+            _ => {}
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         while events.try_recv().is_ok() {}
