@@ -296,9 +296,10 @@ impl Pipeline {
     }
 }
 
-/// Put the request's path in normal form ([`palisade_raft::model::path`]), keeping its query.
+/// Put the request's path in the form the upstream is sent ([`palisade_raft::model::path`]:
+/// no dot segments), keeping its query; comparisons merge its slashes.
 fn normalize_path(req: &mut Request<Incoming>) -> Result<(), ()> {
-    let std::borrow::Cow::Owned(path) = palisade_raft::model::path::normalize(req.uri().path())
+    let std::borrow::Cow::Owned(path) = palisade_raft::model::path::forward_form(req.uri().path())
     else {
         return Ok(());
     };

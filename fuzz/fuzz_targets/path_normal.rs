@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use palisade_raft::model::path::{normalize, path_matches};
+use palisade_raft::model::path::{forward_form, normalize, path_matches};
 
 /// The path as the most liberal upstream reads it: `;` parameters dropped, encoded and literal
 /// backslashes and encoded slashes taken as separators.
@@ -22,6 +22,15 @@ fuzz_target!(|data: &[u8]| {
     let Ok(path) = std::str::from_utf8(data) else {
         return;
     };
+    // The form sent upstream: a fixed point, with no dot segment, compared as `normalize`.
+    let forward = forward_form(path);
+    assert_eq!(forward_form(&forward), forward, "forward form is a fixed point");
+    assert_eq!(normalize(&forward), normalize(path), "{path:?} -> {forward:?}");
+    if path.starts_with('/') {
+        for seg in forward.split('/').skip(1) {
+            assert!(seg != "." && seg != "..", "{path:?} -> {forward:?}");
+        }
+    }
     let once = normalize(path);
     assert_eq!(normalize(&once), once, "normal form is a fixed point");
     if path.starts_with('/') {

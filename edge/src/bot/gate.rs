@@ -19,6 +19,7 @@ use base64::Engine;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ACCEPT, COOKIE, USER_AGENT};
 use hyper::{Method, Request, Response, StatusCode};
+use palisade_raft::model::path::normalize;
 use palisade_raft::model::{login_matches, path_matches, BotMode, DecisionAction, Project};
 use palisade_raft::now_ms;
 
@@ -110,9 +111,10 @@ impl Gate for BotGate {
     fn check(&self, ctx: &RequestCtx<'_>, req: &Request<Incoming>) -> Option<Response<Body>> {
         let project = ctx.project?;
         let mode = mode_of(ctx, project);
-        // The pipeline has put the path in normal form; a `block` outranks every exemption,
-        // and applies whatever the domain's bot mode.
-        let path = req.uri().path();
+        // The pipeline has put the path in forward form; comparisons are in normal form (its
+        // slashes merged). A `block` outranks every exemption, whatever the domain's bot mode.
+        let normal = normalize(req.uri().path());
+        let path = normal.as_ref();
         let now = now_ms();
         let ip = ctx.client_ip;
         let view = self.view.get();

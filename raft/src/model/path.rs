@@ -1,10 +1,15 @@
 //! Request paths as bot protection compares them: one normal form, computed once per request,
 //! so that an exemption matches the path the upstream is sent and no spelling slips past it.
 //!
-//! The normal form (RFC 3986 §6.2.2, plus the slash rule servers apply): percent-encoded
-//! unreserved characters (`A–Z a–z 0–9 - . _ ~`) are decoded, other percent-encodings get
-//! upper-case hex (a `%` that starts no escape becomes `%25`), dot segments are removed (`..` never climbs above `/`), and runs of slashes
-//! become one. `/hooks/%2e%2e/admin` is `/admin`; `/a//b/./c/` is `/a/b/c/`.
+//! Two forms. The forward form, which the upstream is sent (RFC 3986 §6.2.2 and §5.2.4):
+//! percent-encoded unreserved characters (`A–Z a–z 0–9 - . _ ~`) are decoded, other
+//! percent-encodings get upper-case hex (a `%` that starts no escape becomes `%25`) and dot
+//! segments are removed (`..` never climbs above `/`). The normal form, in which every
+//! comparison is made: the forward form with runs of slashes made one. The upstream receives a
+//! path without dot segments, so whether it merges slashes or not, it reads the path compared or
+//! the same path with its slashes doubled: never one outside an exempt prefix.
+//! `/hooks/%2e%2e/admin` is `/admin` in both; `/a//b/./c/` is `/a//b/c/` forwarded, `/a/b/c/`
+//! compared.
 
 use std::borrow::Cow;
 
@@ -21,24 +26,18 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// Whether `path` is already in normal form (the common case: no allocation).
-fn is_normal(path: &str) -> bool {
-    if path.contains('%') {
-        return false;
-    }
-    let mut segments = path.split('/').skip(1).peekable();
-    while let Some(s) = segments.next() {
-        let last = segments.peek().is_none();
-        if s == "." || s == ".." || (s.is_empty() && !last) {
-            return false;
-        }
-    }
-    true
+/// Whether `path` has nothing [`forward_form`] would change (the common case).
+fn is_forward_form(path: &str) -> bool {
+    !path.contains('%') && !path.split('/').any(|s| s == "." || s == "..")
 }
 
-/// `path` in normal form. A path that does not start with `/` (`*`) is returned as it is.
-pub fn normalize(path: &str) -> Cow<'_, str> {
-    if !path.starts_with('/') || is_normal(path) {
+/// `path` as the upstream is sent it: percent-encoded unreserved characters decoded, other
+/// percent-encodings in upper case (a `%` that starts no escape becomes `%25`), and dot
+/// segments removed as RFC 3986 §5.2.4 does (`..` never climbs above `/`). Repeated slashes
+/// are kept: they are the client's, and some upstreams give them meaning. A path that does not
+/// start with `/` (`*`) is returned as it is.
+pub fn forward_form(path: &str) -> Cow<'_, str> {
+    if !path.starts_with('/') || is_forward_form(path) {
         return Cow::Borrowed(path);
     }
     // Percent-decoding first, so that `%2e%2e` is a dot segment.
@@ -63,7 +62,7 @@ pub fn normalize(path: &str) -> Cow<'_, str> {
                 i += 3;
             }
             // A `%` that starts no escape is a literal one: written as its escape, so that
-            // the normal form is a fixed point (`%%61f` is `%25af`, not `%af`).
+            // the form is a fixed point (`%%61f` is `%25af`, not `%af`).
             (b'%', _, _) => {
                 decoded.push_str("%25");
                 i += 1;
@@ -76,29 +75,51 @@ pub fn normalize(path: &str) -> Cow<'_, str> {
             }
         }
     }
-    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+    let mut out: Vec<&str> = Vec::with_capacity(segments.len());
     let mut trailing = false;
-    for s in decoded.split('/').skip(1) {
+    for (n, s) in segments.iter().enumerate() {
         trailing = false;
-        match s {
-            "" => trailing = true,
+        match *s {
             "." => trailing = true,
             ".." => {
                 out.pop();
                 trailing = true;
             }
+            "" if n + 1 == segments.len() => trailing = true,
             s => out.push(s),
         }
     }
-    let mut normal = String::with_capacity(decoded.len());
+    let mut form = String::with_capacity(decoded.len());
     for s in &out {
-        normal.push('/');
-        normal.push_str(s);
+        form.push('/');
+        form.push_str(s);
     }
     if trailing || out.is_empty() {
-        normal.push('/');
+        form.push('/');
     }
-    Cow::Owned(normal)
+    Cow::Owned(form)
+}
+
+/// `path` in normal form, the one every comparison uses: its [`forward_form`] with runs of
+/// slashes made one (`/a//b/./c/` is `/a/b/c/`, `/hooks/%2e%2e/admin` is `/admin`). For a path
+/// already in forward form (as the pipeline leaves every request) this only merges slashes.
+pub fn normalize(path: &str) -> Cow<'_, str> {
+    let merge = |p: &str| -> String {
+        let mut out = String::with_capacity(p.len());
+        for ch in p.chars() {
+            if !(ch == '/' && out.ends_with('/')) {
+                out.push(ch);
+            }
+        }
+        out
+    };
+    match forward_form(path) {
+        Cow::Borrowed(p) if p.contains("//") => Cow::Owned(merge(p)),
+        Cow::Borrowed(p) => Cow::Borrowed(p),
+        Cow::Owned(p) if p.contains("//") => Cow::Owned(merge(&p)),
+        Cow::Owned(p) => Cow::Owned(p),
+    }
 }
 
 /// Whether what follows an exempt prefix could be read by some upstream as climbing out of it:
@@ -140,6 +161,7 @@ fn without_params(path: &str) -> Cow<'_, str> {
 /// `/login` to most frameworks, so they count.
 pub fn login_matches(patterns: &[String], path: &str) -> bool {
     let path = without_params(path);
+    let path = normalize(&path);
     let path = path.as_ref();
     let trim = |s: &str| -> usize {
         match s.len() > 1 && s.ends_with('/') {
@@ -194,6 +216,29 @@ mod tests {
             assert_eq!(normalize(normal), normal, "{normal} is a fixed point");
         }
         assert!(matches!(normalize("/plain/path.html"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn the_upstream_is_sent_the_path_without_dot_segments_and_with_its_slashes() {
+        for (raw, forward) in [
+            ("/a//b///c", "/a//b///c"),
+            ("//admin", "//admin"),
+            ("/hooks//%7Euser/./a", "/hooks//~user/a"),
+            ("/proxy/https://x.test/a/../b", "/proxy/https://x.test/b"),
+            ("/a//..", "/a/"),
+            ("/hooks/%2e%2e/admin", "/admin"),
+            ("/a/b/..", "/a/"),
+            ("/..", "/"),
+            ("/%%61f", "/%25af"),
+            ("*", "*"),
+        ] {
+            let f = forward_form(raw);
+            assert_eq!(f, forward, "{raw}");
+            assert_eq!(forward_form(&f), f, "{forward} is a fixed point");
+            // What is compared is what the upstream reads, its slashes merged.
+            assert_eq!(normalize(&f), normalize(raw), "{raw}");
+        }
+        assert!(matches!(forward_form("/a//b.html"), Cow::Borrowed(_)));
     }
 
     #[test]
