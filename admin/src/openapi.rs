@@ -7,6 +7,7 @@
 //! reads it and lets an operator try each call with their key.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use palisade_raft::model::{schema, Role};
 use poem::endpoint::BoxEndpoint;
@@ -120,29 +121,26 @@ fn path_schema(path: &str, name: &str) -> Value {
     serde_json::to_value(s).unwrap_or(Value::Null)
 }
 
+/// The schema of `op`'s query type (`Null` when it takes none): an object of its parameters.
+fn query_schema(op: &Op, g: &mut SchemaGenerator) -> Value {
+    op.query
+        .map(|query| serde_json::to_value(query(g)).unwrap_or(Value::Null))
+        .unwrap_or(Value::Null)
+}
+
 /// The query parameters `op` reads: those its query type declares, and `wait` on a change.
-fn query_names(op: &Op) -> Vec<String> {
-    let mut names: Vec<String> = match op.query {
-        Some(query) => {
-            let mut g = SchemaSettings::openapi3().into_generator();
-            let schema = serde_json::to_value(query(&mut g)).unwrap_or(Value::Null);
-            schema["properties"]
-                .as_object()
-                .map(|p| p.keys().cloned().collect())
-                .unwrap_or_default()
-        }
-        None => Vec::new(),
-    };
-    if !op.method.is_safe() {
-        names.push("wait".into());
-    }
-    names
+fn query_names(op: &Op) -> Arc<[String]> {
+    let mut g = SchemaSettings::openapi3().into_generator();
+    let schema = query_schema(op, &mut g);
+    let declared = schema["properties"].as_object().into_iter().flatten();
+    let wait = (!op.method.is_safe()).then(|| "wait".to_string());
+    declared.map(|(name, _)| name.clone()).chain(wait).collect()
 }
 
 /// Refuses, before the handler, what the document says the operation does not take: a query
 /// parameter it does not declare (a typo would otherwise be ignored) and an `Idempotency-Key`
 /// that is not 1 to 128 printable characters, naming the parameter or header.
-fn checked_input(ep: BoxEndpoint<'static>, names: Vec<String>) -> BoxEndpoint<'static> {
+fn checked_input(ep: BoxEndpoint<'static>, names: Arc<[String]>) -> BoxEndpoint<'static> {
     ep.around(move |ep, req| {
         let names = names.clone();
         async move {
@@ -175,24 +173,22 @@ fn parameters(op: &Op, g: &mut SchemaGenerator) -> Vec<Value> {
         .filter_map(|seg| seg.strip_prefix(':'))
         .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": path_schema(op.path, name) }))
         .collect();
-    if let Some(query) = op.query {
-        let schema = serde_json::to_value(query(g)).unwrap_or(Value::Null);
-        let required: Vec<&str> = schema["required"]
-            .as_array()
-            .map(|r| r.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        for (name, s) in schema["properties"].as_object().into_iter().flatten() {
-            let mut s = s.clone();
-            let description = s.as_object_mut().and_then(|o| o.remove("description"));
-            let mut p = json!({
-                "name": name, "in": "query", "required": required.contains(&name.as_str()),
-                "schema": s,
-            });
-            if let Some(d) = description {
-                p["description"] = d;
-            }
-            out.push(p);
+    let schema = query_schema(op, g);
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for (name, s) in schema["properties"].as_object().into_iter().flatten() {
+        let mut s = s.clone();
+        let description = s.as_object_mut().and_then(|o| o.remove("description"));
+        let mut p = json!({
+            "name": name, "in": "query", "required": required.contains(&name.as_str()),
+            "schema": s,
+        });
+        if let Some(d) = description {
+            p["description"] = d;
         }
+        out.push(p);
     }
     if !op.method.is_safe() {
         out.push(json!({

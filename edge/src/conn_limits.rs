@@ -102,23 +102,15 @@ impl Slots {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Full::Node);
         }
-        let source = per_source.then(|| source_key(ip));
-        if let Some(key) = source {
-            let mut map = self.by_source[shard(key)]
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let n = map.entry(key).or_insert(0);
-            if *n >= self.per_ip {
-                drop(map);
-                self.open.fetch_sub(1, Ordering::AcqRel);
-                return Err(Full::Source);
-            }
-            *n += 1;
-        }
-        Ok(Slot {
+        let mut slot = Slot {
             slots: self.clone(),
-            source,
-        })
+            source: None,
+        };
+        if per_source {
+            // Refused, the slot gives its place under the node's cap back as it drops.
+            slot.attribute(ip)?;
+        }
+        Ok(slot)
     }
 
     pub fn open(&self) -> usize {
@@ -127,9 +119,9 @@ impl Slots {
 }
 
 impl Slot {
-    /// Counts the connection against `ip`'s per-source cap as well, once a trusted load
-    /// balancer's PROXY header has said whose it is. Refused (and the slot left as it was) if
-    /// that source is at its cap.
+    /// Counts the connection against `ip`'s per-source cap as well: at accept, or once a
+    /// trusted load balancer's PROXY header has said whose it is. Refused (and the slot left as
+    /// it was) if that source is at its cap.
     pub fn attribute(&mut self, ip: IpAddr) -> Result<(), Full> {
         if self.source.is_some() {
             return Ok(());
@@ -140,9 +132,6 @@ impl Slot {
             .unwrap_or_else(|p| p.into_inner());
         let n = map.entry(key).or_insert(0);
         if *n >= self.slots.per_ip {
-            if *n == 0 {
-                map.remove(&key);
-            }
             return Err(Full::Source);
         }
         *n += 1;

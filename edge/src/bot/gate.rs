@@ -19,7 +19,7 @@ use base64::Engine;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ACCEPT, COOKIE, USER_AGENT};
 use hyper::{Method, Request, Response, StatusCode};
-use palisade_raft::model::path::normalize;
+use palisade_raft::model::path::merge_slashes;
 use palisade_raft::model::{login_matches, path_matches, BotMode, DecisionAction, Project};
 use palisade_raft::now_ms;
 
@@ -113,7 +113,7 @@ impl Gate for BotGate {
         let mode = mode_of(ctx, project);
         // The pipeline has put the path in forward form; comparisons are in normal form (its
         // slashes merged). A `block` outranks every exemption, whatever the domain's bot mode.
-        let normal = normalize(req.uri().path());
+        let normal = merge_slashes(req.uri().path());
         let path = normal.as_ref();
         let now = now_ms();
         let ip = ctx.client_ip;

@@ -105,21 +105,25 @@ pub fn forward_form(path: &str) -> Cow<'_, str> {
 /// slashes made one (`/a//b/./c/` is `/a/b/c/`, `/hooks/%2e%2e/admin` is `/admin`). For a path
 /// already in forward form (as the pipeline leaves every request) this only merges slashes.
 pub fn normalize(path: &str) -> Cow<'_, str> {
-    let merge = |p: &str| -> String {
-        let mut out = String::with_capacity(p.len());
-        for ch in p.chars() {
-            if !(ch == '/' && out.ends_with('/')) {
-                out.push(ch);
-            }
-        }
-        out
-    };
     match forward_form(path) {
-        Cow::Borrowed(p) if p.contains("//") => Cow::Owned(merge(p)),
-        Cow::Borrowed(p) => Cow::Borrowed(p),
-        Cow::Owned(p) if p.contains("//") => Cow::Owned(merge(&p)),
-        Cow::Owned(p) => Cow::Owned(p),
+        Cow::Borrowed(p) => merge_slashes(p),
+        Cow::Owned(p) => Cow::Owned(merge_slashes(&p).into_owned()),
     }
+}
+
+/// A path already in forward form (as the pipeline leaves every request) in normal form: its
+/// runs of slashes made one. Borrowed when it has none.
+pub fn merge_slashes(path: &str) -> Cow<'_, str> {
+    if !path.contains("//") {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for ch in path.chars() {
+        if !(ch == '/' && out.ends_with('/')) {
+            out.push(ch);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Whether what follows an exempt prefix could be read by some upstream as climbing out of it:
@@ -143,8 +147,8 @@ pub fn path_matches(patterns: &[String], path: &str) -> bool {
     })
 }
 
-/// `path` without `;` parameters in its segments, in normal form again (`/login;jsessionid=1`
-/// is `/login`, `/x/..;/login` is `/login`), as servers that read parameters route it.
+/// `path` without `;` parameters in its segments (`/login;jsessionid=1` is `/login`,
+/// `/x/..;/login` is `/x/../login`), as servers that read parameters route it.
 fn without_params(path: &str) -> Cow<'_, str> {
     if !path.contains(';') {
         return Cow::Borrowed(path);
@@ -153,7 +157,7 @@ fn without_params(path: &str) -> Cow<'_, str> {
         .split('/')
         .map(|s| s.split_once(';').map_or(s, |(s, _)| s))
         .collect();
-    Cow::Owned(normalize(&stripped.join("/")).into_owned())
+    Cow::Owned(stripped.join("/"))
 }
 
 /// Whether the normalised `path` is one of the login `patterns`, ignoring ASCII case, one

@@ -3,8 +3,8 @@
 //!
 //! Formats that JSON Schema has no word for are Palisade's own and documented here (and in the
 //! document): `cidr` (an IPv4 or IPv6 address, or ADDRESS/PREFIX with the prefix in range), `ip`
-//! (an IPv4 or IPv6 address), `host` (a DNS name: letters, digits and inner hyphens in labels of
-//! 1 to 63, at most 253 in all, the last label not all digits, optionally one leading `*.`),
+//! (an IPv4 or IPv6 address), `host` (a DNS name, not an IP address: letters, digits and inner
+//! hyphens in labels of 1 to 63, at most 253 in all, optionally one leading `*.`),
 //! `host-port` (HOST:PORT, HOST a name or an IP literal, `[v6]` in brackets), `pem-chain` and
 //! `pem-key` (PEM text of a certificate chain and its private key), `cidr-list` (comma-separated
 //! `cidr`s, possibly empty) and `path-pattern` (a request path in normal form, optionally ending
@@ -13,20 +13,23 @@
 use schemars::gen::SchemaGenerator;
 use schemars::schema::Schema;
 
-/// Control characters (Unicode category Cc), which no text field may hold.
-pub const NO_CONTROL: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$";
+/// The control characters (Unicode category Cc), which no text field may hold, as the inside of
+/// a regular-expression character class.
+const CONTROL: &str = "\\u0000-\\u001f\\u007f-\\u009f";
 
 /// A free-text field of at most `MAX` characters without control characters
 /// (`#[schemars(schema_with = "schema::text::<200>")]`).
 pub fn text<const MAX: u32>(_: &mut SchemaGenerator) -> Schema {
-    from_json(serde_json::json!({ "type": "string", "maxLength": MAX, "pattern": NO_CONTROL }))
+    from_json(serde_json::json!({
+        "type": "string", "maxLength": MAX, "pattern": format!("^[^{CONTROL}]*$"),
+    }))
 }
 
 /// A required free-text field: at most `MAX` characters, no control characters, not blank.
 pub fn required_text<const MAX: u32>(_: &mut SchemaGenerator) -> Schema {
     from_json(serde_json::json!({
         "type": "string", "minLength": 1, "maxLength": MAX,
-        "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        "pattern": format!("^[^{CONTROL}]*[^\\s{CONTROL}][^{CONTROL}]*$"),
     }))
 }
 
@@ -83,7 +86,7 @@ schema_type!(
 schema_type!(
     /// A record name (certificate, key id): 1 to 255 characters, no `/` or control characters.
     NameText,
-    serde_json::json!({ "type": "string", "pattern": "^[^/\\u0000-\\u001f\\u007f-\\u009f]{1,255}$" })
+    serde_json::json!({ "type": "string", "pattern": format!("^[^/{CONTROL}]{{1,255}}$") })
 );
 schema_type!(
     /// `linearizable` (default) or `local`.

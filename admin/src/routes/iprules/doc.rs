@@ -15,10 +15,32 @@ schema_type!(
     serde_json::json!({ "type": "string", "enum": ["csv", "json"] })
 );
 
-/// Defines the query types of one scope's operations, with `$list` the schema of `list` where
-/// the operation needs one.
+/// What the operations of one scope (a project's lists, or the cluster-wide one) take.
+pub(crate) trait ScopeDoc {
+    type List: schemars::JsonSchema;
+    type Rule: schemars::JsonSchema;
+    type Remove: schemars::JsonSchema;
+    type Import: schemars::JsonSchema;
+    type Export: schemars::JsonSchema;
+}
+
+/// A project's lists.
+pub(crate) struct Project;
+/// The cluster-wide block list.
+pub(crate) struct Cluster;
+
+/// Defines the query and body types of one scope's operations, with `$list` the schema of
+/// `list` where the operation needs one and `$some` where it may be left out.
 macro_rules! scope_queries {
-    ($list:literal, $some:literal, $listing:ident, $remove:ident, $import:ident, $export:ident, $body:ident) => {
+    ($scope:ident, $list:literal, $some:literal, $listing:ident, $remove:ident, $import:ident, $export:ident, $body:ident) => {
+        impl ScopeDoc for $scope {
+            type List = $listing;
+            type Rule = $body;
+            type Remove = $remove;
+            type Import = $import;
+            type Export = $export;
+        }
+
         #[derive(schemars::JsonSchema)]
         #[allow(dead_code)]
         pub(crate) struct $listing {
@@ -87,6 +109,7 @@ macro_rules! scope_queries {
 }
 
 scope_queries!(
+    Project,
     "ListName",
     "Option<ListName>",
     ProjectList,
@@ -96,6 +119,7 @@ scope_queries!(
     ProjectRule
 );
 scope_queries!(
+    Cluster,
     "Option<BlockOnly>",
     "Option<BlockOnly>",
     ClusterList,

@@ -54,7 +54,7 @@ const MAX_NOTE: usize = 256;
 const _: () = assert!(IMPORT_BATCH * 400 < MAX_ENTRY_BYTES);
 
 pub(crate) fn ops() -> Vec<Op> {
-    let mut ops = scope_ops(
+    let mut ops = scope_ops::<doc::Project>(
         [
             "/v1/projects/:id/ip-rules",
             "/v1/projects/:id/ip-rules/import",
@@ -62,7 +62,7 @@ pub(crate) fn ops() -> Vec<Op> {
         ],
         Role::Operator,
     );
-    ops.extend(scope_ops(
+    ops.extend(scope_ops::<doc::Cluster>(
         [
             "/v1/cluster/ip-rules",
             "/v1/cluster/ip-rules/import",
@@ -84,32 +84,34 @@ pub(crate) fn ops() -> Vec<Op> {
 }
 
 /// The same verbs on a project's lists and on the cluster-wide one (`write` is the role that
-/// changes them).
-fn scope_ops([list, import, export]: [&'static str; 3], write: Role) -> Vec<Op> {
+/// changes them); `D` says what each takes in that scope.
+fn scope_ops<D: doc::ScopeDoc>([list, import, export]: [&'static str; 3], write: Role) -> Vec<Op> {
     let read = Some(Role::Viewer);
-    let project = list.starts_with("/v1/projects/");
-    let ops = vec![
+    vec![
         op(
             Method::GET,
             list,
             read,
             "List entries (paginated)",
             list_rules,
-        ),
+        )
+        .query::<D::List>(),
         op(
             Method::POST,
             list,
             Some(write),
             "Add an address or CIDR",
             add_rule,
-        ),
+        )
+        .json::<D::Rule>(),
         op(
             Method::DELETE,
             list,
             Some(write),
             "Remove an entry",
             remove_rule,
-        ),
+        )
+        .query::<D::Remove>(),
         op(
             Method::POST,
             import,
@@ -117,6 +119,7 @@ fn scope_ops([list, import, export]: [&'static str; 3], write: Role) -> Vec<Op> 
             "Bulk import of up to 1,000,000 lines of text or CSV",
             import_rules,
         )
+        .query::<D::Import>()
         .raw(&["text/plain", "text/csv"]),
         op(
             Method::GET,
@@ -124,26 +127,9 @@ fn scope_ops([list, import, export]: [&'static str; 3], write: Role) -> Vec<Op> 
             read,
             "Export as CSV or JSON",
             export_rules,
-        ),
-    ];
-    // Each operation's document names exactly what it reads in its scope.
-    let [listing, add, remove, import, export]: [Op; 5] = ops.try_into().ok().expect("five");
-    match project {
-        true => vec![
-            listing.query::<doc::ProjectList>(),
-            add.json::<doc::ProjectRule>(),
-            remove.query::<doc::ProjectRemove>(),
-            import.query::<doc::ProjectImport>(),
-            export.query::<doc::ProjectExport>(),
-        ],
-        false => vec![
-            listing.query::<doc::ClusterList>(),
-            add.json::<doc::ClusterRule>(),
-            remove.query::<doc::ClusterRemove>(),
-            import.query::<doc::ClusterImport>(),
-            export.query::<doc::ClusterExport>(),
-        ],
-    }
+        )
+        .query::<D::Export>(),
+    ]
 }
 
 /// Whose lists a request is about: `/v1/projects/{id}/…` or the cluster's.
