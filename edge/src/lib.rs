@@ -8,13 +8,15 @@
 //!
 //! - [`view`]: the compiled view of the replicated state (hosts, projects, certificates, IP lists,
 //!   bot keys and decisions) behind `arc-swap`, kept current from the store's change events;
-//! - [`server`]: the public listeners (PROXY protocol, TLS, HTTP/1.1 and h2, limits, timeouts);
+//! - [`server`]: the public listeners (PROXY protocol, TLS, HTTP/1.1 and h2, limits, timeouts),
+//!   served by [`workers`]: one single-threaded runtime per core, each with its own listeners;
 //! - [`tls`]: certificates by SNI from the view;
 //! - [`proxy_protocol`]: PROXY v1/v2 headers from trusted load balancers;
 //! - [`client_ip`], [`pipeline`]: the one client-IP resolver and the ordered request stages;
 //! - [`access`]: IP allow and block lists compiled into prefix tables;
 //! - [`bot`]: bot protection in the pipeline (gate, challenge and cookies, keyring, triggers);
-//! - [`proxy`], [`upstream`]: forwarding, target selection and health;
+//! - [`proxy`], [`upstream`], [`pool`]: forwarding, target selection and health, and each
+//!   worker's own upstream connections;
 //! - [`egress`]: where upstream connections may go (never the node's private side);
 //! - [`response`]: pages the edge makes and the security headers on every response.
 //!
@@ -31,6 +33,7 @@ pub mod conn_limits;
 pub mod egress;
 pub mod jobs;
 pub mod pipeline;
+pub mod pool;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod response;
@@ -38,6 +41,7 @@ pub mod server;
 pub mod tls;
 pub mod upstream;
 pub mod view;
+pub mod workers;
 
 use std::sync::Arc;
 
@@ -45,7 +49,6 @@ use palisade_raft::crypto::MasterKey;
 use palisade_raft::ids::Cidr;
 use palisade_raft::store::StateReader;
 use palisade_raft::task::{every, Shutdown};
-use tokio::net::TcpListener;
 
 pub use conn_limits::Slots;
 pub use server::ListenerLimits;
@@ -63,8 +66,10 @@ pub struct EdgeSettings {
     pub timeouts: proxy::ProxyTimeouts,
 }
 
-/// A running edge: both listeners, the live view, and the upstream health checker.
+/// A running edge: the data-plane workers, the live view, and the upstream health checker.
 pub struct Edge {
+    /// The threads serving the public listeners.
+    pub workers: workers::Workers,
     pub view: Arc<view::LiveView>,
     pub pipeline: Arc<pipeline::Pipeline>,
     /// Bot protection's counters and the decisions they queue ([`jobs::decisions`] sends them
@@ -75,13 +80,13 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// Start serving on the given (already bound) listeners until `shutdown`.
+    /// Start serving on the given (already bound) listeners until `shutdown`: one worker thread
+    /// per pair. The view and the health checks run on the caller's runtime.
     pub fn start(
         reader: StateReader,
         master: MasterKey,
         settings: EdgeSettings,
-        http: TcpListener,
-        https: TcpListener,
+        listeners: Vec<workers::Listeners>,
         shutdown: Shutdown,
     ) -> std::io::Result<Edge> {
         let view = view::LiveView::start(reader.clone(), master.clone())?;
@@ -100,22 +105,16 @@ impl Edge {
             proxy: proxy::Proxy::new(settings.timeouts.clone(), egress.clone()),
             gates: vec![Box::new(bot::BotGate::new(view.clone(), detector.clone()))],
         });
-        tokio::spawn(server::serve(
-            http,
-            None,
+        let workers = workers::Workers::start(
+            listeners,
+            tls,
             pipeline.clone(),
             settings.limits.clone(),
             shutdown.clone(),
-        ));
-        tokio::spawn(server::serve(
-            https,
-            Some(tls),
-            pipeline.clone(),
-            settings.limits.clone(),
-            shutdown.clone(),
-        ));
+        )?;
         tokio::spawn(health_checks(view.clone(), egress.clone(), shutdown));
         Ok(Edge {
+            workers,
             egress,
             view,
             pipeline,

@@ -15,13 +15,13 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, HOST};
 use hyper::{Request, Response, StatusCode};
 use palisade_raft::crypto::MasterKey;
-use palisade_raft::model::{HeaderPolicy, Project, Record, RecordKey, Verdict};
+use palisade_raft::model::{Project, Record, RecordKey, Verdict};
 use palisade_raft::store::StateReader;
 
 use crate::client_ip::ClientIpResolver;
-use crate::proxy::{Forwarded, Proxy};
+use crate::proxy::{Forwarded, Proxy, X_REQUEST_ID};
 use crate::response::{apply_security_headers, error_page, full, wants_json, Body};
-use crate::view::{LiveView, Route};
+use crate::view::{LiveView, Route, SecurityHeaders, StatusCounters};
 
 const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
 
@@ -66,34 +66,86 @@ pub struct Pipeline {
     pub gates: Vec<Box<dyn Gate>>,
 }
 
-/// Unique per node run and cheap: a random prefix drawn once, then a counter (no system call
-/// per request).
-fn new_request_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    static PREFIX: OnceLock<String> = OnceLock::new();
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let prefix = PREFIX.get_or_init(|| {
-        let mut b = [0u8; 6];
-        palisade_raft::crypto::fill_random(&mut b);
-        hex::encode(b)
-    });
-    format!("{prefix}{:010x}", NEXT.fetch_add(1, Ordering::Relaxed))
+/// A request's id: unique per node run and cheap (a random prefix drawn once per thread, then
+/// the thread's counter: no system call and no shared cache line per request), formatted on the
+/// stack, and the one header value the upstream request and the response both carry.
+pub struct RequestId {
+    text: [u8; 22],
+    pub header: HeaderValue,
 }
 
-/// The host a request is for (`:authority`, or the `Host` header), lower case, without port or
-/// trailing dot. `Ok(None)`: it names none; `Err`: what it names is neither a DNS name (letters,
-/// digits, hyphens, dots) nor an IP literal, and nothing may route by it.
-fn host_of(req: &Request<Incoming>) -> Result<Option<String>, ()> {
-    let Some(raw) = req.uri().host().map(str::to_string).or_else(|| {
-        req.headers()
-            .get(HOST)
-            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
-    }) else {
+impl RequestId {
+    fn new() -> RequestId {
+        use std::cell::Cell;
+        thread_local! {
+            static NEXT: Cell<Option<([u8; 12], u64)>> = const { Cell::new(None) };
+        }
+        let (prefix, n) = NEXT.with(|next| {
+            let (prefix, n) = next.get().unwrap_or_else(|| {
+                let mut b = [0u8; 6];
+                palisade_raft::crypto::fill_random(&mut b);
+                let mut prefix = [0u8; 12];
+                hex::encode_to_slice(b, &mut prefix).expect("12 hex digits");
+                (prefix, 0)
+            });
+            next.set(Some((prefix, n + 1)));
+            (prefix, n)
+        });
+        let mut text = [0u8; 22];
+        text[..12].copy_from_slice(&prefix);
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in text[12..].iter_mut().rev().enumerate() {
+            *b = HEX[((n >> (4 * i)) & 0xf) as usize];
+        }
+        RequestId {
+            header: HeaderValue::from_bytes(&text).expect("hex digits"),
+            text,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.text).expect("hex digits")
+    }
+}
+
+/// Where a request names its host: h2's `:authority` or the `Host` header. Both share the
+/// buffer the request was read into, so keeping one costs no copy.
+enum HostSource {
+    Authority(hyper::http::uri::Authority),
+    Header(HeaderValue),
+}
+
+impl HostSource {
+    fn of(req: &Request<Incoming>) -> Option<HostSource> {
+        match req.uri().authority() {
+            Some(a) => Some(HostSource::Authority(a.clone())),
+            None => req.headers().get(HOST).cloned().map(HostSource::Header),
+        }
+    }
+
+    /// `None` when it is not text (and so no host).
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            // Without userinfo and port.
+            HostSource::Authority(a) => Some(a.host()),
+            HostSource::Header(h) => h.to_str().ok(),
+        }
+    }
+}
+
+/// The host a request is for, lower case, without port or trailing dot (a copy only when it was
+/// not lower case). `Ok(None)`: it names none; `Err`: what it names is neither a DNS name
+/// (letters, digits, hyphens, dots) nor an IP literal, and nothing may route by it.
+fn host_of(src: Option<&HostSource>) -> Result<Option<std::borrow::Cow<'_, str>>, ()> {
+    let Some(src) = src else {
         return Ok(None);
     };
-    let host = split_port(&raw).ok_or(())?;
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let raw = src.as_str().ok_or(())?;
+    let host = split_port(raw).ok_or(())?.trim_end_matches('.');
+    let host = match host.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => std::borrow::Cow::Owned(host.to_ascii_lowercase()),
+        false => std::borrow::Cow::Borrowed(host),
+    };
     match valid_host(&host) {
         true => Ok(Some(host)),
         false => Err(()),
@@ -145,7 +197,8 @@ pub fn valid_host(h: &str) -> bool {
 impl Pipeline {
     pub async fn handle(&self, mut req: Request<Incoming>, conn: Conn) -> Response<Body> {
         let started = Instant::now();
-        let request_id = new_request_id();
+        let id = RequestId::new();
+        let request_id = id.as_str();
         let forwarded = conn.forwarded.then(|| req.headers());
         let client_ip = self.client_ip.resolve(conn.peer.ip(), forwarded);
         let json = wants_json(req.headers());
@@ -153,50 +206,42 @@ impl Pipeline {
         // One normal form of the path for every comparison below and for the upstream, so an
         // exemption matches what the upstream will see.
         let normal = normalize_path(&mut req);
-        let Ok(host) = normal.and_then(|()| host_of(&req)) else {
+        let source = HostSource::of(&req);
+        let Ok(host) = normal.and_then(|()| host_of(source.as_ref())) else {
             let mut resp = error_page(
                 StatusCode::BAD_REQUEST,
                 "The request names no valid host, or its path cannot be read.",
-                &request_id,
+                request_id,
                 json,
             );
-            finish(&mut resp, &HeaderPolicy::default(), conn.https, &request_id);
-            metrics::counter!("palisade_requests_total", "project" => "-", "status" => "400")
-                .increment(1);
+            finish(&mut resp, SecurityHeaders::defaults(), conn.https, &id);
+            unrouted().count(resp.status());
             return resp;
         };
-        let host = host.unwrap_or_default();
-        let route = view.route(&host).cloned();
-        let project = route
-            .as_ref()
-            .and_then(|r| view.project(&r.domain.project).cloned());
-        let policy = project
-            .as_ref()
-            .map(|p| p.headers.clone())
-            .unwrap_or_default();
-        let project_label = route
-            .as_ref()
-            .map(|r| r.domain.project.to_string())
-            .unwrap_or_else(|| "-".into());
+        let host = host.as_deref().unwrap_or_default();
+        let route = view.route(host);
+        let project = route.and_then(|r| view.project_view(&r.domain.project));
+        let headers = project.map_or(SecurityHeaders::defaults(), |p| &p.headers);
 
         let acme = !conn.https && req.uri().path().starts_with(ACME_PREFIX);
         // The ACME path answers to the cluster-wide list only: the CA is on no project's list.
-        let lists_of = route.as_ref().filter(|_| !acme).map(|r| &r.domain.project);
+        let lists_of = route.filter(|_| !acme).map(|r| &r.domain.project);
         let decision = view
             .access
             .decide(lists_of, client_ip, palisade_raft::now_ms());
 
         let mut resp = match route {
             _ if !decision.allowed => {
-                denial(&decision, &project_label, client_ip, &request_id);
+                let label = route.map_or("-", |r| r.domain.project.as_str());
+                denial(&decision, label, client_ip, request_id);
                 error_page(
                     StatusCode::FORBIDDEN,
                     "Access to this site is not allowed from your network.",
-                    &request_id,
+                    request_id,
                     json,
                 )
             }
-            None if acme => self.acme_http01(&req, &request_id, json),
+            None if acme => self.acme_http01(&req, request_id, json),
             None => {
                 let status = if conn.https {
                     StatusCode::MISDIRECTED_REQUEST
@@ -206,43 +251,42 @@ impl Pipeline {
                 error_page(
                     status,
                     "This server does not serve that host name.",
-                    &request_id,
+                    request_id,
                     json,
                 )
             }
             Some(route) => {
                 if acme {
-                    self.acme_http01(&req, &request_id, json)
+                    self.acme_http01(&req, request_id, json)
                 } else if !conn.https && route.domain.redirect_https {
-                    redirect(&host, &req)
+                    redirect(host, &req)
                 } else {
                     let ctx = RequestCtx {
                         client_ip,
-                        host: &host,
-                        route: &route,
-                        project: project.as_deref(),
-                        request_id: &request_id,
+                        host,
+                        route,
+                        project: project.map(|p| &*p.project),
+                        request_id,
                         https: conn.https,
                         cleared_at: Default::default(),
                     };
                     match self.gates.iter().find_map(|g| g.check(&ctx, &req)) {
                         Some(denied) => denied,
                         None => {
-                            let max_body = project
-                                .as_ref()
-                                .map(|p| p.limits.max_body_bytes)
-                                .unwrap_or(10 << 20);
+                            let max_body =
+                                project.map_or(10 << 20, |p| p.project.limits.max_body_bytes);
                             let fwd = Forwarded {
                                 client_ip,
                                 https: conn.https,
-                                host: &host,
-                                request_id: &request_id,
+                                host,
+                                request_id,
+                                request_header: &id.header,
                                 max_body,
                                 wants_json: json,
-                                forwarded_header: policy.forwarded,
+                                forwarded_header: headers.forwarded,
                             };
                             let uri = req.uri().clone();
-                            let resp = self.proxy.forward(req, &route, fwd).await;
+                            let resp = self.proxy.forward(req, route, fwd).await;
                             for g in &self.gates {
                                 g.observe(&ctx, uri.path(), resp.status());
                             }
@@ -252,11 +296,11 @@ impl Pipeline {
                 }
             }
         };
-        finish(&mut resp, &policy, conn.https, &request_id);
-        let status = resp.status().as_u16().to_string();
-        metrics::counter!("palisade_requests_total", "project" => project_label, "status" => status).increment(1);
-        metrics::histogram!("palisade_request_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
+        finish(&mut resp, headers, conn.https, &id);
+        project
+            .map_or(unrouted(), |p| &p.counters)
+            .count(resp.status());
+        request_duration().record(started.elapsed().as_secs_f64());
         resp
     }
 
@@ -352,11 +396,20 @@ fn redirect(host: &str, req: &Request<Incoming>) -> Response<Body> {
 }
 
 /// Every response, errors and redirects included: the security headers and the request id.
-fn finish(resp: &mut Response<Body>, policy: &HeaderPolicy, https: bool, request_id: &str) {
-    apply_security_headers(resp.headers_mut(), policy, https);
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
+fn finish(resp: &mut Response<Body>, headers: &SecurityHeaders, https: bool, id: &RequestId) {
+    apply_security_headers(resp.headers_mut(), headers, https);
+    resp.headers_mut().insert(X_REQUEST_ID, id.header.clone());
+}
+
+/// `palisade_requests_total` of requests that reach no project.
+fn unrouted() -> &'static StatusCounters {
+    static UNROUTED: std::sync::OnceLock<StatusCounters> = std::sync::OnceLock::new();
+    UNROUTED.get_or_init(|| StatusCounters::new("-".into()))
+}
+
+fn request_duration() -> &'static metrics::Histogram {
+    static DURATION: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
+    DURATION.get_or_init(|| metrics::histogram!("palisade_request_duration_seconds"))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! Forwarding to upstreams: pooled keep-alive connections, bodies streamed both ways, retries on
-//! another target only for connect failures of idempotent requests without a body, WebSocket and
-//! other upgrades tunnelled.
+//! Forwarding to upstreams: keep-alive connections from the worker's own pool ([`crate::pool`]),
+//! bodies streamed both ways, retries on another target only for connect failures of
+//! idempotent requests without a body (and, for any request, once on a new connection when the
+//! pooled one closed before the request left), WebSocket and other upgrades tunnelled.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -8,15 +9,16 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
+use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, UPGRADE};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use crate::conn_limits::{tunnel, Hold};
 use crate::egress::{refusal_in, Connector, Egress};
+use crate::pool::{self, Driven, Upstream};
 use crate::response::{empty, error_page, Body, BoxError};
-use crate::upstream::Target;
+use crate::upstream::{InFlight, Target};
 use crate::view::Route;
 
 #[derive(Debug, Clone)]
@@ -36,7 +38,7 @@ impl Default for ProxyTimeouts {
 }
 
 pub struct Proxy {
-    client: Client<Connector, Body>,
+    connector: Connector,
     timeouts: ProxyTimeouts,
 }
 
@@ -119,9 +121,9 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 fn has_body(headers: &HeaderMap) -> bool {
-    headers.contains_key("transfer-encoding")
+    headers.contains_key(hyper::header::TRANSFER_ENCODING)
         || headers
-            .get("content-length")
+            .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim() != "0")
 }
@@ -214,20 +216,56 @@ pub struct Forwarded<'a> {
     pub https: bool,
     pub host: &'a str,
     pub request_id: &'a str,
+    /// The same id as the header value the response carries.
+    pub request_header: &'a HeaderValue,
     pub max_body: u64,
     pub wants_json: bool,
     /// Send the RFC 7239 `Forwarded` header (the project's `headers.forwarded`).
     pub forwarded_header: bool,
 }
 
+/// The names the edge sets on every forwarded request.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// An IP address as a header value, formatted on the stack.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    use std::io::Write;
+    let mut buf = [0u8; 45];
+    let mut w = &mut buf[..];
+    let _ = write!(w, "{ip}");
+    let n = 45 - w.len();
+    HeaderValue::from_bytes(&buf[..n]).expect("an IP address is a header value")
+}
+
+/// The request's path and query: what an HTTP/1.1 request line carries (origin form).
+fn origin_form(uri: Uri) -> Uri {
+    let mut parts = uri.into_parts();
+    parts.scheme = None;
+    parts.authority = None;
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(hyper::http::uri::PathAndQuery::from_static("/"));
+    }
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+}
+
 impl Proxy {
     pub fn new(timeouts: ProxyTimeouts, egress: Arc<Egress>) -> Self {
         let connector = Connector::new(egress, timeouts.connect);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
-        Proxy { client, timeouts }
+        Proxy {
+            connector,
+            timeouts,
+        }
+    }
+
+    /// A new connection to `target`, through the egress policy and the connect timeout.
+    async fn connect(&self, target: &Target) -> Result<TcpStream, BoxError> {
+        use tower_service::Service;
+        let uri: Uri = format!("http://{}/", target.addr).parse()?;
+        Ok(self.connector.clone().call(uri).await?.into_inner())
     }
 
     pub async fn forward(
@@ -238,7 +276,7 @@ impl Proxy {
     ) -> Response<Body> {
         let declared = req
             .headers()
-            .get("content-length")
+            .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > fwd.max_body) {
@@ -246,9 +284,15 @@ impl Proxy {
         }
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let hold = req.extensions_mut().remove::<Hold>();
+        let hold = match upgrade {
+            true => req.extensions_mut().remove::<Hold>(),
+            false => None,
+        };
         let (mut parts, body) = req.into_parts();
-        let upgrade_value = parts.headers.get(UPGRADE).cloned();
+        let upgrade_value = match upgrade {
+            true => parts.headers.get(UPGRADE).cloned(),
+            false => None,
+        };
         let retryable = is_idempotent(&parts.method) && !has_body(&parts.headers) && !upgrade;
         strip_hop_by_hop(&mut parts.headers);
         if let Some(v) = upgrade_value {
@@ -257,48 +301,42 @@ impl Proxy {
                 .insert(CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(UPGRADE, v);
         }
-        parts.headers.remove(HOST);
-        let set = |h: &mut HeaderMap, name: &'static str, v: &str| {
-            if let Ok(v) = HeaderValue::from_str(v) {
-                h.insert(name, v);
-            }
-        };
-        set(
-            &mut parts.headers,
-            "x-forwarded-for",
-            &fwd.client_ip.to_string(),
-        );
-        set(
-            &mut parts.headers,
-            "x-forwarded-proto",
-            if fwd.https { "https" } else { "http" },
-        );
-        set(&mut parts.headers, "x-forwarded-host", fwd.host);
-        set(&mut parts.headers, "x-request-id", fwd.request_id);
         // What the client said about the request's origin never reaches the upstream as if the
         // edge had said it: frameworks believe these.
         for name in &CLIENT_FORWARDING {
             parts.headers.remove(name);
         }
-        set(&mut parts.headers, "x-real-ip", &fwd.client_ip.to_string());
-        if fwd.forwarded_header {
-            set(&mut parts.headers, "forwarded", &forwarded(&fwd));
-        }
-        if let Ok(host) = HeaderValue::from_str(fwd.host) {
-            parts.headers.insert(HOST, host);
-        }
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
-
-        let mut body = Some(
-            Limited::new(body, fwd.max_body as usize)
-                .map_err(BoxError::from)
-                .boxed(),
+        let h = &mut parts.headers;
+        let ip = ip_value(fwd.client_ip);
+        h.insert(X_FORWARDED_FOR, ip.clone());
+        h.insert(X_REAL_IP, ip);
+        h.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(if fwd.https { "https" } else { "http" }),
         );
+        if let Ok(host) = HeaderValue::from_str(fwd.host) {
+            h.insert(X_FORWARDED_HOST, host.clone());
+            h.insert(HOST, host);
+        } else {
+            h.remove(HOST);
+        }
+        h.insert(X_REQUEST_ID, fwd.request_header.clone());
+        if fwd.forwarded_header {
+            if let Ok(v) = HeaderValue::from_str(&forwarded(&fwd)) {
+                h.insert(hyper::header::FORWARDED, v);
+            }
+        }
+        parts.uri = origin_form(std::mem::take(&mut parts.uri));
+        // Always HTTP/1.1 upstream, whatever the client spoke.
+        parts.version = hyper::Version::HTTP_11;
+        let body = Limited::new(body, fwd.max_body as usize)
+            .map_err(BoxError::from)
+            .boxed();
+        let mut out = Some(Request::from_parts(parts, body));
+
         let mut tried: Vec<Arc<Target>> = Vec::new();
+        // A request the closed connection never carried goes once more, on a new connection.
+        let mut resent = false;
         loop {
             let Some(inflight) = route.upstreams.pick(&tried) else {
                 return match tried.is_empty() {
@@ -308,69 +346,130 @@ impl Proxy {
                 .answer(&fwd);
             };
             let target = inflight.target().clone();
-            let uri: Uri = match format!("http://{}{}", target.addr, path).parse() {
-                Ok(u) => u,
-                Err(_) => return UpstreamError::BadAddress.answer(&fwd),
+            let pooled = match upgrade || resent {
+                true => None,
+                false => pool::checkout(&target.addr),
             };
-            // Always HTTP/1.1 upstream, whatever the client spoke.
-            let mut out = Request::new(body.take().unwrap_or_else(empty));
-            *out.method_mut() = parts.method.clone();
-            *out.uri_mut() = uri;
-            *out.headers_mut() = parts.headers.clone();
-            let result =
-                tokio::time::timeout(self.timeouts.response, self.client.request(out)).await;
+            let mut conn = match pooled {
+                Some(c) => c,
+                None => {
+                    let io = match self.connect(&target).await {
+                        Ok(io) => io,
+                        Err(e) => {
+                            if let Some(refused) = refusal_in(&*e) {
+                                // The operator's doing, not the upstream's: no ejection, no retry.
+                                tracing::debug!(target = %target.addr, error = %refused, "upstream refused");
+                                return UpstreamError::Refused.answer(&fwd);
+                            }
+                            tracing::debug!(target = %target.addr, error = %e, "upstream connect failed");
+                            target.eject();
+                            tried.push(target);
+                            if retryable {
+                                metrics::counter!("palisade_upstream_errors_total", "kind" => "connect")
+                                    .increment(1);
+                                continue;
+                            }
+                            return UpstreamError::Connect.answer(&fwd);
+                        }
+                    };
+                    match Upstream::handshake(io, target.addr.clone()).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::debug!(target = %target.addr, error = %e, "upstream handshake failed");
+                            return UpstreamError::Protocol.answer(&fwd);
+                        }
+                    }
+                }
+            };
+            let req = out.take().expect("a request is sent once, or comes back");
+            if upgrade {
+                return self
+                    .tunnel(conn, req, inflight, client_upgrade, hold, &fwd)
+                    .await;
+            }
+            let result = tokio::time::timeout(self.timeouts.response, conn.send(req)).await;
             match result {
                 Err(_) => return UpstreamError::Timeout.answer(&fwd),
-                Ok(Err(e)) if e.is_connect() => {
-                    if let Some(refused) = refusal_in(&e) {
-                        // The operator's doing, not the upstream's: no ejection, no retry.
-                        tracing::debug!(target = %target.addr, error = %refused, "upstream refused");
-                        return UpstreamError::Refused.answer(&fwd);
-                    }
-                    target.eject();
-                    tried.push(target);
-                    if retryable {
-                        metrics::counter!("palisade_upstream_errors_total", "kind" => "connect")
-                            .increment(1);
-                        continue;
-                    }
-                    return UpstreamError::Connect.answer(&fwd);
-                }
-                Ok(Err(e)) => {
-                    let too_large = std::error::Error::source(&e)
-                        .and_then(|s| s.downcast_ref::<http_body_util::LengthLimitError>())
-                        .is_some();
-                    if too_large {
-                        return UpstreamError::BodyTooLarge.answer(&fwd);
-                    }
-                    tracing::debug!(target = %target.addr, error = %e, "upstream request failed");
-                    return UpstreamError::Protocol.answer(&fwd);
-                }
-                Ok(Ok(mut resp)) => {
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        if let Some(client_side) = client_upgrade {
-                            let upstream_side = hyper::upgrade::on(&mut resp);
-                            tokio::spawn(async move {
-                                if let (Ok(c), Ok(u), Some(hold)) =
-                                    (client_side.await, upstream_side.await, hold)
-                                {
-                                    tunnel(TokioIo::new(c), TokioIo::new(u), hold).await;
-                                }
-                            });
+                Ok(Err(mut e)) => {
+                    if let Some(back) = e.take_message() {
+                        if !resent {
+                            tracing::debug!(target = %target.addr, reused = conn.reused, "upstream connection closed before the request left; sending it on a new one");
+                            out = Some(back);
+                            resent = true;
+                            continue;
                         }
-                        let (p, _) = resp.into_parts();
-                        return Response::from_parts(p, empty());
                     }
+                    return self.failed(e.into_error(), &target, &fwd);
+                }
+                Ok(Ok(resp)) => {
                     let (mut p, b) = resp.into_parts();
                     strip_hop_by_hop(&mut p.headers);
                     // The in-flight count lasts until the response body is done.
-                    let body = b.map_err(BoxError::from).map_frame(move |f| {
-                        let _ = &inflight;
-                        f
-                    });
-                    return Response::from_parts(p, body.boxed());
+                    return Response::from_parts(p, Driven::new(b, conn, inflight).boxed());
                 }
             }
         }
+    }
+
+    /// The answer to an exchange that failed after the request left.
+    fn failed(&self, e: hyper::Error, target: &Target, fwd: &Forwarded<'_>) -> Response<Body> {
+        let too_large = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<http_body_util::LengthLimitError>())
+            .is_some();
+        if too_large {
+            return UpstreamError::BodyTooLarge.answer(fwd);
+        }
+        tracing::debug!(target = %target.addr, error = %e, "upstream request failed");
+        UpstreamError::Protocol.answer(fwd)
+    }
+
+    /// An upgrade request (WebSocket) on a connection of its own: on `101`, both sides are
+    /// joined in a tunnel that keeps the client connection's hold; any other answer is
+    /// returned as it is.
+    async fn tunnel(
+        &self,
+        conn: Upstream,
+        req: Request<Body>,
+        inflight: InFlight,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        hold: Option<Hold>,
+        fwd: &Forwarded<'_>,
+    ) -> Response<Body> {
+        let (mut send, driver) = conn.into_parts();
+        // The upgraded socket comes out of the connection when it finishes: it runs as a task.
+        tokio::spawn(async move {
+            if let Err(e) = driver.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream upgrade connection ended with an error");
+            }
+        });
+        let target = inflight.target().clone();
+        let mut resp =
+            match tokio::time::timeout(self.timeouts.response, send.send_request(req)).await {
+                Err(_) => return UpstreamError::Timeout.answer(fwd),
+                Ok(Err(e)) => return self.failed(e, &target, fwd),
+                Ok(Ok(resp)) => resp,
+            };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_side) = client_upgrade {
+                let upstream_side = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    let _inflight = inflight;
+                    if let (Ok(c), Ok(u), Some(hold)) =
+                        (client_side.await, upstream_side.await, hold)
+                    {
+                        tunnel(TokioIo::new(c), TokioIo::new(u), hold).await;
+                    }
+                });
+            }
+            let (p, _) = resp.into_parts();
+            return Response::from_parts(p, empty());
+        }
+        let (mut p, b) = resp.into_parts();
+        strip_hop_by_hop(&mut p.headers);
+        let body = b.map_err(BoxError::from).map_frame(move |f| {
+            let _ = &inflight;
+            f
+        });
+        Response::from_parts(p, body.boxed())
     }
 }

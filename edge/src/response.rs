@@ -4,7 +4,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{HeaderMap, Response, StatusCode};
-use palisade_raft::model::HeaderPolicy;
+
+use crate::view::SecurityHeaders;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
@@ -55,14 +56,15 @@ pub fn error_page(
 
 pub fn wants_json(headers: &HeaderMap) -> bool {
     headers
-        .get("accept")
+        .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/json"))
 }
 
-/// Set the policy's security headers. HSTS only over HTTPS: RFC 6797 section 7.2 forbids it on
-/// plain HTTP, where a browser would ignore it anyway.
-pub fn apply_security_headers(headers: &mut HeaderMap, policy: &HeaderPolicy, https: bool) {
+/// Set the project's security headers (values built with the view, [`SecurityHeaders`]). HSTS
+/// only over HTTPS: RFC 6797 section 7.2 forbids it on plain HTTP, where a browser would ignore
+/// it anyway.
+pub fn apply_security_headers(headers: &mut HeaderMap, policy: &SecurityHeaders, https: bool) {
     let mut set = |name: HeaderName, value: Option<HeaderValue>| match value {
         Some(v) => {
             if policy.keep_upstream && headers.contains_key(&name) {
@@ -77,17 +79,7 @@ pub fn apply_security_headers(headers: &mut HeaderMap, policy: &HeaderPolicy, ht
         }
     };
     if https {
-        let hsts = (policy.hsts_max_age > 0).then(|| {
-            let mut v = format!("max-age={}", policy.hsts_max_age);
-            if policy.hsts_include_subdomains {
-                v.push_str("; includeSubDomains");
-            }
-            if policy.hsts_preload {
-                v.push_str("; preload");
-            }
-            HeaderValue::try_from(v).expect("digits and ASCII words")
-        });
-        set(header::STRICT_TRANSPORT_SECURITY, hsts);
+        set(header::STRICT_TRANSPORT_SECURITY, policy.hsts.clone());
     }
     set(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -108,12 +100,13 @@ pub fn apply_security_headers(headers: &mut HeaderMap, policy: &HeaderPolicy, ht
 #[cfg(test)]
 mod tests {
     use super::*;
+    use palisade_raft::model::HeaderPolicy;
 
     #[test]
     fn defaults_set_all_four_and_replace_upstream_values() {
         let mut h = HeaderMap::new();
         h.insert("x-frame-options", HeaderValue::from_static("ALLOWALL"));
-        apply_security_headers(&mut h, &HeaderPolicy::default(), true);
+        apply_security_headers(&mut h, SecurityHeaders::defaults(), true);
         assert_eq!(
             h["strict-transport-security"],
             "max-age=31536000; includeSubDomains"
@@ -122,7 +115,7 @@ mod tests {
         assert_eq!(h["x-frame-options"], "DENY");
         assert_eq!(h["x-xss-protection"], "1; mode=block");
         let mut plain = HeaderMap::new();
-        apply_security_headers(&mut plain, &HeaderPolicy::default(), false);
+        apply_security_headers(&mut plain, SecurityHeaders::defaults(), false);
         assert!(!plain.contains_key("strict-transport-security"));
         assert_eq!(plain["x-frame-options"], "DENY");
     }
@@ -137,7 +130,7 @@ mod tests {
         };
         let mut h = HeaderMap::new();
         h.insert("x-frame-options", HeaderValue::from_static("SAMEORIGIN"));
-        apply_security_headers(&mut h, &policy, true);
+        apply_security_headers(&mut h, &SecurityHeaders::new(&policy), true);
         assert_eq!(h["x-frame-options"], "SAMEORIGIN");
         assert!(!h.contains_key("x-xss-protection"));
         let off = HeaderPolicy {
@@ -145,7 +138,7 @@ mod tests {
             ..Default::default()
         };
         let mut h = HeaderMap::new();
-        apply_security_headers(&mut h, &off, true);
+        apply_security_headers(&mut h, &SecurityHeaders::new(&off), true);
         assert!(!h.contains_key("strict-transport-security"));
     }
 }

@@ -13,8 +13,8 @@ pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub struct Target {
-    /// `host:port` as configured.
-    pub addr: String,
+    /// `host:port` as configured (also the key of the workers' connection pools).
+    pub addr: std::sync::Arc<str>,
     healthy: AtomicBool,
     outstanding: AtomicUsize,
     pub failures: AtomicU64,
@@ -62,7 +62,7 @@ impl UpstreamGroup {
                 .iter()
                 .map(|a| {
                     Arc::new(Target {
-                        addr: a.clone(),
+                        addr: a.as_str().into(),
                         healthy: AtomicBool::new(true),
                         outstanding: AtomicUsize::new(0),
                         failures: AtomicU64::new(0),
@@ -127,7 +127,7 @@ async fn check_target(t: &Target, egress: &Egress) {
     } else if !ok && was {
         tracing::warn!(target = %t.addr, "upstream failed its health check");
     }
-    metrics::gauge!("palisade_upstream_healthy", "target" => t.addr.clone()).set(if ok {
+    metrics::gauge!("palisade_upstream_healthy", "target" => t.addr.to_string()).set(if ok {
         1.0
     } else {
         0.0
@@ -150,7 +150,7 @@ mod tests {
         let g = UpstreamGroup::new(&["a:1".into(), "b:1".into()]);
         g.targets[0].eject();
         for _ in 0..4 {
-            assert_eq!(g.pick(&[]).unwrap().target().addr, "b:1");
+            assert_eq!(&*g.pick(&[]).unwrap().target().addr, "b:1");
         }
         g.targets[1].eject();
         assert!(g.pick(&[]).is_none());

@@ -1,8 +1,9 @@
 //! The edge's compiled view of the replicated state: hosts, projects and certificates, read on
 //! every request through `arc-swap` (no lock), and updated from the store's change events.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use foldhash::HashMap;
 
 use arc_swap::ArcSwap;
 use palisade_raft::crypto::MasterKey;
@@ -32,7 +33,7 @@ pub struct View {
     exact: HashMap<String, Route>,
     /// Wildcard routes, keyed by the suffix after `*.`.
     wildcard: HashMap<String, Route>,
-    pub projects: HashMap<ProjectId, Arc<Project>>,
+    pub projects: HashMap<ProjectId, Arc<ProjectView>>,
     certs_exact: HashMap<String, Vec<Served>>,
     certs_wildcard: HashMap<String, Vec<Served>>,
     /// Which hosts each certificate record covers, for deletes.
@@ -52,6 +53,92 @@ pub struct View {
     pub decisions: Arc<HashMap<(ProjectId, Cidr), Running>>,
     /// How many decisions there are of each (is IPv6, prefix length): the lengths to look up.
     decision_lens: std::collections::BTreeMap<(bool, u8), u32>,
+}
+
+/// A project as the data plane uses it: the record, and what is built from it once per change
+/// instead of once per request (the security header values, the request counters).
+pub struct ProjectView {
+    pub project: Arc<Project>,
+    pub headers: SecurityHeaders,
+    pub counters: StatusCounters,
+}
+
+impl ProjectView {
+    pub fn new(project: Project) -> ProjectView {
+        ProjectView {
+            headers: SecurityHeaders::new(&project.headers),
+            counters: StatusCounters::new(project.id.to_string()),
+            project: Arc::new(project),
+        }
+    }
+}
+
+/// `palisade_requests_total` for one project, a handle per status code resolved on first use
+/// (the registry is not searched by label strings per request).
+pub struct StatusCounters {
+    project: String,
+    by_status: Box<[OnceLock<metrics::Counter>]>,
+}
+
+impl StatusCounters {
+    pub fn new(project: String) -> StatusCounters {
+        StatusCounters {
+            project,
+            by_status: (100..600).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    pub fn count(&self, status: hyper::StatusCode) {
+        let code = status.as_u16();
+        let Some(slot) = self.by_status.get(usize::from(code).wrapping_sub(100)) else {
+            return;
+        };
+        slot.get_or_init(|| {
+            metrics::counter!("palisade_requests_total", "project" => self.project.clone(), "status" => code.to_string())
+        })
+        .increment(1);
+    }
+}
+
+/// The security headers of a project, as header values built when the project changed.
+#[derive(Debug, Clone)]
+pub struct SecurityHeaders {
+    pub keep_upstream: bool,
+    pub hsts: Option<hyper::header::HeaderValue>,
+    pub nosniff: bool,
+    pub frame_deny: bool,
+    pub xss_protection: bool,
+    /// Send the upstream an RFC 7239 `Forwarded` header.
+    pub forwarded: bool,
+}
+
+impl SecurityHeaders {
+    pub fn new(p: &palisade_raft::model::HeaderPolicy) -> SecurityHeaders {
+        let hsts = (p.hsts_max_age > 0).then(|| {
+            let mut v = format!("max-age={}", p.hsts_max_age);
+            if p.hsts_include_subdomains {
+                v.push_str("; includeSubDomains");
+            }
+            if p.hsts_preload {
+                v.push_str("; preload");
+            }
+            hyper::header::HeaderValue::try_from(v).expect("digits and ASCII words")
+        });
+        SecurityHeaders {
+            keep_upstream: p.keep_upstream,
+            hsts,
+            nosniff: p.nosniff,
+            frame_deny: p.frame_deny,
+            xss_protection: p.xss_protection,
+            forwarded: p.forwarded,
+        }
+    }
+
+    /// For requests that reach no project: the defaults.
+    pub fn defaults() -> &'static SecurityHeaders {
+        static DEFAULTS: OnceLock<SecurityHeaders> = OnceLock::new();
+        DEFAULTS.get_or_init(|| SecurityHeaders::new(&Default::default()))
+    }
 }
 
 /// A bot-protection decision in force: until when, what, and since when (a clearance issued
@@ -125,7 +212,12 @@ impl View {
     }
 
     pub fn project(&self, id: &ProjectId) -> Option<&Arc<Project>> {
-        self.projects.get(id)
+        self.projects.get(id).map(|p| &p.project)
+    }
+
+    /// The project with what the data plane built from it.
+    pub fn project_view(&self, id: &ProjectId) -> Option<&ProjectView> {
+        self.projects.get(id).map(|p| &**p)
     }
 
     /// The running decision for `ip` in `project`, if any: by address, or by any prefix
@@ -260,7 +352,8 @@ impl View {
             }
             Change::Delete(RecordKey::Domain { host }) => self.delete_domain(host.as_str()),
             Change::Put(Record::Project(p)) => {
-                self.projects.insert(p.id.clone(), Arc::new(p.clone()));
+                self.projects
+                    .insert(p.id.clone(), Arc::new(ProjectView::new(p.clone())));
             }
             Change::Delete(RecordKey::Project { id }) => {
                 self.projects.remove(id);
@@ -551,8 +644,10 @@ mod tests {
 
     #[test]
     fn a_wildcard_covers_exactly_one_label_and_exact_names_win() {
-        let exact = HashMap::from([("api.example.com".to_string(), "exact")]);
-        let wildcard = HashMap::from([("example.com".to_string(), "wild")]);
+        let exact: HashMap<_, _> = [("api.example.com".to_string(), "exact")]
+            .into_iter()
+            .collect();
+        let wildcard: HashMap<_, _> = [("example.com".to_string(), "wild")].into_iter().collect();
         assert_eq!(lookup(&exact, &wildcard, "api.example.com"), Some(&"exact"));
         assert_eq!(lookup(&exact, &wildcard, "www.example.com"), Some(&"wild"));
         assert_eq!(lookup(&exact, &wildcard, "a.b.example.com"), None);

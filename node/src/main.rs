@@ -28,6 +28,10 @@ fn main() {
     }
 }
 
+/// Threads of a running node's control plane: Raft, RocksDB, the admin API and the background
+/// jobs. The data plane has its own threads ([`palisade_edge::workers`]).
+const CONTROL_THREADS: usize = 2;
+
 /// A multi-threaded runtime with `workers` threads (0: one per CPU).
 fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
     let mut b = tokio::runtime::Builder::new_multi_thread();

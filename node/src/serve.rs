@@ -145,6 +145,7 @@ pub struct Running {
     pub cluster: Arc<Cluster>,
     shutdown: Shutdown,
     admin: tokio::task::JoinHandle<Result<()>>,
+    edge: palisade_edge::workers::Workers,
 }
 
 /// Connections the kernel completes before the node accepts them. A short queue overflows in
@@ -163,6 +164,56 @@ async fn bind(name: &str, addr: std::net::SocketAddr) -> Result<tokio::net::TcpL
         socket.listen(LISTEN_BACKLOG)
     };
     listen().with_context(|| format!("cannot bind {name} {addr}"))
+}
+
+/// `n` listening sockets on one address with `SO_REUSEPORT`, one per data-plane worker; the
+/// kernel spreads connections over them. Another process holding the address is reported as
+/// such: the address is first bound alone, without `SO_REUSEPORT`, so that a second node on
+/// the same port fails to start instead of sharing its traffic.
+fn bind_each(
+    name: &str,
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Socket, Type};
+    let socket = |addr: std::net::SocketAddr, shared: bool| -> std::io::Result<Socket> {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        if shared {
+            s.set_reuse_port(true)?;
+        }
+        s.bind(&addr.into())?;
+        Ok(s)
+    };
+    let ctx = || format!("cannot bind {name} {addr}");
+    if addr.port() != 0 {
+        // Bound, not listening: refused if anyone listens there, released when dropped.
+        drop(socket(addr, false).with_context(ctx)?);
+    }
+    let first = socket(addr, true).with_context(ctx)?;
+    // Port 0: the others join the port the first one was given.
+    let addr = first
+        .local_addr()?
+        .as_socket()
+        .context("a TCP listener has an IP address")?;
+    let mut all = vec![first];
+    for _ in 1..n {
+        all.push(socket(addr, true).with_context(ctx)?);
+    }
+    all.into_iter()
+        .map(|s| {
+            s.listen(LISTEN_BACKLOG as i32).with_context(ctx)?;
+            Ok(s.into())
+        })
+        .collect()
+}
+
+/// Data-plane workers: the configured number, or one per CPU.
+fn worker_count(cfg: &Validated) -> usize {
+    match cfg.raw.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
 }
 
 /// Raise the soft open-files limit to the hard one (every public connection is a file), and
@@ -185,8 +236,12 @@ fn raise_open_files(cfg: &Validated) {
 pub async fn start(cfg: &Validated) -> Result<Running> {
     let p = prepare(cfg)?;
     raise_open_files(cfg);
-    let http = bind("public.http", cfg.http_listen).await?;
-    let https = bind("public.https", cfg.https_listen).await?;
+    let workers = worker_count(cfg);
+    let listeners = bind_each("public.http", cfg.http_listen, workers)?
+        .into_iter()
+        .zip(bind_each("public.https", cfg.https_listen, workers)?)
+        .map(|(http, https)| palisade_edge::workers::Listeners { http, https })
+        .collect();
     let admin_listener = bind("admin.listen", cfg.admin_listen).await?;
     let node_id = p.node_file.node_id;
     let master = p.setup.master_key.clone();
@@ -197,8 +252,7 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
         cluster.reader.clone(),
         master,
         cfg.edge.clone(),
-        http,
-        https,
+        listeners,
         shutdown.clone(),
     )?;
     tracing::info!(
@@ -208,6 +262,7 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
         admin = %cfg.admin_listen,
         http = %cfg.http_listen,
         https = %cfg.https_listen,
+        workers,
         "node started"
     );
     tokio::spawn(jobs::sweep::run(
@@ -274,6 +329,7 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
         cluster,
         shutdown,
         admin,
+        edge: edge.workers,
     })
 }
 
@@ -306,7 +362,7 @@ impl Running {
             cluster,
             shutdown,
             admin,
-            ..
+            edge,
         } = self;
         let mut admin = admin;
         let result = tokio::select! {
@@ -320,7 +376,8 @@ impl Running {
             },
         };
         shutdown.cancel();
-        let _ = tokio::time::timeout(DRAIN, admin).await;
+        // The public listeners and the admin API drain at the same time.
+        let _ = tokio::join!(edge.stopped(DRAIN), tokio::time::timeout(DRAIN, admin));
         cluster.shutdown().await;
         tracing::info!("stopped");
         result

@@ -23,7 +23,7 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 use crate::datadir::DataDir;
 use crate::lifecycle::{self, NodeArgs};
-use crate::{init_logging, runtime, serve};
+use crate::{init_logging, runtime, serve, CONTROL_THREADS};
 use client::ClientArgs;
 
 #[derive(Parser)]
@@ -141,7 +141,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Cmd::Run { config } => {
             let cfg = Config::load(&config)?.apply_env()?.validate()?;
             init_logging(&cfg.raw.log.level);
-            runtime(cfg.raw.workers)?.block_on(serve::run(cfg))
+            runtime(CONTROL_THREADS)?.block_on(serve::run(cfg))
         }
         Cmd::Status(c) => cluster::status(&c),
         Cmd::Ip { cmd } => ip::ip(cmd),

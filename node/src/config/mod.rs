@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub data_dir: PathBuf,
-    /// Runtime worker threads (proxy, TLS, admin and Raft share them); 0: one per CPU.
+    /// Data-plane threads, each with its own listeners and upstream connections; 0: one per
+    /// CPU. Raft, the admin API and background jobs run on two threads of their own.
     pub workers: usize,
     pub cluster: ClusterSection,
     pub admin: AdminSection,
