@@ -903,3 +903,114 @@ fn a_certificate_bound_to_a_project_is_served_for_its_domains_only() {
         "{err}"
     );
 }
+
+/// An origin that answers each request 200 with a body and keep-alive framing, then closes the
+/// connection `close_after` later without having said it would (as an upstream whose
+/// keep-alive timeout ran out does); counts the connections it is sent.
+async fn closing_origin(
+    close_after: Option<Duration>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+                    if s.write_all(ok).await.is_err() {
+                        return;
+                    }
+                    if let Some(after) = close_after {
+                        tokio::time::sleep(after).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[test]
+fn upstream_connections_are_reused_and_closed_ones_replaced() {
+    use std::sync::atomic::Ordering;
+    let c = TestCluster::start(bin(), 1, &[]).unwrap();
+    let rt = rt();
+    let (keeps, kept) = rt.block_on(closing_origin(None));
+    let (closes, closed) = rt.block_on(closing_origin(Some(Duration::from_millis(20))));
+    let ca_keeps = site(
+        &c,
+        0,
+        "keeps",
+        "keeps.test",
+        &[keeps.to_string()],
+        &["keeps.test"],
+    );
+    let ca_closes = site(
+        &c,
+        0,
+        "closes",
+        "closes.test",
+        &[closes.to_string()],
+        &["closes.test"],
+    );
+    let https = c.nodes[0].https_addr.clone();
+    let get = |host: &str| {
+        let ca = if host == "keeps.test" {
+            &ca_keeps
+        } else {
+            &ca_closes
+        };
+        rt.block_on(https_get(&https, host, "/", ca))
+            .map(|a| (a.status, a.body))
+            .unwrap_or((0, Bytes::new()))
+    };
+    c.wait_for(Duration::from_secs(5), "both sites to be served", || {
+        let up = |h| get(h).0 == 200;
+        Ok((up("keeps.test") && up("closes.test")).then_some(()))
+    })
+    .unwrap();
+
+    // Forty requests, each on a new client connection: the worker that takes a client
+    // connection hands its request to an idle upstream connection of its own. Health checks
+    // connect too (a connection each, about one a second).
+    let (before, started) = (kept.load(Ordering::SeqCst), Instant::now());
+    for _ in 0..40 {
+        assert_eq!(get("keeps.test"), (200, Bytes::from_static(b"hello")));
+    }
+    let checks = started.elapsed().as_secs() as usize + 1;
+    let made = kept.load(Ordering::SeqCst) - before;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        made <= workers + checks,
+        "{made} upstream connections for 40 requests ({workers} workers, {checks} health checks)"
+    );
+
+    // An upstream that closes each connection after its answer, without saying so: the closed
+    // connection is found before a request is sent on it, and every request is answered.
+    let before = closed.load(Ordering::SeqCst);
+    for i in 0..10 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            get("closes.test"),
+            (200, Bytes::from_static(b"hello")),
+            "request {i}"
+        );
+    }
+    assert!(closed.load(Ordering::SeqCst) - before >= 10);
+}
