@@ -128,28 +128,10 @@ impl Upstream {
     /// idle (a close, most often) and tells whether a request may go out now.
     fn usable(&mut self) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        if self.poll_driver(&mut cx).is_ready() {
+        if poll_driver(&mut self.driver, &self.key, &mut cx).is_ready() {
             return false;
         }
         matches!(self.send.poll_ready(&mut cx), Poll::Ready(Ok(())))
-    }
-
-    /// Poll the connection's state machine; `Ready` once it has finished.
-    fn poll_driver(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(d) = &mut self.driver else {
-            return Poll::Ready(());
-        };
-        match Pin::new(d).poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(r) => {
-                if let Err(e) = r {
-                    tracing::debug!(target = %self.key, error = %e, "upstream connection failed");
-                }
-                // Dropped: a request still waiting on it gets its error.
-                self.driver = None;
-                Poll::Ready(())
-            }
-        }
     }
 
     /// Send `req` and drive the connection until the response head arrives. The request comes
@@ -160,24 +142,36 @@ impl Upstream {
         req: Request<Body>,
     ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>> {
         let mut response = std::pin::pin!(self.send.try_send_request(req));
-        let driver = &mut self.driver;
+        let (driver, key) = (&mut self.driver, &self.key);
         std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = response.as_mut().poll(cx) {
                 return Poll::Ready(r);
             }
-            if let Some(d) = driver {
-                if let Poll::Ready(r) = Pin::new(d).poll(cx) {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "upstream connection failed");
-                    }
-                    *driver = None;
-                    // The pending response learns it from the dropped connection.
-                    return response.as_mut().poll(cx);
-                }
+            match driver.is_some() && poll_driver(driver, key, cx).is_ready() {
+                // The pending response learns it from the dropped connection.
+                true => response.as_mut().poll(cx),
+                false => Poll::Pending,
             }
-            Poll::Pending
         })
         .await
+    }
+}
+
+/// Poll a connection's state machine; `Ready` once it has finished, when it is dropped (a
+/// request still waiting on it gets its error).
+fn poll_driver(driver: &mut Option<Driver>, key: &str, cx: &mut Context<'_>) -> Poll<()> {
+    let Some(d) = driver else {
+        return Poll::Ready(());
+    };
+    match Pin::new(d).poll(cx) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(r) => {
+            if let Err(e) = r {
+                tracing::debug!(target = %key, error = %e, "upstream connection failed");
+            }
+            *driver = None;
+            Poll::Ready(())
+        }
     }
 }
 
@@ -212,7 +206,7 @@ impl hyper::body::Body for Driven {
         let this = self.get_mut();
         if let Some(c) = &mut this.conn {
             // Reads the socket into the body's channel (and finishes writing the request body).
-            let _ = c.poll_driver(cx);
+            let _ = poll_driver(&mut c.driver, &c.key, cx);
         }
         let r = Pin::new(&mut this.body).poll_frame(cx);
         match &r {

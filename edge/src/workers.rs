@@ -79,15 +79,6 @@ impl Workers {
         Ok(Workers { threads })
     }
 
-    /// How many workers serve.
-    pub fn len(&self) -> usize {
-        self.threads.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.threads.is_empty()
-    }
-
     /// Wait (at most `limit`) for every worker to finish after shutdown: each stops accepting at
     /// once and lets its open connections finish their current request.
     pub async fn stopped(self, limit: Duration) {

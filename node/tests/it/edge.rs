@@ -700,38 +700,11 @@ fn a_host_that_is_not_a_host_name_is_refused_before_routing() {
     }
 }
 
-/// An origin that counts the TCP connections it is sent and answers each request 200.
-async fn counting_origin() -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = std::sync::Arc::new(AtomicUsize::new(0));
-    let seen = count.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            seen.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                while let Ok(n) = s.read(&mut buf).await {
-                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                    if n == 0 || s.write_all(ok).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    (addr, count)
-}
-
 #[test]
 fn an_upstream_cannot_be_the_private_side() {
     use std::sync::atomic::Ordering;
     let rt = rt();
-    let (origin, connections) = rt.block_on(counting_origin());
+    let (origin, connections) = rt.block_on(closing_origin(None));
     // As in production: no allowance for loopback on the node.
     let c =
         TestCluster::start(bin(), 1, &[("PALISADE_EDGE_UPSTREAM_ALLOWED_NETWORKS", "")]).unwrap();
