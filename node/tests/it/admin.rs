@@ -1639,18 +1639,32 @@ fn a_tenant_sees_no_operator_notes_and_imports_and_domains_have_limits() {
         &body[..body.len() / 2]
     )
     .unwrap();
+    // What the node last said to the second import, for the failure message.
+    let mut last = (0, String::new());
     let second = wait::until(
         "the second import to be turned away",
         // Generous: on a loaded machine the first import's handler may start late.
         Duration::from_secs(30),
         || {
-            let (status, text) = c
+            last = c
                 .post_raw(0, import, "text/plain", b"10.8.0.1\n".to_vec())
                 .unwrap();
-            (status == 429).then_some(text)
+            (last.0 == 429).then(|| last.1.clone())
         },
     )
-    .unwrap();
+    .unwrap_or_else(|e| {
+        // If the first import was answered already, its answer says why it let go of the lock.
+        first.set_nonblocking(true).unwrap();
+        let mut early = [0u8; 2048];
+        let early = match first.read(&mut early) {
+            Ok(n) => String::from_utf8_lossy(&early[..n]).into_owned(),
+            Err(e) => format!("nothing ({e})"),
+        };
+        panic!(
+            "{e}: the second import last got {} {}; the half-sent first one had been answered: {early}",
+            last.0, last.1
+        )
+    });
     assert!(second.contains("another import is running"), "{second}");
     first.write_all(&body.as_bytes()[body.len() / 2..]).unwrap();
     let mut answer = String::new();
