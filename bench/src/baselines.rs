@@ -36,6 +36,27 @@ pub const HAPROXY: Baseline = Baseline {
     package: "haproxy",
     version_args: &["-v"],
 };
+/// The outside HTTP/1.1 load generator that cross-checks the suite's own.
+pub const WRK: Baseline = Baseline {
+    name: "wrk",
+    binary: "wrk",
+    package: "wrk",
+    version_args: &["--version"],
+};
+/// The HTTP/2 load generator.
+pub const H2LOAD: Baseline = Baseline {
+    name: "h2load",
+    binary: "h2load",
+    package: "nghttp2-client",
+    version_args: &["--version"],
+};
+/// Instruction counts (`valgrind --tool=callgrind`, `callgrind_control`).
+pub const VALGRIND: Baseline = Baseline {
+    name: "valgrind",
+    binary: "valgrind",
+    package: "valgrind",
+    version_args: &["--version"],
+};
 pub const ETCD: Baseline = Baseline {
     name: "etcd",
     binary: "etcd",
@@ -234,8 +255,8 @@ impl Listen {
     }
 }
 
-/// nginx's configuration: one worker, TLS 1.3 with X25519, no session cache or tickets, access
-/// log off, upstream keep-alive, the security headers (HSTS only over HTTPS, as Palisade).
+/// nginx's configuration: one worker, TLS 1.3 with X25519, HTTP/2 by ALPN (as Palisade), no
+/// session cache or tickets, access log off, upstream keep-alive, the security headers (HSTS only over HTTPS, as Palisade).
 pub fn nginx_conf(dir: &Path, at: Listen, upstream: SocketAddr, host: &str) -> String {
     let d = dir.display();
     let mut headers = String::new();
@@ -249,7 +270,8 @@ master_process on;
 worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/error.log error;
-events {{ worker_connections 4096; }}
+worker_rlimit_nofile 65536;
+events {{ worker_connections 32768; }}
 http {{
     access_log off;
     client_body_temp_path {d}/body;
@@ -265,7 +287,7 @@ http {{
     map $https $hsts {{ on "{hsts_v}"; default ""; }}
     server {{
         listen {http};
-        listen {https} ssl;
+        listen {https} ssl http2;
         server_name {host};
         ssl_certificate {d}/cert.pem;
         ssl_certificate_key {d}/key.pem;
@@ -288,8 +310,8 @@ http {{
     )
 }
 
-/// HAProxy's configuration: one thread, TLS 1.3 with X25519, no session cache or tickets, no
-/// log, upstream keep-alive (connection reuse), the security headers.
+/// HAProxy's configuration: one thread, TLS 1.3 with X25519, HTTP/2 by ALPN, no session cache
+/// or tickets, no log, upstream keep-alive (connection reuse), the security headers.
 pub fn haproxy_conf(dir: &Path, at: Listen, upstream: SocketAddr) -> String {
     let d = dir.display();
     let mut headers = String::new();
@@ -304,7 +326,7 @@ pub fn haproxy_conf(dir: &Path, at: Listen, upstream: SocketAddr) -> String {
     format!(
         r#"global
     nbthread 1
-    maxconn 4096
+    maxconn 32768
     tune.ssl.cachesize 0
 defaults
     mode http
@@ -316,7 +338,7 @@ defaults
     http-reuse always
 frontend fe
     bind {http}
-    bind {https} ssl crt {d}/haproxy.pem alpn http/1.1 ssl-min-ver TLSv1.3 no-tls-tickets curves X25519
+    bind {https} ssl crt {d}/haproxy.pem alpn h2,http/1.1 ssl-min-ver TLSv1.3 no-tls-tickets curves X25519
 {headers}    default_backend be
 backend be
     server up {upstream}
@@ -528,7 +550,7 @@ mod tests {
             "ssl_ecdh_curve X25519;",
             "ssl_session_tickets off;",
             "keepalive 64;",
-            "listen 127.0.0.1:8443 ssl;",
+            "listen 127.0.0.1:8443 ssl http2;",
             "add_header X-Frame-Options \"DENY\" always;",
         ] {
             assert!(n.contains(want), "nginx.conf lacks {want:?}:\n{n}");
@@ -537,7 +559,7 @@ mod tests {
         for want in [
             "nbthread 1",
             "tune.ssl.cachesize 0",
-            "ssl-min-ver TLSv1.3 no-tls-tickets curves X25519",
+            "alpn h2,http/1.1 ssl-min-ver TLSv1.3 no-tls-tickets curves X25519",
             "http-reuse always",
             "server up 127.0.0.1:9000",
             "set-header X-Content-Type-Options \"nosniff\"",

@@ -95,3 +95,38 @@ pub fn family(pid: u32) -> Vec<u32> {
 pub fn family_cpu_seconds(pid: u32) -> f64 {
     family(pid).into_iter().map(cpu_seconds).sum()
 }
+
+/// Raise this process's open-files limit (soft and hard) to at least `n`, so that it and the
+/// servers it starts (which inherit it) can hold `n` connections; the soft limit reached.
+/// Raising the hard limit takes root; without it, the soft limit goes up to the hard one.
+#[allow(unsafe_code)]
+pub fn raise_open_files(n: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur >= n {
+            return lim.rlim_cur;
+        }
+        let want = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: lim.rlim_max.max(n),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+            return n;
+        }
+        let soft = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) == 0 {
+            return lim.rlim_max;
+        }
+        lim.rlim_cur
+    }
+}

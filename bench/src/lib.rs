@@ -10,7 +10,8 @@
 //!   sources);
 //! - [`scenarios`]: the cluster-core measurements `palisade-bench` runs;
 //! - [`suite`]: the scenarios of `palisade-bench all` (Palisade next to nginx, HAProxy, etcd),
-//!   with [`load`] (the one load generator), [`baselines`] (finding, installing, configuring and
+//!   with [`load`] (the suite's own load generator), [`outside`] (`wrk` and `h2load`, the
+//!   outside generators that cross-check it and measure HTTP/2), [`baselines`] (finding, installing, configuring and
 //!   running the baselines), [`report`] (median and range, the invalid-run rule, Markdown, JSON,
 //!   SVG) and [`cpu`] (pinning, CPU time).
 
@@ -19,6 +20,7 @@ pub mod bot;
 pub mod cpu;
 pub mod iprules;
 pub mod load;
+pub mod outside;
 pub mod report;
 pub mod scenarios;
 pub mod suite;

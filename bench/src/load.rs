@@ -284,6 +284,74 @@ pub fn run(targets: &[Target], spec: &Spec) -> Vec<Outcome> {
     })
 }
 
+/// Open `n` keep-alive connections to `t`, spread over `sources` (each connection bound to one,
+/// in turn), each through its handshake and one answered request, and call `measure` while
+/// they are all open and idle; then close them. How many were opened, and what `measure` gave.
+/// Connections are opened 100 at a time, each within the request timeout.
+pub fn hold<R>(
+    t: &Target,
+    sources: &[std::net::IpAddr],
+    n: usize,
+    measure: impl FnOnce() -> R,
+) -> io::Result<(usize, R)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let open = |src: std::net::IpAddr| async move {
+        tokio::time::timeout(TIMEOUT, async {
+            let sock = match src {
+                std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            sock.bind(SocketAddr::new(src, 0))?;
+            let tcp = sock.connect(t.addr).await?;
+            tcp.set_nodelay(true)?;
+            let mut c: Box<dyn Io> = match &t.tls {
+                None => Box::new(tcp),
+                Some(tls) => Box::new(
+                    tokio_rustls::TlsConnector::from(tls.config.clone())
+                        .connect(tls.name.clone(), tcp)
+                        .await?,
+                ),
+            };
+            c.write_all(&request(t, 0, false)).await?;
+            let mut buf = Vec::with_capacity(4096);
+            match read_response(&mut c, &mut buf).await? {
+                (status, false) if (200..300).contains(&status) => Ok(c),
+                (status, closed) => Err(io::Error::other(format!(
+                    "answer {status}{}",
+                    if closed { ", connection closed" } else { "" }
+                ))),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in 10 s")))
+    };
+    rt.block_on(async {
+        let mut held = Vec::with_capacity(n);
+        while held.len() < n {
+            let batch = (n - held.len()).min(100);
+            let start = held.len();
+            let opened = futures::future::join_all(
+                (0..batch).map(|i| open(sources[(start + i) % sources.len().max(1)])),
+            )
+            .await;
+            for c in opened {
+                held.push(c.map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("connection {} of {n}: {e}", held.len() + 1),
+                    )
+                })?);
+            }
+        }
+        // Let the servers finish with the last answers before they are measured idle.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let r = measure();
+        Ok((held.len(), r))
+    })
+}
+
 #[derive(Clone, Copy)]
 struct Window {
     start: Instant,

@@ -16,7 +16,8 @@ fn usage() -> ! {
         "usage: palisade-bench [--palisade PATH] [--quick] [--install] [--out DIR] SCENARIO...\n\
          \n\
          side by side with baselines (report in DIR, default ./bench-results):\n  \
-         all | proxy-https | proxy-http | tls-handshakes | features | raft-writes | propagation | failover\n\
+         all | proxy-https | proxy-http | h2 | tls-handshakes | idle-tls | features | allocator\n  \
+         | instructions | raft-writes | propagation | failover\n\
          \n\
          single measurements (printed only):\n  \
          election [RUNS] | write-latency [WRITES] | ip-lookup [ENTRIES] | ip-propagation [TRIALS]\n  \
@@ -33,21 +34,37 @@ type Scenario = (
 );
 
 /// The scenarios of `all`, in the order they run.
-const SUITE: [Scenario; 7] = [
+const SUITE: [Scenario; 11] = [
     (
         "proxy-https",
-        &[baselines::NGINX, baselines::HAPROXY],
+        &[baselines::NGINX, baselines::HAPROXY, baselines::WRK],
         |c| suite::proxy(c, true),
     ),
     ("proxy-http", &[baselines::NGINX, baselines::HAPROXY], |c| {
         suite::proxy(c, false)
     }),
     (
+        "h2",
+        &[baselines::NGINX, baselines::HAPROXY, baselines::H2LOAD],
+        suite::h2,
+    ),
+    (
         "tls-handshakes",
         &[baselines::NGINX, baselines::HAPROXY],
         suite::tls_handshakes,
     ),
+    (
+        "idle-tls",
+        &[baselines::NGINX, baselines::HAPROXY],
+        suite::idle_tls,
+    ),
     ("features", &[], suite::features),
+    ("allocator", &[], suite::allocator),
+    (
+        "instructions",
+        &[baselines::VALGRIND, baselines::H2LOAD],
+        suite::instructions,
+    ),
     ("raft-writes", &[baselines::ETCD], suite::raft_writes),
     ("propagation", &[], suite::propagation),
     ("failover", &[], suite::failover),

@@ -7,6 +7,12 @@
 //! and then silence, an h2 preface without SETTINGS); between requests, one with no request in
 //! flight for the idle timeout is closed (HTTP/1 keep-alive and h2 alike: pings do not count).
 //! A request is in flight from the moment hyper hands it over until its response body ends.
+//! On HTTP/1, the next request's head, once its first bytes arrive, must also be complete within
+//! the header read timeout (a slow head on a kept-alive connection).
+//!
+//! All of these are one deadline per connection, looked at by the connection's watchdog
+//! ([`Activity::verdict`]) when it falls due and moved on from there: no timer is set up per
+//! request. [`Watched`] tells the [`Activity`] when the bytes of a new head begin.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -274,14 +280,20 @@ where
     }
 }
 
-/// Requests on one connection: how many so far, how many in flight, and when the last ended.
+/// Requests on one connection: how many so far, how many in flight, when the last ended, and
+/// when the head of the next one began to arrive.
 pub struct Activity {
     start: Instant,
     requests: AtomicU64,
     inflight: AtomicU32,
     /// Milliseconds after `start` when the last request in flight ended.
     last_done_ms: AtomicU64,
+    /// Milliseconds after `start` when bytes arrived with no request in flight (the next head
+    /// began); [`NO_HEAD`] when none has since the last request began.
+    head_since_ms: AtomicU64,
 }
+
+const NO_HEAD: u64 = u64::MAX;
 
 /// What the watchdog does next.
 #[derive(Debug, PartialEq, Eq)]
@@ -299,6 +311,7 @@ impl Activity {
             requests: AtomicU64::new(0),
             inflight: AtomicU32::new(0),
             last_done_ms: AtomicU64::new(0),
+            head_since_ms: AtomicU64::new(NO_HEAD),
         })
     }
 
@@ -306,13 +319,26 @@ impl Activity {
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.requests.fetch_add(1, Ordering::AcqRel);
         self.inflight.fetch_add(1, Ordering::AcqRel);
+        self.head_since_ms.store(NO_HEAD, Ordering::Release);
         InFlight(self.clone())
     }
 
+    /// Bytes of an HTTP/1 connection arrived: with no request in flight, they begin the next
+    /// request's head (bytes of a pipelined head read while a request is in flight are left to
+    /// the idle deadline).
+    pub fn bytes_read(&self) {
+        if self.inflight.load(Ordering::Acquire) == 0
+            && self.head_since_ms.load(Ordering::Acquire) == NO_HEAD
+        {
+            let ms = self.start.elapsed().as_millis() as u64;
+            self.head_since_ms.store(ms, Ordering::Release);
+        }
+    }
+
     /// Whether the connection may stay open at `now`, and if so when to look again.
-    pub fn verdict(&self, now: Instant, first_request: Duration, idle: Duration) -> Verdict {
+    pub fn verdict(&self, now: Instant, header_read: Duration, idle: Duration) -> Verdict {
         if self.requests.load(Ordering::Acquire) == 0 {
-            let deadline = self.start + first_request;
+            let deadline = self.start + header_read;
             return match now >= deadline {
                 true => Verdict::Close("first_request"),
                 false => Verdict::Keep(deadline),
@@ -321,10 +347,19 @@ impl Activity {
         if self.inflight.load(Ordering::Acquire) > 0 {
             return Verdict::Keep(now + idle);
         }
+        // A head that began arriving must be complete in time; one may begin any moment, so
+        // look again within the header read timeout at the latest.
+        let head = match self.head_since_ms.load(Ordering::Acquire) {
+            NO_HEAD => now + header_read,
+            ms => self.start + Duration::from_millis(ms) + header_read,
+        };
+        if now >= head {
+            return Verdict::Close("header_timeout");
+        }
         let since = self.start + Duration::from_millis(self.last_done_ms.load(Ordering::Acquire));
         match now >= since + idle {
             true => Verdict::Close("idle"),
-            false => Verdict::Keep(since + idle),
+            false => Verdict::Keep(head.min(since + idle)),
         }
     }
 }
@@ -338,6 +373,96 @@ impl Drop for InFlight {
         let ms = a.start.elapsed().as_millis() as u64;
         a.last_done_ms.fetch_max(ms, Ordering::AcqRel);
         a.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A client connection's socket, telling its [`Activity`] when the bytes of an HTTP/1 request
+/// head begin to arrive. An HTTP/2 connection (its preface is the first thing it sends) is not
+/// watched: its frames arrive between requests (pings, settings) without beginning one.
+pub struct Watched<S> {
+    io: S,
+    activity: Arc<Activity>,
+    /// How many bytes of the HTTP/2 preface the connection's first bytes matched, until it is
+    /// known which protocol it speaks.
+    preface: usize,
+    http1: Option<bool>,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+impl<S> Watched<S> {
+    /// `h2`: the connection is known to speak HTTP/2 (negotiated by ALPN).
+    pub fn new(io: S, activity: Arc<Activity>, h2: bool) -> Watched<S> {
+        Watched {
+            io,
+            activity,
+            preface: 0,
+            http1: h2.then_some(false),
+        }
+    }
+
+    fn arrived(&mut self, bytes: &[u8]) {
+        if self.http1.is_none() {
+            let n = (H2_PREFACE.len() - self.preface).min(bytes.len());
+            if bytes[..n] != H2_PREFACE[self.preface..self.preface + n] {
+                self.http1 = Some(true);
+            } else {
+                self.preface += n;
+                if self.preface == H2_PREFACE.len() {
+                    self.http1 = Some(false);
+                }
+            }
+        }
+        if self.http1 == Some(true) {
+            self.activity.bytes_read();
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            if buf.filled().len() > before && self.http1 != Some(false) {
+                self.arrived(&buf.filled()[before..]);
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -410,25 +535,95 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_has_a_first_request_deadline_then_an_idle_one() {
-        let (first, idle) = (Duration::from_secs(10), Duration::from_secs(60));
+    fn a_connection_has_a_first_request_deadline_then_head_and_idle_ones() {
+        let (head, idle) = (Duration::from_secs(10), Duration::from_secs(60));
         let a = Activity::new();
         let t0 = a.start;
-        assert_eq!(a.verdict(t0, first, idle), Verdict::Keep(t0 + first));
+        assert_eq!(a.verdict(t0, head, idle), Verdict::Keep(t0 + head));
         assert_eq!(
-            a.verdict(t0 + first, first, idle),
+            a.verdict(t0 + head, head, idle),
             Verdict::Close("first_request")
         );
         let flight = a.begin();
-        let later = t0 + first + idle;
+        let later = t0 + head + idle;
         assert_eq!(
-            a.verdict(later, first, idle),
+            a.verdict(later, head, idle),
             Verdict::Keep(later + idle),
             "in flight"
         );
+        // Bytes read while a request is in flight begin no head.
+        a.bytes_read();
+        assert_eq!(a.head_since_ms.load(Ordering::Acquire), NO_HEAD);
         drop(flight);
         let done = t0 + Duration::from_millis(a.last_done_ms.load(Ordering::Acquire));
-        assert_eq!(a.verdict(done, first, idle), Verdict::Keep(done + idle));
-        assert_eq!(a.verdict(done + idle, first, idle), Verdict::Close("idle"));
+        // Between requests the watchdog looks again within the header read timeout...
+        assert_eq!(a.verdict(done, head, idle), Verdict::Keep(done + head));
+        let quiet = done + idle - Duration::from_secs(1);
+        assert_eq!(
+            a.verdict(quiet, head, idle),
+            Verdict::Keep(done + idle),
+            "idle, no head begun"
+        );
+        assert_eq!(a.verdict(done + idle, head, idle), Verdict::Close("idle"));
+        // ...and closes a connection whose next head began but did not end in time.
+        a.bytes_read();
+        let began = t0 + Duration::from_millis(a.head_since_ms.load(Ordering::Acquire));
+        assert!(began >= done);
+        assert_eq!(
+            a.verdict(began, head, idle),
+            Verdict::Keep((began + head).min(done + idle))
+        );
+        assert_eq!(
+            a.verdict(began + head, head, idle),
+            Verdict::Close("header_timeout")
+        );
+        // The head's request arriving lifts that deadline.
+        let next = a.begin();
+        assert_eq!(a.head_since_ms.load(Ordering::Acquire), NO_HEAD);
+        drop(next);
+    }
+
+    /// A reader that hands out its bytes in the given pieces.
+    struct Pieces(std::collections::VecDeque<&'static [u8]>);
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if let Some(p) = self.0.pop_front() {
+                buf.put_slice(p);
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn heads_are_watched_on_http1_only() {
+        use tokio::io::AsyncReadExt;
+        let read_all = |pieces: Vec<&'static [u8]>, h2: bool| async move {
+            let a = Activity::new();
+            drop(a.begin());
+            let mut w = Watched::new(Pieces(pieces.into()), a.clone(), h2);
+            let mut buf = [0u8; 64];
+            while w.read(&mut buf).await.unwrap() > 0 {}
+            a.head_since_ms.load(Ordering::Acquire) != NO_HEAD
+        };
+        assert!(read_all(vec![b"GET / HTTP/1.1\r\n"], false).await);
+        // "P" could begin the preface or a POST: the next bytes tell.
+        assert!(read_all(vec![b"P", b"OST / HTTP/1.1\r\n"], false).await);
+        assert!(
+            !read_all(
+                vec![b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"\0\0\0\x04"],
+                false
+            )
+            .await
+        );
+        assert!(!read_all(vec![b"PR", b"I * HTTP/2.0\r\n", b"\0\0\0\x06"], false).await);
+        assert!(
+            !read_all(vec![b"\0\0\0\x04\0\0\0\0\0"], true).await,
+            "h2 by ALPN"
+        );
     }
 }

@@ -98,7 +98,7 @@ impl RequestId {
             *b = HEX[((n >> (4 * i)) & 0xf) as usize];
         }
         RequestId {
-            header: HeaderValue::from_bytes(&text).expect("hex digits"),
+            header: crate::response::header_value(&text).expect("hex digits"),
             text,
         }
     }

@@ -45,7 +45,15 @@ pub struct Upstream {
     idle_since: Instant,
     /// Whether it carried a request before this one.
     pub reused: bool,
+    /// The response deadline, made with the connection's first request and moved on by each
+    /// next one (tokio extends a registered timer without touching its wheel): one timer per
+    /// connection, not one per request.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// No response head arrived in time.
+#[derive(Debug)]
+pub struct TimedOut;
 
 thread_local! {
     static IDLE: RefCell<foldhash::HashMap<Arc<str>, Vec<Upstream>>> = RefCell::default();
@@ -114,6 +122,7 @@ impl Upstream {
             key,
             idle_since: Instant::now(),
             reused: false,
+            deadline: None,
         })
     }
 
@@ -134,23 +143,40 @@ impl Upstream {
         matches!(self.send.poll_ready(&mut cx), Poll::Ready(Ok(())))
     }
 
-    /// Send `req` and drive the connection until the response head arrives. The request comes
-    /// back in the error when it never left (the connection was closed first), so it can be
-    /// sent on another connection.
+    /// Send `req` and drive the connection until the response head arrives, for at most
+    /// `within`. The request comes back in the error when it never left (the connection was
+    /// closed first), so it can be sent on another connection.
     pub async fn send(
         &mut self,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>> {
+        within: Duration,
+    ) -> Result<
+        Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>>,
+        TimedOut,
+    > {
+        let at = tokio::time::Instant::now() + within;
+        let deadline = match &mut self.deadline {
+            Some(d) => {
+                d.as_mut().reset(at);
+                d
+            }
+            none => none.insert(Box::pin(tokio::time::sleep_until(at))),
+        };
         let mut response = std::pin::pin!(self.send.try_send_request(req));
         let (driver, key) = (&mut self.driver, &self.key);
         std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = response.as_mut().poll(cx) {
-                return Poll::Ready(r);
+                return Poll::Ready(Ok(r));
             }
-            match driver.is_some() && poll_driver(driver, key, cx).is_ready() {
+            if driver.is_some() && poll_driver(driver, key, cx).is_ready() {
                 // The pending response learns it from the dropped connection.
-                true => response.as_mut().poll(cx),
-                false => Poll::Pending,
+                if let Poll::Ready(r) = response.as_mut().poll(cx) {
+                    return Poll::Ready(Ok(r));
+                }
+            }
+            match deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(TimedOut)),
+                Poll::Pending => Poll::Pending,
             }
         })
         .await

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, UPGRADE};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
@@ -238,7 +238,7 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
     let mut w = &mut buf[..];
     let _ = write!(w, "{ip}");
     let n = 45 - w.len();
-    HeaderValue::from_bytes(&buf[..n]).expect("an IP address is a header value")
+    crate::response::header_value(&buf[..n]).expect("an IP address is a header value")
 }
 
 /// The request's path and query: what an HTTP/1.1 request line carries (origin form).
@@ -314,7 +314,13 @@ impl Proxy {
             X_FORWARDED_PROTO,
             HeaderValue::from_static(if fwd.https { "https" } else { "http" }),
         );
-        if let Ok(host) = HeaderValue::from_str(fwd.host) {
+        // The client's own `Host` when it is already the normalised host (it is a slice of the
+        // connection's read buffer: no copy), else a new value.
+        let host = match h.get(HOST) {
+            Some(v) if v.as_bytes() == fwd.host.as_bytes() => Some(v.clone()),
+            _ => crate::response::header_value(fwd.host.as_bytes()),
+        };
+        if let Some(host) = host {
             h.insert(X_FORWARDED_HOST, host.clone());
             h.insert(HOST, host);
         } else {
@@ -329,9 +335,13 @@ impl Proxy {
         parts.uri = origin_form(std::mem::take(&mut parts.uri));
         // Always HTTP/1.1 upstream, whatever the client spoke.
         parts.version = hyper::Version::HTTP_11;
-        let body = Limited::new(body, fwd.max_body as usize)
-            .map_err(BoxError::from)
-            .boxed();
+        // A request without a body (most) sends an empty one: nothing to box or limit.
+        let body = match body.is_end_stream() {
+            true => empty(),
+            false => Limited::new(body, fwd.max_body as usize)
+                .map_err(BoxError::from)
+                .boxed(),
+        };
         let mut out = Some(Request::from_parts(parts, body));
 
         let mut tried: Vec<Arc<Target>> = Vec::new();
@@ -387,8 +397,7 @@ impl Proxy {
                     .tunnel(conn, req, inflight, client_upgrade, hold, &fwd)
                     .await;
             }
-            let result = tokio::time::timeout(self.timeouts.response, conn.send(req)).await;
-            match result {
+            match conn.send(req, self.timeouts.response).await {
                 Err(_) => return UpstreamError::Timeout.answer(&fwd),
                 Ok(Err(mut e)) => {
                     if let Some(back) = e.take_message() {

@@ -16,8 +16,30 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
+/// No body; boxing it allocates nothing (the body is zero-sized).
 pub fn empty() -> Body {
-    full(Bytes::new())
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A header value the edge makes per request (the request id, the client's address, the host),
+/// cut from one buffer per thread: making it and cloning it (the upstream request and the
+/// response carry the same one) allocate nothing, but for a new 4 KiB buffer about every
+/// hundred values. `None` when `bytes` are not a valid header value.
+pub fn header_value(bytes: &[u8]) -> Option<HeaderValue> {
+    use std::cell::RefCell;
+    const CHUNK: usize = 4 << 10;
+    thread_local! {
+        static BUF: RefCell<bytes::BytesMut> = RefCell::new(bytes::BytesMut::new());
+    }
+    BUF.with_borrow_mut(|buf| {
+        if buf.capacity() < bytes.len() {
+            *buf = bytes::BytesMut::with_capacity(CHUNK.max(bytes.len()));
+        }
+        buf.extend_from_slice(bytes);
+        HeaderValue::from_maybe_shared(buf.split().freeze()).ok()
+    })
 }
 
 /// A small page for an error the edge itself answers, carrying the request id so an operator can

@@ -13,7 +13,7 @@ use palisade_raft::task::Shutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
-use crate::conn_limits::{Activity, Hold, Slots, Tracked, Verdict};
+use crate::conn_limits::{Activity, Hold, Slots, Tracked, Verdict, Watched};
 use crate::pipeline::{Conn, Pipeline};
 use crate::tls::TlsConfigs;
 
@@ -146,7 +146,9 @@ pub async fn serve(
                             {
                                 return;
                             }
-                            serve_conn(tls_stream, conn, pipeline, &limits, hold, watcher).await;
+                            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            serve_conn(tls_stream, h2, conn, pipeline, &limits, hold, watcher)
+                                .await;
                         }
                         Ok(Err(e)) => {
                             metrics::counter!("palisade_tls_handshake_failures_total", "reason" => "handshake").increment(1);
@@ -157,7 +159,7 @@ pub async fn serve(
                         }
                     }
                 }
-                None => serve_conn(stream, conn, pipeline, &limits, hold, watcher).await,
+                None => serve_conn(stream, false, conn, pipeline, &limits, hold, watcher).await,
             }
         });
     }
@@ -166,8 +168,11 @@ pub async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
 }
 
+/// Serve one connection (`h2`: HTTP/2 negotiated by ALPN) until it ends or its watchdog
+/// closes it.
 async fn serve_conn<S>(
     io: S,
+    h2: bool,
     conn: Conn,
     pipeline: Arc<Pipeline>,
     limits: &ListenerLimits,
@@ -177,10 +182,11 @@ async fn serve_conn<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // The header read timeout is the watchdog's (below), not a timer hyper would set up for
+    // every request.
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder
         .http2()
@@ -203,12 +209,17 @@ async fn serve_conn<S>(
     });
     let fut = watcher.watch(
         builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .serve_connection_with_upgrades(
+                TokioIo::new(Watched::new(io, activity.clone(), h2)),
+                service,
+            )
             .into_owned(),
     );
     tokio::pin!(fut);
-    // The deadlines: a first request within the header read timeout, then never idle longer
-    // than the idle timeout. Dropping the future closes the connection.
+    // The deadlines: a first request within the header read timeout, then every HTTP/1 head
+    // within it once its first bytes arrive, and never idle longer than the idle timeout; one
+    // timer for the connection, re-armed when it falls due. Dropping the future closes the
+    // connection.
     let mut check = tokio::time::Instant::now() + limits.header_read_timeout;
     loop {
         tokio::select! {

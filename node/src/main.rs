@@ -6,10 +6,12 @@
 //! - `serve`: start a node (the composition root: cluster member, edge, jobs, admin API) and
 //!   stop it on a signal;
 //! - `dev`: `palisade dev`, a one-node cluster with a demo site;
-//! - `datadir`: the data dir's files.
+//! - `datadir`: the data dir's files;
+//! - `alloc`: the memory allocator (mimalloc, or the system's), the one module with `unsafe`.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+mod alloc;
 mod cli;
 mod config;
 mod datadir;
@@ -21,6 +23,13 @@ use anyhow::Result;
 use clap::Parser;
 
 fn main() {
+    if let Some(v) = alloc::invalid_setting() {
+        eprintln!(
+            "error: {}={v:?} is not an allocator this build has: use \"mimalloc\" (the default) or \"system\"",
+            alloc::VARIABLE
+        );
+        std::process::exit(1);
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     if let Err(e) = cli::run(cli::Cli::parse()) {
         eprintln!("error: {e:#}");

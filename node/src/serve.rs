@@ -263,6 +263,7 @@ pub async fn start(cfg: &Validated) -> Result<Running> {
         http = %cfg.http_listen,
         https = %cfg.https_listen,
         workers,
+        allocator = crate::alloc::name(),
         "node started"
     );
     tokio::spawn(jobs::sweep::run(

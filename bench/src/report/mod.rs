@@ -38,6 +38,14 @@ impl Run {
         }
     }
 
+    /// `value`, invalid for `problem` if there is one (an outside generator's run).
+    pub fn checked(value: f64, problem: Option<String>) -> Run {
+        Run {
+            value,
+            invalid: problem,
+        }
+    }
+
     /// `value` taken from `load`'s outcome: invalid when it had errors or non-2xx answers.
     pub fn of(value: f64, load: &Outcome) -> Run {
         Run {

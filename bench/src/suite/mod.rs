@@ -1,4 +1,4 @@
-//! The seven scenarios of `palisade-bench all`, each a [`Section`] of the report.
+//! The scenarios of `palisade-bench all`, each a [`Section`] of the report.
 //!
 //! Every figure is measured [`Ctx::repeats`] times, the targets interleaved within each
 //! repetition (Palisade, nginx, HAProxy, Palisade, …) so drift on a shared machine lands on all
@@ -6,7 +6,8 @@
 //!
 //! - this module: what every scenario shares (the context, the three proxies in front of one
 //!   upstream, one measured run, the row of a figure);
-//! - [`proxy`]: `proxy-http`, `proxy-https`, `tls-handshakes`;
+//! - [`proxy`]: `proxy-http`, `proxy-https` (with `wrk`'s cross-check), `h2` (`h2load`),
+//!   `tls-handshakes`, `idle-tls`, `allocator`, `instructions` (callgrind);
 //! - [`features`]: what each security feature costs;
 //! - [`cluster`]: `raft-writes`, `propagation`, `failover`.
 
@@ -16,7 +17,7 @@ mod proxy;
 
 pub use cluster::{failover, propagation, raft_writes};
 pub use features::features;
-pub use proxy::{proxy, tls_handshakes};
+pub use proxy::{allocator, h2, idle_tls, instructions, proxy, tls_handshakes};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use palisade_testkit::cluster::TestCluster;
-use palisade_testkit::pki::pki;
+use palisade_testkit::pki::{pki, Pki};
 use palisade_testkit::probe::{Probe, Upstream};
 use palisade_testkit::wait;
 use serde_json::json;
@@ -92,7 +93,8 @@ struct Proxies {
     _servers: Vec<Server>,
     _cluster: TestCluster,
     up: Upstream,
-    _dir: tempfile::TempDir,
+    /// The baselines' files, and the hosts file of the outside generators.
+    dir: tempfile::TempDir,
 }
 
 impl Proxies {
@@ -105,42 +107,8 @@ impl Proxies {
             .prefix("palisade-bench-")
             .tempdir()?;
         let pki = pki(&[HOST]);
-        let c = TestCluster::start(&ctx.bin, 1, &[("PALISADE_WORKERS", "1")])?;
-        ctx.commands.push(format!(
-            "PALISADE_WORKERS=1 {} run --config {}/config.toml (one node; made by palisade init), then taskset -a -p -c 0 PID",
-            ctx.bin.display(),
-            c.nodes[0].dir.display()
-        ));
-        let r = c.post(
-            0,
-            "/v1/projects",
-            json!({ "id": "bench", "name": "bench", "bot": { "mode": "off" } }),
-            None,
-        )?;
-        if r.status != 201 {
-            bail!("creating the project: {} {}", r.status, r.body);
-        }
-        let r = c.put(
-            0,
-            &format!("/v1/domains/{HOST}"),
-            json!({ "project": "bench", "upstreams": [up.addr.to_string()], "tls": "manual", "redirect_https": false }),
-        )?;
-        if r.status != 201 {
-            bail!("creating the domain: {} {}", r.status, r.body);
-        }
-        let r = c.post(
-            0,
-            "/v1/certificates",
-            json!({ "name": "bench", "chain_pem": pki.chain_pem, "key_pem": pki.key_pem }),
-            None,
-        )?;
-        if r.status != 201 {
-            bail!("uploading the certificate: {} {}", r.status, r.body);
-        }
-        let node_pid = c.nodes[0].pid().context("the node is running")?;
-        if pinned {
-            cpu::pin(node_pid, cpu::PROXY_CORES);
-        }
+        let bin = ctx.bin.clone();
+        let (c, node_pid) = start_palisade(ctx, &bin, &[], up.addr, &pki, pinned)?;
         let (n_at, h_at) = (Listen::loopback(), Listen::loopback());
         let nginx = baselines::start_nginx(
             &dir.path().join("nginx"),
@@ -174,7 +142,7 @@ impl Proxies {
             _servers: vec![nginx, haproxy],
             _cluster: c,
             up,
-            _dir: dir,
+            dir,
         };
         p.check()?;
         Ok(p)
@@ -250,6 +218,60 @@ impl Proxies {
             "Not pinned (one core, or no `taskset`): proxies and load share the cores.".into()
         }
     }
+}
+
+/// One Palisade node from `bin` (one worker, `env` added to its environment) serving [`HOST`]
+/// from `upstream` with `pki`'s certificate and no bot protection, pinned to the proxy core
+/// when `pinned`; the node and its pid.
+fn start_palisade(
+    ctx: &mut Ctx,
+    bin: &std::path::Path,
+    env: &[(&str, &str)],
+    upstream: SocketAddr,
+    pki: &Pki,
+    pinned: bool,
+) -> Result<(TestCluster, u32)> {
+    let mut all = vec![("PALISADE_WORKERS", "1")];
+    all.extend_from_slice(env);
+    let c = TestCluster::start(bin, 1, &all)?;
+    let vars: Vec<String> = all.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    ctx.commands.push(format!(
+        "{} {} run --config {}/config.toml (one node; made by palisade init), then taskset -a -p -c 0 PID",
+        vars.join(" "),
+        bin.display(),
+        c.nodes[0].dir.display()
+    ));
+    let r = c.post(
+        0,
+        "/v1/projects",
+        json!({ "id": "bench", "name": "bench", "bot": { "mode": "off" } }),
+        None,
+    )?;
+    if r.status != 201 {
+        bail!("creating the project: {} {}", r.status, r.body);
+    }
+    let r = c.put(
+        0,
+        &format!("/v1/domains/{HOST}"),
+        json!({ "project": "bench", "upstreams": [upstream.to_string()], "tls": "manual", "redirect_https": false }),
+    )?;
+    if r.status != 201 {
+        bail!("creating the domain: {} {}", r.status, r.body);
+    }
+    let r = c.post(
+        0,
+        "/v1/certificates",
+        json!({ "name": "bench", "chain_pem": pki.chain_pem, "key_pem": pki.key_pem }),
+        None,
+    )?;
+    if r.status != 201 {
+        bail!("uploading the certificate: {} {}", r.status, r.body);
+    }
+    let pid = c.nodes[0].pid().context("the node is running")?;
+    if pinned {
+        cpu::pin(pid, cpu::PROXY_CORES);
+    }
+    Ok((c, pid))
 }
 
 /// One measured run of `target`: its outcome, and how much `cpu` (CPU seconds of the process

@@ -276,6 +276,83 @@ fn silent_slow_and_idle_connections_are_closed_on_time() {
     }
 }
 
+/// On a kept-alive HTTP/1 connection, the next request's head has the header read timeout too,
+/// counted from its first bytes: a client idle between requests keeps its connection for the
+/// idle timeout, and one that starts a head and dribbles it is cut off.
+#[test]
+fn a_slow_head_after_a_kept_alive_answer_is_cut_off() {
+    let rt = rt();
+    let (up, _task) = rt.block_on(upstream("origin"));
+    let c = TestCluster::start(
+        bin(),
+        1,
+        &[
+            ("PALISADE_EDGE_HEADER_READ_TIMEOUT_MS", "1500"),
+            ("PALISADE_EDGE_IDLE_TIMEOUT_MS", "30000"),
+        ],
+    )
+    .unwrap();
+    serve_sites(&c, up);
+    let http = c.nodes[0].http_addr.clone();
+    let (idle_for, closed) = rt.block_on(async {
+        let mut s = TcpStream::connect(&http).await.unwrap();
+        let mut buf = [0u8; 4096];
+        let whole = "x".repeat(1024);
+        let started = Instant::now();
+        // Two answers, with a pause longer than the header read timeout between them: idle
+        // between requests is not a slow head.
+        for pause in [Duration::ZERO, Duration::from_millis(3_500)] {
+            tokio::time::sleep(pause).await;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: plain.test\r\n\r\n")
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            while !String::from_utf8_lossy(&got).contains(&whole) {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(
+                    n > 0,
+                    "closed before an answer, after {:?}",
+                    started.elapsed()
+                );
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        let idle_for = started.elapsed();
+        // The third head: its first line, then one header line every 300 ms, never the end.
+        let t = Instant::now();
+        s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let (mut rd, mut wr) = s.into_split();
+        let dribble = tokio::spawn(async move {
+            for i in 0..40 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if wr
+                    .write_all(format!("X-{i}: y\r\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let closed = until_closed(&mut rd, t, Duration::from_secs(10)).await;
+        dribble.abort();
+        (idle_for, closed)
+    });
+    assert!(idle_for >= Duration::from_millis(3_500), "{idle_for:?}");
+    let after = closed.expect("the slow head's connection still open after 10 s");
+    assert!(
+        after >= Duration::from_millis(1_000) && after <= Duration::from_millis(3_000),
+        "the slow head was cut off {after:?} after its first bytes, not about 1.5 s"
+    );
+    let (_, text) = c.get_text(0, "/metrics").unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("palisade_connections_closed_total")
+                && l.contains("header_timeout")),
+        "no header_timeout close counted"
+    );
+}
+
 /// The node's `palisade_active_connections`.
 fn active(c: &TestCluster) -> f64 {
     let (_, text) = c.get_text(0, "/metrics").unwrap();
