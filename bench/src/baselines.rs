@@ -326,7 +326,7 @@ pub fn haproxy_conf(dir: &Path, at: Listen, upstream: SocketAddr) -> String {
     format!(
         r#"global
     nbthread 1
-    maxconn 32768
+    maxconn {maxconn}
     tune.ssl.cachesize 0
 defaults
     mode http
@@ -345,6 +345,8 @@ backend be
 "#,
         http = at.http,
         https = at.https,
+        // Two descriptors a connection (client and server side), within the inherited limit.
+        maxconn = (crate::cpu::open_files().saturating_sub(64) / 2).clamp(1_024, 32_768),
     )
 }
 

@@ -130,3 +130,17 @@ pub fn raise_open_files(n: u64) -> u64 {
         lim.rlim_cur
     }
 }
+
+/// This process's open-files limit (soft), which the servers it starts inherit.
+#[allow(unsafe_code)]
+pub fn open_files() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid pointer to a local rlimit.
+    match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } {
+        0 => lim.rlim_cur,
+        _ => 1_024,
+    }
+}

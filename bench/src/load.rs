@@ -287,7 +287,7 @@ pub fn run(targets: &[Target], spec: &Spec) -> Vec<Outcome> {
 /// Open `n` keep-alive connections to `t`, spread over `sources` (each connection bound to one,
 /// in turn), each through its handshake and one answered request, and call `measure` while
 /// they are all open and idle; then close them. How many were opened, and what `measure` gave.
-/// Connections are opened 100 at a time, each within the request timeout.
+/// Connections are opened 20 at a time, each within the request timeout.
 pub fn hold<R>(
     t: &Target,
     sources: &[std::net::IpAddr],
@@ -298,7 +298,8 @@ pub fn hold<R>(
         .enable_all()
         .build()?;
     let open = |src: std::net::IpAddr| async move {
-        tokio::time::timeout(TIMEOUT, async {
+        let mut phase = "connecting";
+        let result = tokio::time::timeout(TIMEOUT, async {
             let sock = match src {
                 std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
                 std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
@@ -306,6 +307,7 @@ pub fn hold<R>(
             sock.bind(SocketAddr::new(src, 0))?;
             let tcp = sock.connect(t.addr).await?;
             tcp.set_nodelay(true)?;
+            phase = "in the TLS handshake";
             let mut c: Box<dyn Io> = match &t.tls {
                 None => Box::new(tcp),
                 Some(tls) => Box::new(
@@ -314,6 +316,7 @@ pub fn hold<R>(
                         .await?,
                 ),
             };
+            phase = "waiting for the answer";
             c.write_all(&request(t, 0, false)).await?;
             let mut buf = Vec::with_capacity(4096);
             match read_response(&mut c, &mut buf).await? {
@@ -324,13 +327,18 @@ pub fn hold<R>(
                 ))),
             }
         })
-        .await
-        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in 10 s")))
+        .await;
+        result.unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("from {src}: nothing for 10 s {phase}"),
+            ))
+        })
     };
     rt.block_on(async {
         let mut held = Vec::with_capacity(n);
         while held.len() < n {
-            let batch = (n - held.len()).min(100);
+            let batch = (n - held.len()).min(20);
             let start = held.len();
             let opened = futures::future::join_all(
                 (0..batch).map(|i| open(sources[(start + i) % sources.len().max(1)])),

@@ -99,6 +99,11 @@ struct Proxies {
 
 impl Proxies {
     fn start(ctx: &mut Ctx) -> Result<Proxies> {
+        Self::start_with(ctx, &[])
+    }
+
+    /// [`Self::start`], with `env` added to Palisade's environment.
+    fn start_with(ctx: &mut Ctx, env: &[(&str, &str)]) -> Result<Proxies> {
         cpu::pin_self(&cpu::all_cores());
         let pinned = cpu::can_pin();
         let cores = pinned.then_some(cpu::PROXY_CORES);
@@ -108,7 +113,7 @@ impl Proxies {
             .tempdir()?;
         let pki = pki(&[HOST]);
         let bin = ctx.bin.clone();
-        let (c, node_pid) = start_palisade(ctx, &bin, &[], up.addr, &pki, pinned)?;
+        let (c, node_pid) = start_palisade(ctx, &bin, env, up.addr, &pki, pinned)?;
         let (n_at, h_at) = (Listen::loopback(), Listen::loopback());
         let nginx = baselines::start_nginx(
             &dir.path().join("nginx"),
