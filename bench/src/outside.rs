@@ -162,18 +162,35 @@ fn numbers_after(line: &str, label: &str) -> Vec<f64> {
         .collect()
 }
 
+/// A duration as wrk and h2load print it ("2.00s", "900.50ms", "1.00m", "12.5us"), in seconds.
+fn seconds(word: &str) -> Option<f64> {
+    let end = word
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(word.len());
+    let (num, unit) = word.split_at(end);
+    let scale = match unit {
+        "us" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return None,
+    };
+    Some(num.parse::<f64>().ok()? * scale)
+}
+
 /// `N requests in 1.50s, ...`, and the error lines wrk adds only when there were errors.
 pub fn parse_wrk(text: &str) -> Result<Tally> {
     let mut t = Tally::default();
     let mut found = false;
     for line in text.lines() {
         let line = line.trim();
-        if line.contains(" requests in ") {
-            let n = numbers_after(line, "");
-            if n.len() < 2 {
-                bail!("no request count and time in {line:?}");
+        if let Some((count, rest)) = line.split_once(" requests in ") {
+            let time = rest.split(',').next().unwrap_or("").trim();
+            match (count.trim().parse::<u64>(), seconds(time)) {
+                (Ok(n), Some(secs)) => (t.ok, t.seconds) = (n, secs),
+                _ => bail!("no request count and time in {line:?}"),
             }
-            (t.ok, t.seconds) = (n[0] as u64, n[1]);
             found = true;
         } else if line.starts_with("Socket errors:") {
             t.failed += numbers_after(line, ":").iter().sum::<f64>() as u64;
@@ -190,34 +207,30 @@ pub fn parse_wrk(text: &str) -> Result<Tally> {
 }
 
 /// `finished in 1.50s, ...` and `requests: N total, N started, N done, N succeeded, N failed,
-/// N errored, N timeout`.
+/// N errored, N timeout` (h2load counts an answer of 4xx or 5xx as failed, not succeeded) and
+/// `status codes: N 2xx, N 3xx, N 4xx, N 5xx` (a 3xx is a success to h2load, not here).
 pub fn parse_h2load(text: &str) -> Result<Tally> {
     let mut t = Tally::default();
     let (mut finished, mut counted) = (false, false);
     for line in text.lines() {
         let line = line.trim();
         if let Some(rest) = line.strip_prefix("finished in ") {
-            let secs = rest.split(',').next().unwrap_or("");
-            t.seconds = match secs.strip_suffix("ms") {
-                Some(ms) => ms.trim().parse::<f64>()? / 1000.0,
-                None => secs.trim_end_matches('s').trim().parse()?,
-            };
+            let time = rest.split(',').next().unwrap_or("").trim();
+            t.seconds = seconds(time).with_context(|| format!("no time in {line:?}"))?;
             finished = true;
         } else if line.starts_with("requests:") {
             let n = numbers_after(line, ":");
             if n.len() < 7 {
                 bail!("fewer than seven counts in {line:?}");
             }
-            t.ok = n[3] as u64;
-            t.failed = (n[4] + n[5] + n[6]) as u64;
+            t.ok += n[3] as u64;
+            t.failed += (n[4] + n[5] + n[6]) as u64;
             counted = true;
         } else if line.starts_with("status codes:") {
             let n = numbers_after(line, ":");
-            // 2xx, 3xx, 4xx, 5xx: anything but 2xx is a failure here.
-            if n.len() >= 4 {
-                let other = (n[1] + n[2] + n[3]) as u64;
-                t.failed += other;
-                t.ok = t.ok.saturating_sub(other);
+            if let Some(redirects) = n.get(1).map(|r| *r as u64) {
+                t.failed += redirects;
+                t.ok = t.ok.saturating_sub(redirects);
             }
         }
     }
@@ -248,6 +261,8 @@ mod tests {
         assert_eq!((t.ok, t.failed), (62390, 15));
         assert!(t.problem().unwrap().contains("15 requests failed"));
         assert!(parse_wrk("unable to connect to bench.test:4443 Connection refused").is_err());
+        let long = ok.replace("62400 requests in 2.00s", "1872000 requests in 1.00m");
+        assert_eq!(parse_wrk(&long).unwrap().seconds, 60.0);
     }
 
     #[test]
@@ -259,6 +274,8 @@ mod tests {
         let t = parse_h2load(ok).unwrap();
         assert_eq!((t.ok, t.failed), (90001, 0));
         assert_eq!(t.seconds, 2.0);
+        // 1,001 failed (10 of them 4xx answers, which h2load counts as failed already) and 5
+        // redirects among the succeeded.
         let bad = ok
             .replace(
                 "90001 succeeded, 0 failed, 0 errored",
@@ -266,10 +283,10 @@ mod tests {
             )
             .replace(
                 "90001 2xx, 0 3xx, 0 4xx, 0 5xx",
-                "88990 2xx, 0 3xx, 10 4xx, 0 5xx",
+                "88995 2xx, 5 3xx, 10 4xx, 0 5xx",
             );
         let t = parse_h2load(&bad).unwrap();
-        assert_eq!((t.ok, t.failed), (88990, 1011));
+        assert_eq!((t.ok, t.failed), (88995, 1006));
         assert!(t.problem().is_some());
         let ms = ok.replace("finished in 2.00s", "finished in 900.50ms");
         assert!((parse_h2load(&ms).unwrap().seconds - 0.9005).abs() < 1e-9);

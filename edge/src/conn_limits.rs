@@ -7,17 +7,18 @@
 //! and then silence, an h2 preface without SETTINGS); between requests, one with no request in
 //! flight for the idle timeout is closed (HTTP/1 keep-alive and h2 alike: pings do not count).
 //! A request is in flight from the moment hyper hands it over until its response body ends.
-//! On HTTP/1, the next request's head, once its first bytes arrive, must also be complete within
-//! the header read timeout (a slow head on a kept-alive connection).
+//! On HTTP/1, the next request's head must also be complete within the header read timeout of
+//! the previous response's end (a client idle between requests, or dribbling its next head, is
+//! cut off then), as hyper's own header read timer did; h2 connections have the idle timeout.
 //!
 //! All of these are one deadline per connection, looked at by the connection's watchdog
 //! ([`Activity::verdict`]) when it falls due and moved on from there: no timer is set up per
-//! request. [`Watched`] tells the [`Activity`] when the bytes of a new head begin.
+//! request. [`Watched`] tells the [`Activity`] whether the connection speaks HTTP/1.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -281,19 +282,16 @@ where
 }
 
 /// Requests on one connection: how many so far, how many in flight, when the last ended, and
-/// when the head of the next one began to arrive.
+/// whether it speaks HTTP/1.
 pub struct Activity {
     start: Instant,
     requests: AtomicU64,
     inflight: AtomicU32,
     /// Milliseconds after `start` when the last request in flight ended.
     last_done_ms: AtomicU64,
-    /// Milliseconds after `start` when bytes arrived with no request in flight (the next head
-    /// began); [`NO_HEAD`] when none has since the last request began.
-    head_since_ms: AtomicU64,
+    /// Set once the connection's first bytes show HTTP/1 (not the h2 preface).
+    http1: AtomicBool,
 }
-
-const NO_HEAD: u64 = u64::MAX;
 
 /// What the watchdog does next.
 #[derive(Debug, PartialEq, Eq)]
@@ -311,7 +309,7 @@ impl Activity {
             requests: AtomicU64::new(0),
             inflight: AtomicU32::new(0),
             last_done_ms: AtomicU64::new(0),
-            head_since_ms: AtomicU64::new(NO_HEAD),
+            http1: AtomicBool::new(false),
         })
     }
 
@@ -319,20 +317,13 @@ impl Activity {
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.requests.fetch_add(1, Ordering::AcqRel);
         self.inflight.fetch_add(1, Ordering::AcqRel);
-        self.head_since_ms.store(NO_HEAD, Ordering::Release);
         InFlight(self.clone())
     }
 
-    /// Bytes of an HTTP/1 connection arrived: with no request in flight, they begin the next
-    /// request's head (bytes of a pipelined head read while a request is in flight are left to
-    /// the idle deadline).
-    pub fn bytes_read(&self) {
-        if self.inflight.load(Ordering::Acquire) == 0
-            && self.head_since_ms.load(Ordering::Acquire) == NO_HEAD
-        {
-            let ms = self.start.elapsed().as_millis() as u64;
-            self.head_since_ms.store(ms, Ordering::Release);
-        }
+    /// The connection speaks HTTP/1: between requests, the next head has the header read
+    /// timeout.
+    pub fn is_http1(&self) {
+        self.http1.store(true, Ordering::Release);
     }
 
     /// Whether the connection may stay open at `now`, and if so when to look again.
@@ -344,22 +335,18 @@ impl Activity {
                 false => Verdict::Keep(deadline),
             };
         }
-        if self.inflight.load(Ordering::Acquire) > 0 {
-            return Verdict::Keep(now + idle);
-        }
-        // A head that began arriving must be complete in time; one may begin any moment, so
-        // look again within the header read timeout at the latest.
-        let head = match self.head_since_ms.load(Ordering::Acquire) {
-            NO_HEAD => now + header_read,
-            ms => self.start + Duration::from_millis(ms) + header_read,
+        // The request may end any moment: look again by the shorter deadline that then runs.
+        let (wait, why) = match self.http1.load(Ordering::Acquire) && header_read < idle {
+            true => (header_read, "header_timeout"),
+            false => (idle, "idle"),
         };
-        if now >= head {
-            return Verdict::Close("header_timeout");
+        if self.inflight.load(Ordering::Acquire) > 0 {
+            return Verdict::Keep(now + wait);
         }
         let since = self.start + Duration::from_millis(self.last_done_ms.load(Ordering::Acquire));
-        match now >= since + idle {
-            true => Verdict::Close("idle"),
-            false => Verdict::Keep(head.min(since + idle)),
+        match now >= since + wait {
+            true => Verdict::Close(why),
+            false => Verdict::Keep(since + wait),
         }
     }
 }
@@ -376,45 +363,38 @@ impl Drop for InFlight {
     }
 }
 
-/// A client connection's socket, telling its [`Activity`] when the bytes of an HTTP/1 request
-/// head begin to arrive. An HTTP/2 connection (its preface is the first thing it sends) is not
-/// watched: its frames arrive between requests (pings, settings) without beginning one.
+/// A client connection's socket, telling its [`Activity`] whether the connection speaks HTTP/1:
+/// anything but the HTTP/2 preface as its first bytes (as hyper tells the two apart, whatever
+/// ALPN said).
 pub struct Watched<S> {
     io: S,
     activity: Arc<Activity>,
     /// How many bytes of the HTTP/2 preface the connection's first bytes matched, until it is
     /// known which protocol it speaks.
     preface: usize,
-    http1: Option<bool>,
+    decided: bool,
 }
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl<S> Watched<S> {
-    /// `h2`: the connection is known to speak HTTP/2 (negotiated by ALPN).
-    pub fn new(io: S, activity: Arc<Activity>, h2: bool) -> Watched<S> {
+    pub fn new(io: S, activity: Arc<Activity>) -> Watched<S> {
         Watched {
             io,
             activity,
             preface: 0,
-            http1: h2.then_some(false),
+            decided: false,
         }
     }
 
     fn arrived(&mut self, bytes: &[u8]) {
-        if self.http1.is_none() {
-            let n = (H2_PREFACE.len() - self.preface).min(bytes.len());
-            if bytes[..n] != H2_PREFACE[self.preface..self.preface + n] {
-                self.http1 = Some(true);
-            } else {
-                self.preface += n;
-                if self.preface == H2_PREFACE.len() {
-                    self.http1 = Some(false);
-                }
-            }
-        }
-        if self.http1 == Some(true) {
-            self.activity.bytes_read();
+        let n = (H2_PREFACE.len() - self.preface).min(bytes.len());
+        if bytes[..n] != H2_PREFACE[self.preface..self.preface + n] {
+            self.activity.is_http1();
+            self.decided = true;
+        } else {
+            self.preface += n;
+            self.decided = self.preface == H2_PREFACE.len();
         }
     }
 }
@@ -428,7 +408,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            if buf.filled().len() > before && self.http1 != Some(false) {
+            if !self.decided && buf.filled().len() > before {
                 self.arrived(&buf.filled()[before..]);
             }
         }
@@ -537,50 +517,39 @@ mod tests {
     #[test]
     fn a_connection_has_a_first_request_deadline_then_head_and_idle_ones() {
         let (head, idle) = (Duration::from_secs(10), Duration::from_secs(60));
+        for http1 in [false, true] {
+            let a = Activity::new();
+            if http1 {
+                a.is_http1();
+            }
+            let t0 = a.start;
+            assert_eq!(a.verdict(t0, head, idle), Verdict::Keep(t0 + head));
+            assert_eq!(
+                a.verdict(t0 + head, head, idle),
+                Verdict::Close("first_request")
+            );
+            let (wait, why) = match http1 {
+                true => (head, "header_timeout"),
+                false => (idle, "idle"),
+            };
+            let flight = a.begin();
+            let later = t0 + head + idle;
+            assert_eq!(
+                a.verdict(later, head, idle),
+                Verdict::Keep(later + wait),
+                "in flight: looked at again within the deadline that runs once it ends"
+            );
+            drop(flight);
+            let done = t0 + Duration::from_millis(a.last_done_ms.load(Ordering::Acquire));
+            assert_eq!(a.verdict(done, head, idle), Verdict::Keep(done + wait));
+            assert_eq!(a.verdict(done + wait, head, idle), Verdict::Close(why));
+        }
+        // A header read timeout longer than the idle one: the idle one holds.
         let a = Activity::new();
-        let t0 = a.start;
-        assert_eq!(a.verdict(t0, head, idle), Verdict::Keep(t0 + head));
-        assert_eq!(
-            a.verdict(t0 + head, head, idle),
-            Verdict::Close("first_request")
-        );
-        let flight = a.begin();
-        let later = t0 + head + idle;
-        assert_eq!(
-            a.verdict(later, head, idle),
-            Verdict::Keep(later + idle),
-            "in flight"
-        );
-        // Bytes read while a request is in flight begin no head.
-        a.bytes_read();
-        assert_eq!(a.head_since_ms.load(Ordering::Acquire), NO_HEAD);
-        drop(flight);
-        let done = t0 + Duration::from_millis(a.last_done_ms.load(Ordering::Acquire));
-        // Between requests the watchdog looks again within the header read timeout...
-        assert_eq!(a.verdict(done, head, idle), Verdict::Keep(done + head));
-        let quiet = done + idle - Duration::from_secs(1);
-        assert_eq!(
-            a.verdict(quiet, head, idle),
-            Verdict::Keep(done + idle),
-            "idle, no head begun"
-        );
-        assert_eq!(a.verdict(done + idle, head, idle), Verdict::Close("idle"));
-        // ...and closes a connection whose next head began but did not end in time.
-        a.bytes_read();
-        let began = t0 + Duration::from_millis(a.head_since_ms.load(Ordering::Acquire));
-        assert!(began >= done);
-        assert_eq!(
-            a.verdict(began, head, idle),
-            Verdict::Keep((began + head).min(done + idle))
-        );
-        assert_eq!(
-            a.verdict(began + head, head, idle),
-            Verdict::Close("header_timeout")
-        );
-        // The head's request arriving lifts that deadline.
-        let next = a.begin();
-        assert_eq!(a.head_since_ms.load(Ordering::Acquire), NO_HEAD);
-        drop(next);
+        a.is_http1();
+        drop(a.begin());
+        let done = a.start + Duration::from_millis(a.last_done_ms.load(Ordering::Acquire));
+        assert_eq!(a.verdict(done + head, idle, head), Verdict::Close("idle"));
     }
 
     /// A reader that hands out its bytes in the given pieces.
@@ -600,30 +569,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn heads_are_watched_on_http1_only() {
+    async fn http1_is_told_from_the_h2_preface() {
         use tokio::io::AsyncReadExt;
-        let read_all = |pieces: Vec<&'static [u8]>, h2: bool| async move {
+        let http1 = |pieces: Vec<&'static [u8]>| async move {
             let a = Activity::new();
-            drop(a.begin());
-            let mut w = Watched::new(Pieces(pieces.into()), a.clone(), h2);
+            let mut w = Watched::new(Pieces(pieces.into()), a.clone());
             let mut buf = [0u8; 64];
             while w.read(&mut buf).await.unwrap() > 0 {}
-            a.head_since_ms.load(Ordering::Acquire) != NO_HEAD
+            a.http1.load(Ordering::Acquire)
         };
-        assert!(read_all(vec![b"GET / HTTP/1.1\r\n"], false).await);
+        assert!(http1(vec![b"GET / HTTP/1.1\r\n"]).await);
         // "P" could begin the preface or a POST: the next bytes tell.
-        assert!(read_all(vec![b"P", b"OST / HTTP/1.1\r\n"], false).await);
+        assert!(http1(vec![b"P", b"OST / HTTP/1.1\r\n"]).await);
+        // The preface's first line alone is not the preface.
+        assert!(http1(vec![b"PRI * HTTP/2.0\r\n\r\nXX"]).await);
+        assert!(!http1(vec![b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"\0\0\0\x04"]).await);
         assert!(
-            !read_all(
-                vec![b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"\0\0\0\x04"],
-                false
-            )
+            !http1(vec![
+                b"PR",
+                b"I * HTTP/2.0\r\n",
+                b"\r\nSM\r\n\r\n\0\0\0\x06"
+            ])
             .await
-        );
-        assert!(!read_all(vec![b"PR", b"I * HTTP/2.0\r\n", b"\0\0\0\x06"], false).await);
-        assert!(
-            !read_all(vec![b"\0\0\0\x04\0\0\0\0\0"], true).await,
-            "h2 by ALPN"
         );
     }
 }

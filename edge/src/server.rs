@@ -24,7 +24,8 @@ pub struct ListenerLimits {
     /// Time for a client to send a complete request head (slow clients are cut off), and for
     /// a new connection to deliver its first one, whatever it sends meanwhile.
     pub header_read_timeout: Duration,
-    /// Time a connection may stay open with no request in flight (HTTP/1 keep-alive, h2).
+    /// Time a connection may stay open with no request in flight (h2; HTTP/1 keep-alive too,
+    /// unless the header read timeout, which bounds the wait for its next head, is shorter).
     pub idle_timeout: Duration,
     /// The node's connection caps, shared by both listeners.
     pub slots: Arc<Slots>,
@@ -146,9 +147,7 @@ pub async fn serve(
                             {
                                 return;
                             }
-                            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                            serve_conn(tls_stream, h2, conn, pipeline, &limits, hold, watcher)
-                                .await;
+                            serve_conn(tls_stream, conn, pipeline, &limits, hold, watcher).await;
                         }
                         Ok(Err(e)) => {
                             metrics::counter!("palisade_tls_handshake_failures_total", "reason" => "handshake").increment(1);
@@ -159,7 +158,7 @@ pub async fn serve(
                         }
                     }
                 }
-                None => serve_conn(stream, false, conn, pipeline, &limits, hold, watcher).await,
+                None => serve_conn(stream, conn, pipeline, &limits, hold, watcher).await,
             }
         });
     }
@@ -168,11 +167,9 @@ pub async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
 }
 
-/// Serve one connection (`h2`: HTTP/2 negotiated by ALPN) until it ends or its watchdog
-/// closes it.
+/// Serve one connection until it ends or its watchdog closes it.
 async fn serve_conn<S>(
     io: S,
-    h2: bool,
     conn: Conn,
     pipeline: Arc<Pipeline>,
     limits: &ListenerLimits,
@@ -210,16 +207,16 @@ async fn serve_conn<S>(
     let fut = watcher.watch(
         builder
             .serve_connection_with_upgrades(
-                TokioIo::new(Watched::new(io, activity.clone(), h2)),
+                TokioIo::new(Watched::new(io, activity.clone())),
                 service,
             )
             .into_owned(),
     );
     tokio::pin!(fut);
-    // The deadlines: a first request within the header read timeout, then every HTTP/1 head
-    // within it once its first bytes arrive, and never idle longer than the idle timeout; one
-    // timer for the connection, re-armed when it falls due. Dropping the future closes the
-    // connection.
+    // The deadlines: a first request within the header read timeout; then on HTTP/1 the next
+    // head within it of the last response's end, on h2 never idle longer than the idle
+    // timeout; one timer for the connection, re-armed when it falls due. Dropping the future
+    // closes the connection.
     let mut check = tokio::time::Instant::now() + limits.header_read_timeout;
     loop {
         tokio::select! {

@@ -305,6 +305,11 @@ fn a_proxied_request_makes_few_allocations_on_the_worker() {
 
     shutdown.cancel();
     control.block_on(edge.workers.stopped(Duration::from_secs(5)));
+    // Nothing counted would mean the worker threads were not found (renamed?), not a clean path.
+    assert!(
+        plain >= 1.0 && tls >= 1.0,
+        "no allocations counted on the edge worker (HTTP {plain}, HTTPS {tls}): are its threads still named palisade-edge-*?"
+    );
     assert!(
         plain <= MAX_PER_REQUEST_HTTP,
         "a plain HTTP request made {plain:.2} allocations on the worker, more than the bound of {MAX_PER_REQUEST_HTTP}: \

@@ -1,9 +1,10 @@
-//! The process's memory allocator: mimalloc, or the system's (glibc malloc) when the environment
-//! says `PALISADE_ALLOCATOR=system`.
+//! The allocator of the node's Rust code: mimalloc, or the system's (glibc malloc) when the
+//! environment says `PALISADE_ALLOCATOR=system`. (RocksDB's C++ allocates with glibc's either
+//! way.)
 //!
 //! mimalloc is the default because `palisade-bench allocator` measures it cheaper per proxied
-//! request (4% less CPU; figures in `bench/README.md`); the system allocator holds less memory
-//! per idle connection. The switch lets the two be compared on the same binary in the same run,
+//! request (2% fewer instructions, by callgrind; the CPU time it saves is within the noise;
+//! figures in `bench/README.md`); the system allocator holds less memory per idle connection. The switch lets the two be compared on the same binary in the same run,
 //! and lets an operator choose memory over CPU or rule the allocator out of a memory problem. The choice is made once, at the process's first allocation
 //! (before `main`, so the environment is read with `getenv`, which does not allocate), and never
 //! changes: every block is freed by the allocator that made it.
@@ -66,10 +67,8 @@ pub fn name() -> &'static str {
 
 /// The value of [`VARIABLE`], if it is not one this module knows: the caller refuses to start.
 pub fn invalid_setting() -> Option<String> {
-    match std::env::var(VARIABLE) {
-        Ok(v) if v != "system" && v != "mimalloc" => Some(v),
-        _ => None,
-    }
+    let v = std::env::var_os(VARIABLE)?;
+    (v != "system" && v != "mimalloc").then(|| v.to_string_lossy().into_owned())
 }
 
 // SAFETY: each call goes to the one allocator chosen for the whole process, with the caller's
