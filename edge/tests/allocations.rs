@@ -37,7 +37,7 @@ const WARMUP: u64 = 300;
 const MEASURED: u64 = 3_000;
 
 /// Most allocations one proxied request may make on the worker, over plain HTTP and over HTTPS
-/// (the test prints the measured counts). Measured when set: 8.0 and 11.0. Of those 8, six are
+/// (the test prints the measured counts). Measured when set: 8.1 and 11.1. Of those 8, six are
 /// hyper's (the server's and the client's head parsed out of their read buffers, which then
 /// grow again; the client's response channel and body channel) and two box the response body
 /// (the upstream's, then the in-flight tracking); TLS adds rustls's three (its vectored write's
