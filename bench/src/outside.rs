@@ -67,59 +67,39 @@ pub fn wrk(
     parse_wrk(&text).with_context(|| format!("wrk's report was not understood:\n{text}"))
 }
 
-/// `h2load` over HTTPS to `host` at `addr`: one thread, `conns` connections with `streams`
-/// concurrent streams each (HTTP/2; with `h1`, HTTP/1.1 and one request at a time), for
-/// `duration`.
-pub fn h2load(
-    addr: SocketAddr,
-    host: &str,
-    conns: usize,
-    streams: usize,
-    h1: bool,
-    duration: Duration,
-    log: &mut Vec<String>,
-) -> Result<Tally> {
-    let mut cmd = Command::new("h2load");
-    cmd.args([
-        "-t",
-        "1",
-        "-c",
-        &conns.to_string(),
-        "-m",
-        &streams.to_string(),
-    ])
-    .arg(format!("-D{}ms", duration.as_millis()))
-    .arg(format!("--connect-to={addr}"));
-    if h1 {
-        cmd.arg("--h1");
-    }
-    cmd.arg(format!("https://{host}/"));
-    let text = run(cmd, "h2load", log)?;
-    parse_h2load(&text).with_context(|| format!("h2load's report was not understood:\n{text}"))
+/// How an `h2load` run is bounded: by time, or by a number of requests in all.
+#[derive(Debug, Clone, Copy)]
+pub enum Bound {
+    For(Duration),
+    Count(usize),
 }
 
-/// `h2load --h1` to `host` at `addr` (`scheme` `https` or `http`): one thread, `conns`
-/// keep-alive connections, `n` requests in all.
-pub fn h2load_count(
-    addr: SocketAddr,
-    host: &str,
-    scheme: &str,
-    conns: usize,
-    n: usize,
-    log: &mut Vec<String>,
-) -> Result<Tally> {
+/// One `h2load` run: `conns` connections from one thread to `host` at `addr` over `scheme`
+/// (`https` or `http`). With `streams` set, HTTP/2 (by ALPN) with that many concurrent streams
+/// per connection; without, HTTP/1.1 (`--h1`), one request at a time per connection.
+#[derive(Debug, Clone, Copy)]
+pub struct H2load<'a> {
+    pub addr: SocketAddr,
+    pub host: &'a str,
+    pub scheme: &'a str,
+    pub conns: usize,
+    pub streams: Option<usize>,
+    pub bound: Bound,
+}
+
+pub fn h2load(spec: H2load<'_>, log: &mut Vec<String>) -> Result<Tally> {
     let mut cmd = Command::new("h2load");
-    cmd.args([
-        "--h1",
-        "-t",
-        "1",
-        "-c",
-        &conns.to_string(),
-        "-n",
-        &n.to_string(),
-    ])
-    .arg(format!("--connect-to={addr}"))
-    .arg(format!("{scheme}://{host}/"));
+    if spec.streams.is_none() {
+        cmd.arg("--h1");
+    }
+    cmd.args(["-t", "1", "-c", &spec.conns.to_string()])
+        .args(["-m", &spec.streams.unwrap_or(1).to_string()]);
+    match spec.bound {
+        Bound::For(d) => cmd.arg(format!("-D{}ms", d.as_millis())),
+        Bound::Count(n) => cmd.args(["-n", &n.to_string()]),
+    };
+    cmd.arg(format!("--connect-to={}", spec.addr))
+        .arg(format!("{}://{}/", spec.scheme, spec.host));
     let text = run(cmd, "h2load", log)?;
     parse_h2load(&text).with_context(|| format!("h2load's report was not understood:\n{text}"))
 }

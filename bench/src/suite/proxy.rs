@@ -310,18 +310,15 @@ pub fn h2(ctx: &mut Ctx) -> Result<Section> {
     sec.notes.push(p.pinning_note());
     for i in 0..3 {
         outside::h2load(
-            p.https[i],
-            HOST,
-            CONNS,
-            H2_STREAMS,
-            false,
-            ctx.warmup(),
+            h2load_run(p.https[i], Some(H2_STREAMS), ctx.warmup()),
             &mut ctx.commands,
         )?;
     }
-    let kinds: [(&str, Option<usize>); 3] = [
-        ("HTTP/2, h2load", Some(H2_STREAMS)),
-        ("HTTP/1.1, h2load --h1", Some(1)),
+    // `Some(streams)`: h2load (HTTP/2 with that many streams, or `--h1` without); `None`: the
+    // suite's own generator.
+    let kinds: [(&str, Option<Option<usize>>); 3] = [
+        ("HTTP/2, h2load", Some(Some(H2_STREAMS))),
+        ("HTTP/1.1, h2load --h1", Some(None)),
         ("HTTP/1.1, the suite's own generator", None),
     ];
     for (kind, streams) in kinds {
@@ -332,12 +329,7 @@ pub fn h2(ctx: &mut Ctx) -> Result<Section> {
                     Some(m) => {
                         let c0 = p.cpu(i);
                         let t = outside::h2load(
-                            p.https[i],
-                            HOST,
-                            CONNS,
-                            m,
-                            m == 1,
-                            ctx.measure(),
+                            h2load_run(p.https[i], m, ctx.measure()),
                             &mut ctx.commands,
                         )?;
                         let used = p.cpu(i) - c0;
@@ -379,7 +371,7 @@ pub fn h2(ctx: &mut Ctx) -> Result<Section> {
             }
         }
         let conns = match streams {
-            Some(m) if m > 1 => format!("{CONNS} connections × {m} streams"),
+            Some(Some(m)) => format!("{CONNS} connections × {m} streams"),
             _ => format!("{CONNS} connections"),
         };
         sec.push(row(
@@ -628,7 +620,15 @@ pub fn instructions(ctx: &mut Ctx) -> Result<Section> {
             };
             let scheme = if tls { "https" } else { "http" };
             let counted = |ctx: &mut Ctx| {
-                outside::h2load_count(addr, HOST, scheme, 32, COUNTED, &mut ctx.commands)
+                let spec = outside::H2load {
+                    addr,
+                    host: HOST,
+                    scheme,
+                    conns: 32,
+                    streams: None,
+                    bound: outside::Bound::Count(COUNTED),
+                };
+                outside::h2load(spec, &mut ctx.commands)
             };
             counted(ctx)?;
             callgrind_control(&["-z", &pid.to_string()])?;
@@ -709,4 +709,21 @@ fn dumps(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
                 .is_some_and(|n| n.starts_with("callgrind.out."))
         })
         .collect())
+}
+
+/// An `h2load` run of [`CONNS`] connections over HTTPS to the benchmark's host at `addr`, for
+/// `duration`: HTTP/2 with `streams` streams each, or HTTP/1.1 without.
+fn h2load_run(
+    addr: std::net::SocketAddr,
+    streams: Option<usize>,
+    duration: Duration,
+) -> outside::H2load<'static> {
+    outside::H2load {
+        addr,
+        host: HOST,
+        scheme: "https",
+        conns: CONNS,
+        streams,
+        bound: outside::Bound::For(duration),
+    }
 }

@@ -198,14 +198,8 @@ fn silent_slow_and_idle_connections_are_closed_on_time() {
                 s.write_all(b"GET / HTTP/1.1\r\nHost: plain.test\r\n\r\n")
                     .await
                     .unwrap();
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
                 // The whole 1 KiB answer, then silence from the client.
-                while !String::from_utf8_lossy(&got).contains(&"x".repeat(1024)) {
-                    let n = s.read(&mut buf).await.unwrap();
-                    assert!(n > 0, "closed before the answer");
-                    got.extend_from_slice(&buf[..n]);
-                }
+                read_kib_answer(&mut s).await;
                 let answered = Instant::now();
                 (
                     "keep-alive, idle after one answer",
@@ -303,12 +297,7 @@ fn the_next_http1_head_has_the_header_read_timeout() {
             s.write_all(b"GET / HTTP/1.1\r\nHost: plain.test\r\n\r\n")
                 .await
                 .unwrap();
-            let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
-            while !String::from_utf8_lossy(&got).contains(&"x".repeat(1024)) {
-                let n = s.read(&mut buf).await.unwrap();
-                assert!(n > 0, "closed before the answer");
-                got.extend_from_slice(&buf[..n]);
-            }
+            read_kib_answer(&mut s).await;
             let answered = Instant::now();
             let (mut rd, mut wr) = s.into_split();
             let writer = tokio::spawn(async move {
@@ -648,4 +637,14 @@ fn tunnels_and_clients_behind_a_balancer_count_against_the_caps() {
         .await
         .unwrap();
     });
+}
+
+/// Read from `s` until the whole answer of the test upstream's 1 KiB body has arrived.
+async fn read_kib_answer(s: &mut TcpStream) {
+    let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
+    while !String::from_utf8_lossy(&got).contains(&"x".repeat(1024)) {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the answer");
+        got.extend_from_slice(&buf[..n]);
+    }
 }
