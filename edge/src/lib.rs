@@ -15,8 +15,9 @@
 //! - [`client_ip`], [`pipeline`]: the one client-IP resolver and the ordered request stages;
 //! - [`access`]: IP allow and block lists compiled into prefix tables;
 //! - [`bot`]: bot protection in the pipeline (gate, challenge and cookies, keyring, triggers);
-//! - [`proxy`], [`upstream`], [`pool`]: forwarding, target selection and health, and each
-//!   worker's own upstream connections;
+//! - [`proxy`], [`upstream`], [`pool`], [`codec`]: forwarding, target selection and health,
+//!   each worker's own upstream connections, and the HTTP/1.1 they speak (the edge's own
+//!   codec on `httparse`);
 //! - [`egress`]: where upstream connections may go (never the node's private side);
 //! - [`response`]: pages the edge makes and the security headers on every response.
 //!
@@ -29,6 +30,7 @@
 pub mod access;
 pub mod bot;
 pub mod client_ip;
+pub mod codec;
 pub mod conn_limits;
 pub mod egress;
 pub mod jobs;

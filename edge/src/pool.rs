@@ -1,27 +1,32 @@
-//! Upstream connections: HTTP/1.1 connections (`hyper::client::conn::http1`) kept per target by
-//! the thread that made them, and driven by the task of the request that uses them. No task per
-//! connection, no channel hop to one, no lock: a request checks a connection out of its
-//! worker's pool, polls it while it waits for the response head, and the response body polls it
-//! while the client reads; the connection goes back when the body has ended.
+//! Upstream connections: HTTP/1.1 in the edge's own codec ([`crate::codec`]) over connections
+//! kept per target by the thread that made them, and driven by the task of the request that
+//! uses them. No task per connection, no channel, no lock, no copy of the response: a request
+//! checks a connection out of its worker's pool, writes its head (a small body goes in the same
+//! write) into the connection's reused buffer and reads the response head in its own task; the
+//! response body is cut from the read buffer as the client takes it, and the connection goes
+//! back when the body has ended, with nothing unread behind it.
 //!
-//! A connection the upstream closed while idle is found at checkout (polled once: the close has
-//! been read) and by the sweep, which also closes those idle longer than [`IDLE_TIMEOUT`].
+//! A connection the upstream closed while idle is found at checkout (a read that does not wait)
+//! and by the sweep, which also closes those idle longer than [`IDLE_TIMEOUT`]. Upgrades
+//! (WebSocket) do not come here: they take a connection of their own ([`crate::proxy`]).
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use hyper::body::{Frame, Incoming, SizeHint};
-use hyper::client::conn::http1;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Body as _, Frame, SizeHint};
+use hyper::header::CONTENT_LENGTH;
+use hyper::Method;
 use palisade_raft::task::Shutdown;
+use tokio::io::AsyncWrite as _;
 use tokio::net::TcpStream;
 
+use crate::codec::{self, Chunked, CodecError, Framing, Head, RequestFraming, Step};
 use crate::response::{Body, BoxError};
 use crate::upstream::InFlight;
 
@@ -31,15 +36,20 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
 /// Idle connections kept per target by each worker; more are closed when they come back.
 pub const MAX_IDLE_PER_TARGET: usize = 256;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Read buffer growth: at least this much room before each read.
+const READ_ROOM: usize = 4 << 10;
+const READ_GROW: usize = 16 << 10;
+/// A request body is gathered up to this much before it is written.
+const WRITE_BATCH: usize = 64 << 10;
 
-pub type Driver = http1::Connection<TokioIo<TcpStream>, Body>;
-
-/// One upstream connection: the handle requests are sent on and the connection state machine
-/// that reads and writes the socket, polled by whoever holds it.
+/// One upstream connection and its buffers.
 pub struct Upstream {
-    send: http1::SendRequest<Body>,
-    /// `None` once it finished (closed by either side, or failed).
-    driver: Option<Driver>,
+    io: TcpStream,
+    /// What was read and not yet handed on: a response head, body bytes.
+    rbuf: BytesMut,
+    /// What is to be written, from `written` on.
+    wbuf: Vec<u8>,
+    written: usize,
     /// The target's address: the pool's key.
     key: Arc<str>,
     idle_since: Instant,
@@ -51,9 +61,40 @@ pub struct Upstream {
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-/// No response head arrived in time.
-#[derive(Debug)]
-pub struct TimedOut;
+/// What is left of a request body to send.
+pub struct Outgoing {
+    body: Body,
+    chunked: bool,
+}
+
+/// A response head and what is left to send of the request.
+pub struct Exchange {
+    pub head: Head,
+    out: Option<Outgoing>,
+}
+
+/// Why an exchange gave no response head.
+pub enum SendError {
+    /// The connection closed (or was reset) before a byte of the response arrived. `again` is
+    /// the request body when none of it was taken, so the request can go on another
+    /// connection; `left`: whether the whole request had been written.
+    Closed {
+        again: Option<Body>,
+        left: bool,
+        error: io::Error,
+    },
+    /// The request body failed: over the project's limit, or the client went away.
+    Body(BoxError),
+    /// The answer broke HTTP/1.1, or the connection failed during it.
+    Protocol(BoxError),
+    /// No response head within the response timeout.
+    TimedOut,
+}
+
+enum WriteError {
+    Io(io::Error),
+    Body(BoxError),
+}
 
 thread_local! {
     static IDLE: RefCell<foldhash::HashMap<Arc<str>, Vec<Upstream>>> = RefCell::default();
@@ -74,11 +115,8 @@ pub fn checkout(key: &str) -> Option<Upstream> {
     })
 }
 
-/// Hand a connection whose exchange ended back to this thread's pool.
+/// Hand a connection whose exchange ended cleanly back to this thread's pool.
 fn checkin(mut c: Upstream) {
-    if c.driver.is_none() {
-        return;
-    }
     c.idle_since = Instant::now();
     IDLE.with_borrow_mut(|idle| {
         let list = match idle.get_mut(&*c.key) {
@@ -110,114 +148,262 @@ pub async fn sweep(shutdown: Shutdown) {
 }
 
 impl Upstream {
-    /// HTTP/1.1 over a connected socket (the handshake sends nothing).
-    pub async fn handshake(io: TcpStream, key: Arc<str>) -> hyper::Result<Upstream> {
-        let (send, driver) = http1::Builder::new()
-            .max_buf_size(1 << 20)
-            .handshake(TokioIo::new(io))
-            .await?;
-        Ok(Upstream {
-            send,
-            driver: Some(driver),
+    /// A connection over a connected socket (HTTP/1.1 needs no handshake).
+    pub fn new(io: TcpStream, key: Arc<str>) -> Upstream {
+        Upstream {
+            io,
+            rbuf: BytesMut::new(),
+            wbuf: Vec::new(),
+            written: 0,
             key,
             idle_since: Instant::now(),
             reused: false,
             deadline: None,
-        })
-    }
-
-    /// The request handle and the connection, for an exchange that leaves the pool for good
-    /// (an upgrade, whose connection becomes a tunnel).
-    pub fn into_parts(mut self) -> (http1::SendRequest<Body>, Driver) {
-        let driver = self.driver.take().expect("a new connection has its driver");
-        (self.send, driver)
-    }
-
-    /// Poll the connection once without waiting: it reads what the upstream sent while it was
-    /// idle (a close, most often) and tells whether a request may go out now.
-    fn usable(&mut self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        if poll_driver(&mut self.driver, &self.key, &mut cx).is_ready() {
-            return false;
         }
-        matches!(self.send.poll_ready(&mut cx), Poll::Ready(Ok(())))
     }
 
-    /// Send `req` and drive the connection until the response head arrives, for at most
-    /// `within`. The request comes back in the error when it never left (the connection was
-    /// closed first), so it can be sent on another connection.
+    /// Whether the idle connection may carry a request: nothing unread, and a read that does not
+    /// wait finds neither a close nor stray bytes (tokio knows without a system call unless the
+    /// socket became readable since the last read).
+    fn usable(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        self.rbuf.is_empty()
+            && matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Send a request (`target`: its path and query) and read until the response head has
+    /// arrived, for at most `within`. The request body goes with the head when it is ready, and
+    /// on (in the response body) when it is not.
     pub async fn send(
         &mut self,
-        req: Request<Body>,
+        parts: &hyper::http::request::Parts,
+        target: &str,
+        body: Body,
         within: Duration,
-    ) -> Result<
-        Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>>,
-        TimedOut,
-    > {
+    ) -> Result<Exchange, SendError> {
+        let framing = RequestFraming::of(
+            body.is_end_stream(),
+            body.size_hint().exact(),
+            parts.headers.contains_key(CONTENT_LENGTH),
+        );
+        self.wbuf.clear();
+        self.written = 0;
+        codec::write_head(
+            &mut self.wbuf,
+            &parts.method,
+            target,
+            &parts.headers,
+            framing,
+        );
+        let mut out = match body.is_end_stream() {
+            true => None,
+            false => Some(Outgoing {
+                body,
+                chunked: framing == RequestFraming::Chunked,
+            }),
+        };
+        let head_request = parts.method == Method::HEAD;
         let at = tokio::time::Instant::now() + within;
-        let deadline = match &mut self.deadline {
-            Some(d) => {
+        let mut deadline = match self.deadline.take() {
+            Some(mut d) => {
                 d.as_mut().reset(at);
                 d
             }
-            none => none.insert(Box::pin(tokio::time::sleep_until(at))),
+            None => Box::pin(tokio::time::sleep_until(at)),
         };
-        let mut response = std::pin::pin!(self.send.try_send_request(req));
-        let (driver, key) = (&mut self.driver, &self.key);
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = response.as_mut().poll(cx) {
-                return Poll::Ready(Ok(r));
-            }
-            if driver.is_some() && poll_driver(driver, key, cx).is_ready() {
-                // The pending response learns it from the dropped connection.
-                if let Poll::Ready(r) = response.as_mut().poll(cx) {
-                    return Poll::Ready(Ok(r));
+        let (mut untouched, mut written, mut write_failed) = (true, false, None);
+        let result = std::future::poll_fn(|cx| {
+            if !written && write_failed.is_none() {
+                match self.poll_write(&mut out, &mut untouched, cx) {
+                    Poll::Ready(Ok(())) => written = true,
+                    Poll::Ready(Err(WriteError::Io(e))) => write_failed = Some(e),
+                    Poll::Ready(Err(WriteError::Body(e))) => {
+                        return Poll::Ready(Err(SendError::Body(e)))
+                    }
+                    Poll::Pending => {}
                 }
             }
+            // Read even while the request is going out: an upstream may answer early (a 413)
+            // and close.
+            loop {
+                if !self.rbuf.is_empty() {
+                    match codec::parse_head(&mut self.rbuf, head_request) {
+                        Ok(Some(head)) => return Poll::Ready(Ok(head)),
+                        Ok(None) => {}
+                        Err(e) => return Poll::Ready(Err(SendError::Protocol(e.into()))),
+                    }
+                }
+                let error = match self.poll_fill(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Ok(0)) => io::Error::from(io::ErrorKind::UnexpectedEof),
+                    Poll::Ready(Ok(_)) => continue,
+                    Poll::Ready(Err(e)) => e,
+                };
+                if !self.rbuf.is_empty() {
+                    // Part of a head, then the close.
+                    let e: BoxError = match error.kind() {
+                        io::ErrorKind::UnexpectedEof => CodecError::Truncated.into(),
+                        _ => error.into(),
+                    };
+                    return Poll::Ready(Err(SendError::Protocol(e)));
+                }
+                let again = match (untouched, out.take()) {
+                    (true, Some(o)) => Some(o.body),
+                    (true, None) => Some(crate::response::empty()),
+                    (false, _) => None,
+                };
+                return Poll::Ready(Err(SendError::Closed {
+                    again,
+                    left: written,
+                    error: write_failed.take().unwrap_or(error),
+                }));
+            }
             match deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(TimedOut)),
+                Poll::Ready(()) => Poll::Ready(Err(SendError::TimedOut)),
                 Poll::Pending => Poll::Pending,
             }
         })
-        .await
+        .await;
+        self.deadline = Some(deadline);
+        let mut head = result?;
+        if write_failed.is_some() {
+            // The upstream answered and stopped reading before it had the whole request: the
+            // connection ends with this exchange.
+            out = None;
+            head.keep_alive = false;
+        }
+        Ok(Exchange { head, out })
     }
-}
 
-/// Poll a connection's state machine; `Ready` once it has finished, when it is dropped (a
-/// request still waiting on it gets its error).
-fn poll_driver(driver: &mut Option<Driver>, key: &str, cx: &mut Context<'_>) -> Poll<()> {
-    let Some(d) = driver else {
-        return Poll::Ready(());
-    };
-    match Pin::new(d).poll(cx) {
-        Poll::Pending => Poll::Pending,
-        Poll::Ready(r) => {
-            if let Err(e) = r {
-                tracing::debug!(target = %key, error = %e, "upstream connection failed");
+    /// Write what is pending and what the request body has ready; `Ready(Ok)` once all of it,
+    /// the body's end included, has been written. `untouched` turns false once a body frame
+    /// has been taken.
+    fn poll_write(
+        &mut self,
+        out: &mut Option<Outgoing>,
+        untouched: &mut bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), WriteError>> {
+        loop {
+            // Gather what the body has ready behind the head, so a small body leaves with it.
+            while self.wbuf.len() - self.written < WRITE_BATCH {
+                let Some(o) = out else { break };
+                match Pin::new(&mut o.body).poll_frame(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(None) => {
+                        if o.chunked {
+                            self.wbuf.extend_from_slice(codec::LAST_CHUNK);
+                        }
+                        *out = None;
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(WriteError::Body(e))),
+                    Poll::Ready(Some(Ok(frame))) => {
+                        *untouched = false;
+                        // Trailers are not sent upstream.
+                        if let Ok(data) = frame.into_data() {
+                            match (o.chunked, data.is_empty()) {
+                                (_, true) => {}
+                                (true, false) => codec::write_chunk(&mut self.wbuf, &data),
+                                (false, false) => self.wbuf.extend_from_slice(&data),
+                            }
+                        }
+                    }
+                }
             }
-            *driver = None;
-            Poll::Ready(())
+            if self.written == self.wbuf.len() {
+                return match out {
+                    None => Poll::Ready(Ok(())),
+                    Some(_) => Poll::Pending,
+                };
+            }
+            while self.written < self.wbuf.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &self.wbuf[self.written..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(WriteError::Io(io::ErrorKind::WriteZero.into())))
+                    }
+                    Poll::Ready(Ok(n)) => self.written += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(WriteError::Io(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            self.wbuf.clear();
+            self.written = 0;
+            if out.is_none() {
+                return Poll::Ready(Ok(()));
+            }
         }
     }
+
+    /// Read into the read buffer; `Ready(Ok(0))` at the upstream's close.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_ROOM {
+            self.rbuf.reserve(READ_GROW);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
+    }
 }
 
-/// A response body from a pooled connection: polling it drives the connection, and the
-/// connection returns to the pool when the body has ended (an unfinished one is closed).
+/// A response body from a pooled connection: polling it reads the connection (and finishes
+/// sending the request body), and the connection returns to the pool when the body has ended.
 pub struct Driven {
-    body: Incoming,
     conn: Option<Upstream>,
-    ended: bool,
+    state: State,
+    out: Option<Outgoing>,
+    keep_alive: bool,
     _inflight: InFlight,
 }
 
+enum State {
+    Length(u64),
+    Chunked(Chunked),
+    Close,
+    Done,
+}
+
+/// One poll's finding.
+enum Found {
+    Data(Bytes, bool),
+    End,
+    Read,
+    Failed(BoxError),
+}
+
 impl Driven {
-    pub fn new(body: Incoming, conn: Upstream, inflight: InFlight) -> Driven {
-        Driven {
-            body,
+    pub fn new(conn: Upstream, x: Exchange, inflight: InFlight) -> Driven {
+        let state = match x.head.framing {
+            Framing::Empty => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::Chunked(Chunked::default()),
+            Framing::Close => State::Close,
+        };
+        let mut d = Driven {
             conn: Some(conn),
-            ended: false,
+            state,
+            out: x.out,
+            keep_alive: x.head.keep_alive,
             _inflight: inflight,
+        };
+        if matches!(d.state, State::Done) {
+            d.finish();
         }
+        d
+    }
+
+    /// The body has ended: the connection goes back if it may carry another request, with
+    /// the whole request sent and nothing unread behind the response.
+    fn finish(&mut self) {
+        self.state = State::Done;
+        if let Some(c) = self.conn.take() {
+            if self.keep_alive && self.out.is_none() && c.rbuf.is_empty() {
+                checkin(c);
+            }
+        }
+    }
+
+    fn fail(&mut self, e: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.conn = None;
+        self.state = State::Done;
+        Poll::Ready(Some(Err(e)))
     }
 }
 
@@ -230,34 +416,73 @@ impl hyper::body::Body for Driven {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if let Some(c) = &mut this.conn {
-            // Reads the socket into the body's channel (and finishes writing the request body).
-            let _ = poll_driver(&mut c.driver, &c.key, cx);
+        loop {
+            let Some(c) = &mut this.conn else {
+                return Poll::Ready(None);
+            };
+            if this.out.is_some() {
+                let mut untouched = false;
+                if let Poll::Ready(Err(_)) = c.poll_write(&mut this.out, &mut untouched, cx) {
+                    // The upstream answered and stopped reading: this connection ends here.
+                    this.out = None;
+                    this.keep_alive = false;
+                }
+            }
+            let found = match &mut this.state {
+                State::Done => Found::End,
+                State::Length(_) | State::Close if c.rbuf.is_empty() => Found::Read,
+                State::Length(left) => {
+                    let n = c
+                        .rbuf
+                        .len()
+                        .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= n as u64;
+                    Found::Data(c.rbuf.split_to(n).freeze(), *left == 0)
+                }
+                State::Close => Found::Data(c.rbuf.split().freeze(), false),
+                State::Chunked(dec) => match dec.decode(&mut c.rbuf) {
+                    Ok(Step::Data(d)) => Found::Data(d, false),
+                    Ok(Step::End) => Found::End,
+                    Ok(Step::More) => Found::Read,
+                    Err(e) => Found::Failed(e.into()),
+                },
+            };
+            match found {
+                Found::Data(d, last) => {
+                    if last {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(d))));
+                }
+                Found::End => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Found::Failed(e) => return this.fail(e),
+                Found::Read => match c.poll_fill(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(0)) if matches!(this.state, State::Close) => {
+                        this.keep_alive = false;
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Poll::Ready(Ok(0)) => return this.fail(CodecError::Truncated.into()),
+                    Poll::Ready(Ok(_)) => continue,
+                    Poll::Ready(Err(e)) => return this.fail(e.into()),
+                },
+            }
         }
-        let r = Pin::new(&mut this.body).poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => this.ended = true,
-            Poll::Ready(Some(Err(_))) => this.conn = None,
-            _ => {}
-        }
-        r.map_err(BoxError::from)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || self.body.is_end_stream()
+        matches!(self.state, State::Done)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for Driven {
-    fn drop(&mut self) {
-        if let Some(c) = self.conn.take() {
-            if self.ended || hyper::body::Body::is_end_stream(&self.body) {
-                checkin(c);
-            }
+        match self.state {
+            State::Length(n) => SizeHint::with_exact(n),
+            State::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
         }
     }
 }

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 use crate::conn_limits::{tunnel, Hold};
 use crate::egress::{refusal_in, Connector, Egress};
-use crate::pool::{self, Driven, Upstream};
+use crate::pool::{self, Driven, SendError, Upstream};
 use crate::response::{empty, error_page, Body, BoxError};
 use crate::upstream::{InFlight, Target};
 use crate::view::Route;
@@ -109,15 +109,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE)
-        && headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+    headers.contains_key(UPGRADE) && crate::codec::has_token(headers, CONNECTION, "upgrade")
 }
 
 fn has_body(headers: &HeaderMap) -> bool {
@@ -332,7 +324,6 @@ impl Proxy {
                 h.insert(hyper::header::FORWARDED, v);
             }
         }
-        parts.uri = origin_form(std::mem::take(&mut parts.uri));
         // Always HTTP/1.1 upstream, whatever the client spoke.
         parts.version = hyper::Version::HTTP_11;
         // A request without a body (most) sends an empty one: nothing to box or limit.
@@ -342,10 +333,11 @@ impl Proxy {
                 .map_err(BoxError::from)
                 .boxed(),
         };
-        let mut out = Some(Request::from_parts(parts, body));
+        let mut body = Some(body);
 
         let mut tried: Vec<Arc<Target>> = Vec::new();
-        // A request the closed connection never carried goes once more, on a new connection.
+        // A request the closed connection did not answer goes once more, on a new connection,
+        // when none of it was processed: it never left whole, or it may be repeated.
         let mut resent = false;
         loop {
             let Some(inflight) = route.upstreams.pick(&tried) else {
@@ -382,52 +374,63 @@ impl Proxy {
                             return UpstreamError::Connect.answer(&fwd);
                         }
                     };
-                    match Upstream::handshake(io, target.addr.clone()).await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::debug!(target = %target.addr, error = %e, "upstream handshake failed");
-                            return UpstreamError::Protocol.answer(&fwd);
-                        }
+                    if upgrade {
+                        parts.uri = origin_form(std::mem::take(&mut parts.uri));
+                        let req = Request::from_parts(parts, body.take().unwrap_or_else(empty));
+                        return self
+                            .tunnel(io, req, inflight, client_upgrade, hold, &fwd)
+                            .await;
                     }
+                    Upstream::new(io, target.addr.clone())
                 }
             };
-            let req = out.take().expect("a request is sent once, or comes back");
-            if upgrade {
-                return self
-                    .tunnel(conn, req, inflight, client_upgrade, hold, &fwd)
-                    .await;
-            }
-            match conn.send(req, self.timeouts.response).await {
-                Err(_) => return UpstreamError::Timeout.answer(&fwd),
-                Ok(Err(mut e)) => {
-                    if let Some(back) = e.take_message() {
-                        if !resent {
-                            tracing::debug!(target = %target.addr, reused = conn.reused, "upstream connection closed before the request left; sending it on a new one");
-                            out = Some(back);
-                            resent = true;
-                            continue;
-                        }
-                    }
-                    return self.failed(e.into_error(), &target, &fwd);
-                }
-                Ok(Ok(resp)) => {
-                    let (mut p, b) = resp.into_parts();
-                    strip_hop_by_hop(&mut p.headers);
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let b = body
+                .take()
+                .expect("a request body is sent once, or comes back");
+            match conn.send(&parts, path, b, self.timeouts.response).await {
+                Ok(mut x) => {
+                    let status = x.head.status;
+                    let mut headers = std::mem::take(&mut x.head.headers);
+                    strip_hop_by_hop(&mut headers);
                     // The in-flight count lasts until the response body is done.
-                    return Response::from_parts(p, Driven::new(b, conn, inflight).boxed());
+                    let mut resp = Response::new(Driven::new(conn, x, inflight).boxed());
+                    *resp.status_mut() = status;
+                    *resp.headers_mut() = headers;
+                    return resp;
+                }
+                Err(SendError::TimedOut) => return UpstreamError::Timeout.answer(&fwd),
+                Err(SendError::Body(e)) => {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
+                    {
+                        return UpstreamError::BodyTooLarge.answer(&fwd);
+                    }
+                    tracing::debug!(target = %target.addr, error = %e, "request body failed");
+                    return UpstreamError::Protocol.answer(&fwd);
+                }
+                Err(SendError::Protocol(e)) => {
+                    tracing::debug!(target = %target.addr, error = %e, "upstream answer failed");
+                    return UpstreamError::Protocol.answer(&fwd);
+                }
+                Err(SendError::Closed { again, left, error }) => {
+                    if let Some(b) =
+                        again.filter(|_| !resent && (!left || retryable && conn.reused))
+                    {
+                        tracing::debug!(target = %target.addr, reused = conn.reused, error = %error, "upstream connection closed before answering; sending the request on a new one");
+                        body = Some(b);
+                        resent = true;
+                        continue;
+                    }
+                    tracing::debug!(target = %target.addr, error = %error, "upstream connection closed before answering");
+                    return UpstreamError::Protocol.answer(&fwd);
                 }
             }
         }
     }
 
-    /// The answer to an exchange that failed after the request left.
+    /// The answer to an upgrade exchange that failed after the request left.
     fn failed(&self, e: hyper::Error, target: &Target, fwd: &Forwarded<'_>) -> Response<Body> {
-        let too_large = std::error::Error::source(&e)
-            .and_then(|s| s.downcast_ref::<http_body_util::LengthLimitError>())
-            .is_some();
-        if too_large {
-            return UpstreamError::BodyTooLarge.answer(fwd);
-        }
         tracing::debug!(target = %target.addr, error = %e, "upstream request failed");
         UpstreamError::Protocol.answer(fwd)
     }
@@ -437,14 +440,20 @@ impl Proxy {
     /// returned as it is.
     async fn tunnel(
         &self,
-        conn: Upstream,
+        io: TcpStream,
         req: Request<Body>,
         inflight: InFlight,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         hold: Option<Hold>,
         fwd: &Forwarded<'_>,
     ) -> Response<Body> {
-        let (mut send, driver) = conn.into_parts();
+        let (mut send, driver) = match hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+        {
+            Ok(x) => x,
+            Err(e) => return self.failed(e, inflight.target(), fwd),
+        };
         // The upgraded socket comes out of the connection when it finishes: it runs as a task.
         tokio::spawn(async move {
             if let Err(e) = driver.with_upgrades().await {

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use palisade_raft::task::Shutdown;
@@ -201,7 +200,7 @@ async fn serve_conn<S>(
         }
         async move {
             let resp = pipeline.handle(req, conn).await;
-            Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked::wrap(body, flight).boxed()))
+            Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked::wrap(body, flight)))
         }
     });
     let fut = watcher.watch(

@@ -15,7 +15,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use openraft::storage::RaftStateMachine;
@@ -37,13 +38,14 @@ const WARMUP: u64 = 300;
 const MEASURED: u64 = 3_000;
 
 /// Most allocations one proxied request may make on the worker, over plain HTTP and over HTTPS
-/// (the test prints the measured counts). Measured when set: 8.1 and 11.1. Of those 8, six are
-/// hyper's (the server's and the client's head parsed out of their read buffers, which then
-/// grow again; the client's response channel and body channel) and two box the response body
-/// (the upstream's, then the in-flight tracking); TLS adds rustls's three (its vectored write's
-/// slice list and record buffers).
-const MAX_PER_REQUEST_HTTP: f64 = 9.0;
-const MAX_PER_REQUEST_HTTPS: f64 = 12.0;
+/// (the test prints the measured counts; `ALLOC_SITES=N` also prints where each allocation of N
+/// more requests was made). Measured when set: 5.1 and 8.1. Of those 5, two are hyper's server
+/// (the request head split from its read buffer, which is then grown again), two the response
+/// head's header map (its index and its entries, sized once for the fields the edge adds), and
+/// one boxes the response body; TLS adds rustls's three (the received plaintext, the vectored
+/// write's slice list, the record buffer).
+const MAX_PER_REQUEST_HTTP: f64 = 6.0;
+const MAX_PER_REQUEST_HTTPS: f64 = 9.0;
 
 /// The system allocator, counting the allocations (and reallocations) of edge worker threads.
 struct Counting;
@@ -74,7 +76,34 @@ fn on_edge_worker() -> bool {
 fn counted() {
     if on_edge_worker() {
         WORKER_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        if TRACING.load(Ordering::Relaxed) {
+            trace_site();
+        }
     }
+}
+
+/// Whether worker allocations are being traced to their call sites (`ALLOC_SITES=N`).
+static TRACING: AtomicBool = AtomicBool::new(false);
+static SITES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Record where this allocation was made: the frames of the edge's and its libraries' code, with
+/// this thread's allocations meanwhile left uncounted (role 1).
+fn trace_site() {
+    let _ = ROLE.try_with(|role| {
+        role.set(1);
+        let trace = std::backtrace::Backtrace::force_capture().to_string();
+        let frames: Vec<&str> = trace
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("at "))
+            .map(|l| l.split_once(": ").map_or(l, |(_, f)| f))
+            .skip_while(|f| !f.contains("__rust_alloc") && !f.contains("__rust_realloc"))
+            .skip(1)
+            .filter(|f| !f.starts_with("alloc::") && !f.starts_with("core::"))
+            .take(18)
+            .collect();
+        SITES.lock().unwrap().push(frames.join("\n    "));
+        role.set(2);
+    });
 }
 
 // SAFETY: every call is passed unchanged to the system allocator; counting touches only an
@@ -231,6 +260,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 }
 
+/// Print the traced allocation sites, the most frequent first, as counts per request over `n`.
+fn print_sites(n: u64) {
+    let mut sites = std::mem::take(&mut *SITES.lock().unwrap());
+    sites.sort();
+    let mut counted: Vec<(usize, String)> = Vec::new();
+    for s in sites {
+        match counted.last_mut() {
+            Some((k, last)) if *last == s => *k += 1,
+            _ => counted.push((1, s)),
+        }
+    }
+    counted.sort_by_key(|&(k, _)| std::cmp::Reverse(k));
+    println!("allocation sites over {n} requests:");
+    for (k, s) in counted {
+        println!("{:6.2} per request\n    {s}", k as f64 / n as f64);
+    }
+}
+
 /// Allocations on the edge worker per request, over `MEASURED` requests after `WARMUP`.
 async fn per_request<S: AsyncRead + AsyncWrite + Unpin>(io: S) -> f64 {
     let mut c = Client {
@@ -245,6 +292,17 @@ async fn per_request<S: AsyncRead + AsyncWrite + Unpin>(io: S) -> f64 {
         assert_eq!(c.get().await, 200);
     }
     let after = WORKER_ALLOCATIONS.load(Ordering::Relaxed);
+    if let Some(n) = std::env::var("ALLOC_SITES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        TRACING.store(true, Ordering::Relaxed);
+        for _ in 0..n {
+            assert_eq!(c.get().await, 200);
+        }
+        TRACING.store(false, Ordering::Relaxed);
+        print_sites(n);
+    }
     (after - before) as f64 / MEASURED as f64
 }
 
