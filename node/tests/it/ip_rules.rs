@@ -211,6 +211,18 @@ fn lists_decide_exactly_at_their_boundaries_in_order_on_every_node() {
         );
         assert!(text.contains(&series), "{series} missing from:\n{text}");
     }
+    // Request durations are histograms with fixed buckets (which add up across nodes), not
+    // per-node summaries.
+    for line in [
+        "palisade_request_duration_seconds_bucket{le=\"0.0005\"}",
+        "palisade_request_duration_seconds_bucket{le=\"+Inf\"}",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    assert!(
+        !text.contains("palisade_request_duration_seconds{quantile="),
+        "request durations are still a summary:\n{text}"
+    );
 
     // Every change is in the audit log, with the key that made it.
     let audit = c.get(2, "/v1/audit?action=ip_rule.add&limit=1000").unwrap();
