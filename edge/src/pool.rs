@@ -39,6 +39,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Read buffer growth: at least this much room before each read.
 const READ_ROOM: usize = 4 << 10;
 const READ_GROW: usize = 16 << 10;
+/// An idle connection's buffers larger than this are let go.
+const KEPT_BUFFER: usize = 32 << 10;
 /// A request body is gathered up to this much before it is written.
 const WRITE_BATCH: usize = 64 << 10;
 
@@ -50,6 +52,8 @@ pub struct Upstream {
     /// What is to be written, from `written` on.
     wbuf: Vec<u8>,
     written: usize,
+    /// Whether the socket has taken any byte of the current request.
+    started: bool,
     /// The target's address: the pool's key.
     key: Arc<str>,
     idle_since: Instant,
@@ -75,12 +79,13 @@ pub struct Exchange {
 
 /// Why an exchange gave no response head.
 pub enum SendError {
-    /// The connection closed (or was reset) before a byte of the response arrived. `again` is
-    /// the request body when none of it was taken, so the request can go on another
-    /// connection; `left`: whether the whole request had been written.
+    /// The connection closed (or was reset) before a byte of the response arrived (an interim
+    /// 1xx counts as one). `again` is the request body when none of it was taken, so the
+    /// request can go on another connection; `unsent`: whether the socket took no byte of the
+    /// request at all, so the upstream cannot have acted on it.
     Closed {
         again: Option<Body>,
-        left: bool,
+        unsent: bool,
         error: io::Error,
     },
     /// The request body failed: over the project's limit, or the client went away.
@@ -118,6 +123,13 @@ pub fn checkout(key: &str) -> Option<Upstream> {
 /// Hand a connection whose exchange ended cleanly back to this thread's pool.
 fn checkin(mut c: Upstream) {
     c.idle_since = Instant::now();
+    // An idle connection keeps small buffers, whatever its last exchange needed.
+    if c.wbuf.capacity() > KEPT_BUFFER {
+        c.wbuf = Vec::new();
+    }
+    if c.rbuf.capacity() > KEPT_BUFFER {
+        c.rbuf = BytesMut::new();
+    }
     IDLE.with_borrow_mut(|idle| {
         let list = match idle.get_mut(&*c.key) {
             Some(list) => list,
@@ -155,6 +167,7 @@ impl Upstream {
             rbuf: BytesMut::new(),
             wbuf: Vec::new(),
             written: 0,
+            started: false,
             key,
             idle_since: Instant::now(),
             reused: false,
@@ -188,6 +201,7 @@ impl Upstream {
         );
         self.wbuf.clear();
         self.written = 0;
+        self.started = false;
         codec::write_head(
             &mut self.wbuf,
             &parts.method,
@@ -212,6 +226,8 @@ impl Upstream {
             None => Box::pin(tokio::time::sleep_until(at)),
         };
         let (mut untouched, mut written, mut write_failed) = (true, false, None);
+        // Whether any byte of an answer arrived, interim ones included.
+        let mut answered = false;
         let result = std::future::poll_fn(|cx| {
             if !written && write_failed.is_none() {
                 match self.poll_write(&mut out, &mut untouched, cx) {
@@ -236,11 +252,15 @@ impl Upstream {
                 let error = match self.poll_fill(cx) {
                     Poll::Pending => break,
                     Poll::Ready(Ok(0)) => io::Error::from(io::ErrorKind::UnexpectedEof),
-                    Poll::Ready(Ok(_)) => continue,
+                    Poll::Ready(Ok(_)) => {
+                        answered = true;
+                        continue;
+                    }
                     Poll::Ready(Err(e)) => e,
                 };
-                if !self.rbuf.is_empty() {
-                    // Part of a head, then the close.
+                if answered {
+                    // Part of a head, or an interim answer, then the close: the upstream had
+                    // the request.
                     let e: BoxError = match error.kind() {
                         io::ErrorKind::UnexpectedEof => CodecError::Truncated.into(),
                         _ => error.into(),
@@ -254,7 +274,7 @@ impl Upstream {
                 };
                 return Poll::Ready(Err(SendError::Closed {
                     again,
-                    left: written,
+                    unsent: !self.started,
                     error: write_failed.take().unwrap_or(error),
                 }));
             }
@@ -268,8 +288,10 @@ impl Upstream {
         let mut head = result?;
         if write_failed.is_some() {
             // The upstream answered and stopped reading before it had the whole request: the
-            // connection ends with this exchange.
+            // connection ends with this exchange, and the rest of the request is not sent.
             out = None;
+            self.wbuf.clear();
+            self.written = 0;
             head.keep_alive = false;
         }
         Ok(Exchange { head, out })
@@ -321,7 +343,10 @@ impl Upstream {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(WriteError::Io(io::ErrorKind::WriteZero.into())))
                     }
-                    Poll::Ready(Ok(n)) => self.written += n,
+                    Poll::Ready(Ok(n)) => {
+                        self.written += n;
+                        self.started = true;
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(WriteError::Io(e))),
                     Poll::Pending => return Poll::Pending,
                 }
@@ -332,6 +357,12 @@ impl Upstream {
                 return Poll::Ready(Ok(()));
             }
         }
+    }
+
+    /// Whether bytes of the request are still to be written (the body's, or the end of its head
+    /// when the upstream answered early).
+    fn writing(&self, out: &Option<Outgoing>) -> bool {
+        out.is_some() || self.written < self.wbuf.len()
     }
 
     /// Read into the read buffer; `Ready(Ok(0))` at the upstream's close.
@@ -394,7 +425,7 @@ impl Driven {
     fn finish(&mut self) {
         self.state = State::Done;
         if let Some(c) = self.conn.take() {
-            if self.keep_alive && self.out.is_none() && c.rbuf.is_empty() {
+            if self.keep_alive && !c.writing(&self.out) && c.rbuf.is_empty() {
                 checkin(c);
             }
         }
@@ -420,12 +451,18 @@ impl hyper::body::Body for Driven {
             let Some(c) = &mut this.conn else {
                 return Poll::Ready(None);
             };
-            if this.out.is_some() {
+            if c.writing(&this.out) {
                 let mut untouched = false;
-                if let Poll::Ready(Err(_)) = c.poll_write(&mut this.out, &mut untouched, cx) {
+                match c.poll_write(&mut this.out, &mut untouched, cx) {
                     // The upstream answered and stopped reading: this connection ends here.
-                    this.out = None;
-                    this.keep_alive = false;
+                    Poll::Ready(Err(WriteError::Io(_))) => {
+                        this.out = None;
+                        this.keep_alive = false;
+                    }
+                    // The client's body failed (over the limit, or the client left): closing
+                    // the connection tells the upstream it will not get the rest.
+                    Poll::Ready(Err(WriteError::Body(e))) => return this.fail(e),
+                    Poll::Ready(Ok(())) | Poll::Pending => {}
                 }
             }
             let found = match &mut this.state {

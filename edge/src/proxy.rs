@@ -337,7 +337,8 @@ impl Proxy {
 
         let mut tried: Vec<Arc<Target>> = Vec::new();
         // A request the closed connection did not answer goes once more, on a new connection,
-        // when none of it was processed: it never left whole, or it may be repeated.
+        // when the upstream cannot have acted on it (the socket took none of it) or it may be
+        // repeated (idempotent, without a body, on a reused connection: the keep-alive race).
         let mut resent = false;
         loop {
             let Some(inflight) = route.upstreams.pick(&tried) else {
@@ -384,11 +385,16 @@ impl Proxy {
                     Upstream::new(io, target.addr.clone())
                 }
             };
-            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            // Origin form: an absolute-form `http://a?x=1` has the query without a path.
+            let path = match parts.uri.path_and_query().map(|p| p.as_str()) {
+                Some(p) if p.starts_with('/') || p == "*" => std::borrow::Cow::Borrowed(p),
+                Some(p) => std::borrow::Cow::Owned(format!("/{p}")),
+                None => std::borrow::Cow::Borrowed("/"),
+            };
             let b = body
                 .take()
                 .expect("a request body is sent once, or comes back");
-            match conn.send(&parts, path, b, self.timeouts.response).await {
+            match conn.send(&parts, &path, b, self.timeouts.response).await {
                 Ok(mut x) => {
                     let status = x.head.status;
                     let mut headers = std::mem::take(&mut x.head.headers);
@@ -413,9 +419,13 @@ impl Proxy {
                     tracing::debug!(target = %target.addr, error = %e, "upstream answer failed");
                     return UpstreamError::Protocol.answer(&fwd);
                 }
-                Err(SendError::Closed { again, left, error }) => {
+                Err(SendError::Closed {
+                    again,
+                    unsent,
+                    error,
+                }) => {
                     if let Some(b) =
-                        again.filter(|_| !resent && (!left || retryable && conn.reused))
+                        again.filter(|_| !resent && (unsent || retryable && conn.reused))
                     {
                         tracing::debug!(target = %target.addr, reused = conn.reused, error = %error, "upstream connection closed before answering; sending the request on a new one");
                         body = Some(b);

@@ -222,9 +222,12 @@ async fn a_connection_closed_without_an_answer_gives_the_request_back() {
         )
         .await;
     match sent {
-        Err(palisade_edge::pool::SendError::Closed { again, left, .. }) => {
+        Err(palisade_edge::pool::SendError::Closed { again, unsent, .. }) => {
             assert!(again.is_some(), "the body comes back");
-            assert!(left, "the request had been written");
+            assert!(
+                !unsent,
+                "the socket took the request: the upstream may have acted on it"
+            );
         }
         Err(_) => panic!("another error than the close"),
         Ok(x) => panic!("an answer from nothing: {}", x.head.status),
@@ -234,6 +237,85 @@ async fn a_connection_closed_without_an_answer_gives_the_request_back() {
         .await
         .unwrap();
     let mut conn = Upstream::new(io, "127.0.0.1:1".into());
+    let sent = conn
+        .send(
+            &parts,
+            "/",
+            palisade_edge::response::empty(),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(matches!(
+        sent,
+        Err(palisade_edge::pool::SendError::Protocol(_))
+    ));
+}
+
+#[tokio::test]
+async fn an_early_answer_does_not_pool_a_connection_with_the_request_still_going_out() {
+    // The upstream reads the head alone, answers a keep-alive 401 and stops reading; the socket
+    // buffers are small, so most of the 60 KiB body is still in the edge's buffer. Put back in
+    // the pool, the connection would hand the rest of this body to the upstream as the start
+    // of the next request.
+    let listener = tokio::net::TcpSocket::new_v4().unwrap();
+    listener.set_recv_buffer_size(4096).unwrap();
+    listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = listener.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 512];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&b[..n]),
+            }
+        }
+        s.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    let io = socket.connect(addr).await.unwrap();
+    let key = addr.to_string();
+    let mut conn = Upstream::new(io, key.as_str().into());
+    let body = http_body_util::Full::new(Bytes::from(vec![b'x'; 60 << 10]))
+        .map_err(|never| match never {})
+        .boxed();
+    let (parts, ()) = Request::post("/upload")
+        .header("host", "a.test")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let x = match conn
+        .send(&parts, "/upload", body, Duration::from_secs(5))
+        .await
+    {
+        Ok(x) => x,
+        Err(_) => panic!("the 401 is an answer"),
+    };
+    assert_eq!(x.head.status, 401);
+    let group = UpstreamGroup::new(std::slice::from_ref(&key));
+    let answer = Driven::new(conn, x, group.pick(&[]).unwrap());
+    let _ = tokio::time::timeout(Duration::from_millis(500), answer.collect()).await;
+    assert!(
+        palisade_edge::pool::checkout(&key).is_none(),
+        "a connection with part of its request unsent went back to the pool"
+    );
+}
+
+#[tokio::test]
+async fn an_interim_answer_then_a_close_is_not_a_reason_to_resend() {
+    // A 100 Continue proves the upstream had the request: the close after it is a failed
+    // exchange, not one the request may simply go again after.
+    let io = TcpStream::connect(serve_once(b"HTTP/1.1 100 Continue\r\n\r\n").await)
+        .await
+        .unwrap();
+    let mut conn = Upstream::new(io, "127.0.0.1:1".into());
+    let (parts, ()) = Request::get("/").body(()).unwrap().into_parts();
     let sent = conn
         .send(
             &parts,
