@@ -1,7 +1,8 @@
 //! Forwarding to upstreams: keep-alive connections from the worker's own pool ([`crate::pool`]),
 //! bodies streamed both ways, retries on another target only for connect failures of
-//! idempotent requests without a body (and, for any request, once on a new connection when the
-//! pooled one closed before the request left), WebSocket and other upgrades tunnelled.
+//! idempotent requests without a body (and once on a new connection when a connection closed
+//! without answering and the upstream cannot have acted on the request, or it may be
+//! repeated), WebSocket and other upgrades tunnelled.
 
 use std::net::IpAddr;
 use std::sync::Arc;
