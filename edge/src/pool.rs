@@ -75,6 +75,8 @@ pub struct Outgoing {
 pub struct Exchange {
     pub head: Head,
     out: Option<Outgoing>,
+    /// The response timeout, which then bounds each wait for more of the body.
+    within: Duration,
 }
 
 /// Why an exchange gave no response head.
@@ -294,7 +296,7 @@ impl Upstream {
             self.written = 0;
             head.keep_alive = false;
         }
-        Ok(Exchange { head, out })
+        Ok(Exchange { head, out, within })
     }
 
     /// Write what is pending and what the request body has ready; `Ready(Ok)` once all of it,
@@ -381,6 +383,11 @@ pub struct Driven {
     state: State,
     out: Option<Outgoing>,
     keep_alive: bool,
+    /// The longest wait for the next bytes of the body (as nginx's `proxy_read_timeout`):
+    /// an upstream that stalls mid-body does not hold the request for ever.
+    within: Duration,
+    /// Whether bytes arrived since the connection's deadline was last moved on.
+    moved: bool,
     _inflight: InFlight,
 }
 
@@ -412,6 +419,8 @@ impl Driven {
             state,
             out: x.out,
             keep_alive: x.head.keep_alive,
+            within: x.within,
+            moved: true,
             _inflight: inflight,
         };
         if matches!(d.state, State::Done) {
@@ -497,14 +506,36 @@ impl hyper::body::Body for Driven {
                 }
                 Found::Failed(e) => return this.fail(e),
                 Found::Read => match c.poll_fill(cx) {
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        // Waiting for the upstream: at most `within` since its last bytes. The
+                        // deadline moves only when a wait begins after progress, so a body that
+                        // arrives in one read never touches the timer.
+                        let Some(deadline) = c.deadline.as_mut() else {
+                            return Poll::Pending;
+                        };
+                        if std::mem::take(&mut this.moved) {
+                            deadline
+                                .as_mut()
+                                .reset(tokio::time::Instant::now() + this.within);
+                        }
+                        return match deadline.as_mut().poll(cx) {
+                            Poll::Ready(()) => this.fail(Box::new(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "the upstream sent no more of its answer within the response timeout",
+                            ))),
+                            Poll::Pending => Poll::Pending,
+                        };
+                    }
                     Poll::Ready(Ok(0)) if matches!(this.state, State::Close) => {
                         this.keep_alive = false;
                         this.finish();
                         return Poll::Ready(None);
                     }
                     Poll::Ready(Ok(0)) => return this.fail(CodecError::Truncated.into()),
-                    Poll::Ready(Ok(_)) => continue,
+                    Poll::Ready(Ok(_)) => {
+                        this.moved = true;
+                        continue;
+                    }
                     Poll::Ready(Err(e)) => return this.fail(e.into()),
                 },
             }

@@ -329,3 +329,59 @@ async fn an_interim_answer_then_a_close_is_not_a_reason_to_resend() {
         Err(palisade_edge::pool::SendError::Protocol(_))
     ));
 }
+
+#[tokio::test]
+async fn an_upstream_stalling_mid_body_is_cut_off_after_the_response_timeout() {
+    // Half the body, then silence with the connection held open: the body fails once no byte
+    // has come for the response timeout, rather than holding the request for ever.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut b = [0u8; 1024];
+        let _ = s.read(&mut b).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01")
+            .await
+            .unwrap();
+        // More every 250 ms, a second in all: longer than one timeout after the head, but never
+        // one timeout after the last bytes. The wait is per read, not for the whole body.
+        for more in [&b"23"[..], b"45", b"67", b"8"] {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            s.write_all(more).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    });
+    let io = TcpStream::connect(addr).await.unwrap();
+    let mut conn = Upstream::new(io, "127.0.0.1:1".into());
+    let (parts, ()) = Request::get("/").body(()).unwrap().into_parts();
+    let within = Duration::from_millis(500);
+    let x = match conn
+        .send(&parts, "/", palisade_edge::response::empty(), within)
+        .await
+    {
+        Ok(x) => x,
+        Err(_) => panic!("the head is an answer"),
+    };
+    let group = UpstreamGroup::new(&["127.0.0.1:1".to_string()]);
+    let mut body = Driven::new(conn, x, group.pick(&[]).unwrap());
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let failed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), body.frame()).await {
+            Err(_) => panic!("the stalled body was not cut off"),
+            Ok(None) => panic!("a body of 10 bytes ended after {got:?}"),
+            Ok(Some(Ok(f))) => got.extend_from_slice(f.data_ref().unwrap()),
+            Ok(Some(Err(e))) => break e,
+        }
+    };
+    assert_eq!(
+        got, b"012345678",
+        "what came before the stall was passed on"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
+        "cut off after {took:?}: one timeout after the last bytes, not after the head"
+    );
+    assert!(failed.to_string().contains("response timeout"), "{failed}");
+}
