@@ -47,6 +47,8 @@ pub enum CodecError {
     Chunk(&'static str),
     #[error("the upstream closed the connection before the body's end")]
     Truncated,
+    #[error("the client closed the connection before the request body's end")]
+    TruncatedRequest,
 }
 
 /// How the request body goes upstream.

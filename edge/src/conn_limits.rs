@@ -13,7 +13,8 @@
 //!
 //! All of these are one deadline per connection, looked at by the connection's watchdog
 //! ([`Activity::verdict`]) when it falls due and moved on from there: no timer is set up per
-//! request. [`Watched`] tells the [`Activity`] whether the connection speaks HTTP/1.
+//! request. The listener tells the [`Activity`] when a connection turns out to speak HTTP/1
+//! (its first request head, read by [`crate::h1`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -289,7 +290,7 @@ pub struct Activity {
     inflight: AtomicU32,
     /// Milliseconds after `start` when the last request in flight ended.
     last_done_ms: AtomicU64,
-    /// Set once the connection's first bytes show HTTP/1 (not the h2 preface).
+    /// Set once the connection's first request head shows HTTP/1.
     http1: AtomicBool,
 }
 
@@ -360,89 +361,6 @@ impl Drop for InFlight {
         let ms = a.start.elapsed().as_millis() as u64;
         a.last_done_ms.fetch_max(ms, Ordering::AcqRel);
         a.inflight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A client connection's socket, telling its [`Activity`] whether the connection speaks HTTP/1:
-/// anything but the HTTP/2 preface as its first bytes (as hyper tells the two apart, whatever
-/// ALPN said).
-pub struct Watched<S> {
-    io: S,
-    activity: Arc<Activity>,
-    /// How many bytes of the HTTP/2 preface the connection's first bytes matched, until it is
-    /// known which protocol it speaks.
-    preface: usize,
-    decided: bool,
-}
-
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-impl<S> Watched<S> {
-    pub fn new(io: S, activity: Arc<Activity>) -> Watched<S> {
-        Watched {
-            io,
-            activity,
-            preface: 0,
-            decided: false,
-        }
-    }
-
-    fn arrived(&mut self, bytes: &[u8]) {
-        let n = (H2_PREFACE.len() - self.preface).min(bytes.len());
-        if bytes[..n] != H2_PREFACE[self.preface..self.preface + n] {
-            self.activity.is_http1();
-            self.decided = true;
-        } else {
-            self.preface += n;
-            self.decided = self.preface == H2_PREFACE.len();
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            if !self.decided && buf.filled().len() > before {
-                self.arrived(&buf.filled()[before..]);
-            }
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -550,47 +468,5 @@ mod tests {
         drop(a.begin());
         let done = a.start + Duration::from_millis(a.last_done_ms.load(Ordering::Acquire));
         assert_eq!(a.verdict(done + head, idle, head), Verdict::Close("idle"));
-    }
-
-    /// A reader that hands out its bytes in the given pieces.
-    struct Pieces(std::collections::VecDeque<&'static [u8]>);
-
-    impl AsyncRead for Pieces {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            if let Some(p) = self.0.pop_front() {
-                buf.put_slice(p);
-            }
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn http1_is_told_from_the_h2_preface() {
-        use tokio::io::AsyncReadExt;
-        let http1 = |pieces: Vec<&'static [u8]>| async move {
-            let a = Activity::new();
-            let mut w = Watched::new(Pieces(pieces.into()), a.clone());
-            let mut buf = [0u8; 64];
-            while w.read(&mut buf).await.unwrap() > 0 {}
-            a.http1.load(Ordering::Acquire)
-        };
-        assert!(http1(vec![b"GET / HTTP/1.1\r\n"]).await);
-        // "P" could begin the preface or a POST: the next bytes tell.
-        assert!(http1(vec![b"P", b"OST / HTTP/1.1\r\n"]).await);
-        // The preface's first line alone is not the preface.
-        assert!(http1(vec![b"PRI * HTTP/2.0\r\n\r\nXX"]).await);
-        assert!(!http1(vec![b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"\0\0\0\x04"]).await);
-        assert!(
-            !http1(vec![
-                b"PR",
-                b"I * HTTP/2.0\r\n",
-                b"\r\nSM\r\n\r\n\0\0\0\x06"
-            ])
-            .await
-        );
     }
 }

@@ -33,6 +33,7 @@ pub mod client_ip;
 pub mod codec;
 pub mod conn_limits;
 pub mod egress;
+pub mod h1;
 pub mod jobs;
 pub mod pipeline;
 pub mod pool;

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use hyper::body::Incoming;
+use crate::h1::RequestBody;
 use hyper::header::{HeaderValue, HOST};
 use hyper::{Request, Response, StatusCode};
 use palisade_raft::crypto::MasterKey;
@@ -40,7 +40,7 @@ pub struct RequestCtx<'a> {
 
 /// A stage that may answer a request instead of letting it through (IP rules, bot protection).
 pub trait Gate: Send + Sync {
-    fn check(&self, ctx: &RequestCtx<'_>, req: &Request<Incoming>) -> Option<Response<Body>>;
+    fn check(&self, ctx: &RequestCtx<'_>, req: &Request<RequestBody>) -> Option<Response<Body>>;
 
     /// See the upstream's answer to a request every gate let through (for counters).
     fn observe(&self, _ctx: &RequestCtx<'_>, _path: &str, _status: StatusCode) {}
@@ -116,7 +116,7 @@ enum HostSource {
 }
 
 impl HostSource {
-    fn of(req: &Request<Incoming>) -> Option<HostSource> {
+    fn of(req: &Request<RequestBody>) -> Option<HostSource> {
         match req.uri().authority() {
             Some(a) => Some(HostSource::Authority(a.clone())),
             None => req.headers().get(HOST).cloned().map(HostSource::Header),
@@ -195,7 +195,7 @@ pub fn valid_host(h: &str) -> bool {
 }
 
 impl Pipeline {
-    pub async fn handle(&self, mut req: Request<Incoming>, conn: Conn) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<RequestBody>, conn: Conn) -> Response<Body> {
         let started = Instant::now();
         let id = RequestId::new();
         let request_id = id.as_str();
@@ -305,7 +305,12 @@ impl Pipeline {
     }
 
     /// Answer an ACME HTTP-01 challenge from the replicated state, whichever node the CA reaches.
-    fn acme_http01(&self, req: &Request<Incoming>, request_id: &str, json: bool) -> Response<Body> {
+    fn acme_http01(
+        &self,
+        req: &Request<RequestBody>,
+        request_id: &str,
+        json: bool,
+    ) -> Response<Body> {
         let token = &req.uri().path()[ACME_PREFIX.len()..];
         let found = token
             .parse()
@@ -342,7 +347,7 @@ impl Pipeline {
 
 /// Put the request's path in the form the upstream is sent ([`palisade_raft::model::path`]:
 /// no dot segments), keeping its query; comparisons merge its slashes.
-fn normalize_path(req: &mut Request<Incoming>) -> Result<(), ()> {
+fn normalize_path(req: &mut Request<RequestBody>) -> Result<(), ()> {
     let std::borrow::Cow::Owned(path) = palisade_raft::model::path::forward_form(req.uri().path())
     else {
         return Ok(());
@@ -381,7 +386,7 @@ fn denial(decision: &Verdict, project: &str, client_ip: IpAddr, request_id: &str
 
 const DENIAL_LOGS_PER_SECOND: u64 = 10;
 
-fn redirect(host: &str, req: &Request<Incoming>) -> Response<Body> {
+fn redirect(host: &str, req: &Request<RequestBody>) -> Response<Body> {
     let path = req
         .uri()
         .path_and_query()

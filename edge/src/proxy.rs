@@ -8,8 +8,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::h1::{OnUpgrade, RequestBody};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, UPGRADE};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
@@ -263,7 +264,7 @@ impl Proxy {
 
     pub async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         route: &Route,
         fwd: Forwarded<'_>,
     ) -> Response<Body> {
@@ -276,7 +277,7 @@ impl Proxy {
             return UpstreamError::BodyTooLarge.answer(&fwd);
         }
         let upgrade = is_upgrade(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let client_upgrade = upgrade.then(|| OnUpgrade::on(&mut req));
         let hold = match upgrade {
             true => req.extensions_mut().remove::<Hold>(),
             false => None,
@@ -454,7 +455,7 @@ impl Proxy {
         io: TcpStream,
         req: Request<Body>,
         inflight: InFlight,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        client_upgrade: Option<OnUpgrade>,
         hold: Option<Hold>,
         fwd: &Forwarded<'_>,
     ) -> Response<Body> {
@@ -484,9 +485,9 @@ impl Proxy {
                 tokio::spawn(async move {
                     let _inflight = inflight;
                     if let (Ok(c), Ok(u), Some(hold)) =
-                        (client_side.await, upstream_side.await, hold)
+                        (client_side.get().await, upstream_side.await, hold)
                     {
-                        tunnel(TokioIo::new(c), TokioIo::new(u), hold).await;
+                        tunnel(c, TokioIo::new(u), hold).await;
                     }
                 });
             }

@@ -12,7 +12,8 @@ use palisade_raft::task::Shutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
-use crate::conn_limits::{Activity, Hold, Slots, Tracked, Verdict, Watched};
+use crate::conn_limits::{Activity, Hold, Slots, Tracked, Verdict};
+use crate::h1::{self, RequestBody};
 use crate::pipeline::{Conn, Pipeline};
 use crate::tls::TlsConfigs;
 
@@ -91,6 +92,7 @@ pub async fn serve(
         let tls = tls.clone();
         let limits = limits.clone();
         let watcher = graceful.watcher();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let mut slot = slot;
             let mut stream = stream;
@@ -146,7 +148,11 @@ pub async fn serve(
                             {
                                 return;
                             }
-                            serve_conn(tls_stream, conn, pipeline, &limits, hold, watcher).await;
+                            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            serve_conn(
+                                tls_stream, conn, pipeline, &limits, hold, watcher, &shutdown, h2,
+                            )
+                            .await;
                         }
                         Ok(Err(e)) => {
                             metrics::counter!("palisade_tls_handshake_failures_total", "reason" => "handshake").increment(1);
@@ -157,7 +163,12 @@ pub async fn serve(
                         }
                     }
                 }
-                None => serve_conn(stream, conn, pipeline, &limits, hold, watcher).await,
+                None => {
+                    serve_conn(
+                        stream, conn, pipeline, &limits, hold, watcher, &shutdown, false,
+                    )
+                    .await
+                }
             }
         });
     }
@@ -166,7 +177,9 @@ pub async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
 }
 
-/// Serve one connection until it ends or its watchdog closes it.
+/// Serve one connection until it ends or its watchdog closes it: HTTP/1.1 by the edge's own
+/// [`crate::h1`], h2 (by ALPN, or by its preface on a connection without ALPN) by hyper.
+#[allow(clippy::too_many_arguments)]
 async fn serve_conn<S>(
     io: S,
     conn: Conn,
@@ -174,65 +187,102 @@ async fn serve_conn<S>(
     limits: &ListenerLimits,
     hold: Hold,
     watcher: hyper_util::server::graceful::Watcher,
+    shutdown: &Shutdown,
+    alpn_h2: bool,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // The header read timeout is the watchdog's (below), not a timer hyper would set up for
-    // every request.
-    builder
-        .http1()
-        .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
     let activity = Activity::new();
+    let io = match alpn_h2 {
+        true => h1::Prefixed::new(bytes::Bytes::new(), io),
+        false => {
+            let served = h1::serve(
+                io,
+                h1::Connection {
+                    peer: conn.peer,
+                    https: conn.https,
+                    max_header_bytes: limits.max_header_bytes,
+                    hold: &hold,
+                    activity: &activity,
+                    shutdown,
+                },
+                |req| pipeline.handle(req, conn),
+            );
+            // Graceful shutdown waits for this connection too while `watcher` lives (it ends
+            // at its request's end, or at once when idle).
+            match watchdog(served, &activity, limits, conn).await {
+                Some(h1::Ended::H2(io)) => {
+                    return serve_h2(io, conn, pipeline, limits, hold, activity, Some(watcher))
+                        .await
+                }
+                _ => return,
+            }
+        }
+    };
+    serve_h2(io, conn, pipeline, limits, hold, activity, Some(watcher)).await
+}
+
+async fn serve_h2<S>(
+    io: h1::Prefixed<S>,
+    conn: Conn,
+    pipeline: Arc<Pipeline>,
+    limits: &ListenerLimits,
+    hold: Hold,
+    activity: Arc<Activity>,
+    watcher: Option<hyper_util::server::graceful::Watcher>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _hold = hold;
     let requests = activity.clone();
-    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let pipeline = pipeline.clone();
         let flight = requests.begin();
-        // A request that may become a tunnel carries the connection's hold into it.
-        if req.headers().contains_key(hyper::header::UPGRADE) {
-            req.extensions_mut().insert(hold.clone());
-        }
+        let req = req.map(RequestBody::from_hyper);
         async move {
             let resp = pipeline.handle(req, conn).await;
             Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked::wrap(body, flight)))
         }
     });
-    let fut = watcher.watch(
-        builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(Watched::new(io, activity.clone())),
-                service,
-            )
-            .into_owned(),
-    );
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let served = builder.serve_connection(TokioIo::new(io), service);
+    let ended = match watcher {
+        Some(w) => watchdog(w.watch(served), &activity, limits, conn).await,
+        None => watchdog(served, &activity, limits, conn).await,
+    };
+    if let Some(Err(e)) = ended {
+        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Run a connection's future under its deadlines: a first request within the header read
+/// timeout; then on HTTP/1 the next head within it of the last response's end, on h2 never
+/// idle longer than the idle timeout; one timer for the connection, re-armed when it falls
+/// due. `None` when a deadline closed it (dropping the future closes the connection).
+async fn watchdog<F: std::future::Future>(
+    fut: F,
+    activity: &Activity,
+    limits: &ListenerLimits,
+    conn: Conn,
+) -> Option<F::Output> {
     tokio::pin!(fut);
-    // The deadlines: a first request within the header read timeout; then on HTTP/1 the next
-    // head within it of the last response's end, on h2 never idle longer than the idle
-    // timeout; one timer for the connection, re-armed when it falls due. Dropping the future
-    // closes the connection.
     let mut check = tokio::time::Instant::now() + limits.header_read_timeout;
     loop {
         tokio::select! {
-            ended = &mut fut => {
-                if let Err(e) = ended {
-                    tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
-                }
-                return;
-            }
+            ended = &mut fut => return Some(ended),
             _ = tokio::time::sleep_until(check) => {
                 let now = tokio::time::Instant::now();
                 match activity.verdict(now, limits.header_read_timeout, limits.idle_timeout) {
                     Verdict::Keep(next) => check = next,
                     Verdict::Close(why) => {
+                        tracing::trace!(peer = %conn.peer, reason = why, "connection closed by its deadline");
                         metrics::counter!("palisade_connections_closed_total", "reason" => why)
                             .increment(1);
-                        return;
+                        return None;
                     }
                 }
             }

@@ -15,8 +15,8 @@
 
 use std::sync::{Arc, OnceLock};
 
+use crate::h1::RequestBody;
 use base64::Engine;
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ACCEPT, COOKIE, USER_AGENT};
 use hyper::{Method, Request, Response, StatusCode};
 use palisade_raft::model::path::merge_slashes;
@@ -83,7 +83,7 @@ fn mode_of(ctx: &RequestCtx<'_>, project: &Project) -> BotMode {
     ctx.route.domain.bot_override.unwrap_or(project.bot.mode)
 }
 
-fn header(req: &Request<Incoming>, name: hyper::header::HeaderName) -> &[u8] {
+fn header(req: &Request<RequestBody>, name: hyper::header::HeaderName) -> &[u8] {
     req.headers()
         .get(name)
         .map(HeaderValue::as_bytes)
@@ -91,12 +91,12 @@ fn header(req: &Request<Incoming>, name: hyper::header::HeaderName) -> &[u8] {
 }
 
 /// A browser navigation: GET or HEAD that accepts HTML.
-fn navigation(req: &Request<Incoming>) -> bool {
+fn navigation(req: &Request<RequestBody>) -> bool {
     (req.method() == Method::GET || req.method() == Method::HEAD)
         && std::str::from_utf8(header(req, ACCEPT)).is_ok_and(|a| a.contains("text/html"))
 }
 
-fn cookie_value<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+fn cookie_value<'a>(req: &'a Request<RequestBody>, name: &str) -> Option<&'a str> {
     req.headers()
         .get_all(COOKIE)
         .iter()
@@ -108,7 +108,7 @@ fn cookie_value<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
 }
 
 impl Gate for BotGate {
-    fn check(&self, ctx: &RequestCtx<'_>, req: &Request<Incoming>) -> Option<Response<Body>> {
+    fn check(&self, ctx: &RequestCtx<'_>, req: &Request<RequestBody>) -> Option<Response<Body>> {
         let project = ctx.project?;
         let mode = mode_of(ctx, project);
         // The pipeline has put the path in forward form; comparisons are in normal form (its
@@ -238,7 +238,7 @@ impl BotGate {
     fn clearance(
         &self,
         ctx: &RequestCtx<'_>,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         project: &Project,
         view: &View,
         now: u64,
@@ -270,7 +270,7 @@ impl BotGate {
     fn challenge(
         &self,
         ctx: &RequestCtx<'_>,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         project: &Project,
         view: &View,
         retry_after: u64,
@@ -415,7 +415,7 @@ impl BotGate {
     fn verify(
         &self,
         ctx: &RequestCtx<'_>,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         project: &Project,
         mode: BotMode,
     ) -> Response<Body> {
