@@ -20,9 +20,10 @@
 //! its exact length, else the length its header declares, else chunked (HTTP/1.1) or to the
 //! close (HTTP/1.0); `HEAD`, 1xx, 204 and 304 answers carry none.
 //!
-//! A connection that ends with bytes of the request still unread (an answer before the body
-//! was taken, a body over the limit) is closed gracefully: FIN first, then what the client
-//! still sends is read and dropped for a while, so the answer is not lost to a reset.
+//! An answer that begins before the request body has been read to its end (a refusal, a body
+//! over the limit, an upstream's early answer) says `connection: close`, and the connection is
+//! closed gracefully: FIN first, then what the client still sends is read and dropped for a
+//! while, so the answer is not lost to a reset.
 
 use std::cell::RefCell;
 use std::io;
@@ -358,8 +359,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         polled
     }
 
-    /// An empty read buffer goes back to the free list once nothing else shares it (a request
-    /// head being answered does); a large one is freed.
+    /// An empty read buffer goes back to the free list when it has a buffer's worth of room
+    /// (`try_reclaim` takes back the space of views that have been dropped); one grown large by a
+    /// big head is freed instead.
     fn release_read_buffer(&mut self) {
         if !self.rbuf.is_empty() || self.rbuf.capacity() == 0 {
             return;
@@ -447,43 +449,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                     return Poll::Ready(Some(Err(e.into())));
                 }
             }
-        }
-    }
-
-    /// Drop what is already buffered of an unread body; whether the body has then ended.
-    fn discard_buffered_body(&mut self) -> bool {
-        while let Poll::Ready(Some(Ok(_))) = self.poll_buffered_body() {}
-        matches!(self.body, BodyState::Done)
-    }
-
-    fn poll_buffered_body(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.body {
-            BodyState::Length(_) | BodyState::Chunked(_) if self.rbuf.is_empty() => Poll::Pending,
-            BodyState::Length(left) => {
-                let n = self
-                    .rbuf
-                    .len()
-                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
-                *left -= n as u64;
-                self.rbuf.advance(n);
-                if *left == 0 {
-                    self.body = BodyState::Done;
-                }
-                Poll::Ready(Some(Ok(Frame::data(Bytes::new()))))
-            }
-            BodyState::Chunked(c) => match c.decode(&mut self.rbuf) {
-                Ok(Step::Data(_)) => Poll::Ready(Some(Ok(Frame::data(Bytes::new())))),
-                Ok(Step::End) => {
-                    self.body = BodyState::Done;
-                    Poll::Ready(None)
-                }
-                Ok(Step::More) => Poll::Pending,
-                Err(_) => {
-                    self.body = BodyState::Failed;
-                    Poll::Ready(None)
-                }
-            },
-            BodyState::Done | BodyState::Failed => Poll::Ready(None),
         }
     }
 }
@@ -706,12 +671,14 @@ where
         }),
     });
     let mut wbuf = Vec::new();
+    let mut first = true;
     loop {
         let next = tokio::select! {
             biased;
             _ = cx.shutdown.cancelled() => return Ended::Closed,
-            next = next_head(&shared, cx.max_header_bytes) => next,
+            next = next_head(&shared, cx.max_header_bytes, first) => next,
         };
+        first = false;
         let head = match next {
             Next::Head(head) => head,
             Next::Closed => return Ended::Closed,
@@ -776,18 +743,10 @@ where
             req.extensions_mut().insert(cx.hold.clone());
             upgrade = Some(tx);
         }
-        let resp = {
-            let handled = handle(req);
-            tokio::pin!(handled);
-            tokio::select! {
-                resp = &mut handled => resp,
-                () = client_gone(&shared, cx.max_header_bytes) => {
-                    metrics::counter!("palisade_connections_closed_total", "reason" => "client_gone")
-                        .increment(1);
-                    return Ended::Closed;
-                }
-            }
-        };
+        // A client that half-closes after its request (`printf … | nc -N`) is still answered,
+        // as hyper and RFC 9112 §9.6 would have it; one that has gone finds out when the answer
+        // is written.
+        let resp = handle(req).await;
         let to = ResponseFor {
             keep_alive: to.keep_alive && !cx.shutdown.is_cancelled(),
             ..to
@@ -813,31 +772,31 @@ where
                 return Ended::Closed;
             }
         }
-        // A body the answer did not need is dropped if it is all here; else the connection
-        // cannot be read further and closes.
-        let ended = {
+        // Kept alive only when the body had been read before the answer began (see
+        // `write_response`), so the next bytes are the next request's.
+        {
             let mut g = shared.lock();
-            let ended = g.discard_buffered_body();
+            debug_assert!(matches!(g.body, BodyState::Done));
             g.expect = Continue::No;
             g.release_read_buffer();
-            ended
-        };
-        give_write_buffer(std::mem::take(&mut wbuf));
-        if !ended {
-            linger(&shared).await;
-            return Ended::Closed;
         }
+        give_write_buffer(std::mem::take(&mut wbuf));
     }
 }
 
-/// The next request head, or why there is none.
-async fn next_head<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared<S>, max: usize) -> Next {
+/// The next request head, or why there is none. Only a connection's `first` bytes may be the
+/// h2 preface.
+async fn next_head<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared<S>,
+    max: usize,
+    first: bool,
+) -> Next {
     std::future::poll_fn(|cx| {
         let mut g = shared.lock();
         loop {
             if !g.rbuf.is_empty() {
                 let n = g.rbuf.len().min(H2_PREFACE_LINE.len());
-                if g.rbuf[..n] == H2_PREFACE_LINE[..n] {
+                if first && g.rbuf[..n] == H2_PREFACE_LINE[..n] {
                     if n == H2_PREFACE_LINE.len() {
                         return Poll::Ready(Next::H2);
                     }
@@ -851,27 +810,6 @@ async fn next_head<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared<S>, max: u
             }
             match ready!(g.poll_fill(cx)) {
                 Ok(0) | Err(_) => return Poll::Ready(Next::Closed),
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-}
-
-/// Resolves when the client closes its side while its request is being answered (its body, if
-/// any, read to the end): the answer is then for nobody, and dropping it cancels the upstream
-/// exchange. Bytes that arrive meanwhile (the next pipelined request) are kept, up to `max`.
-async fn client_gone<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared<S>, max: usize) {
-    std::future::poll_fn(|cx| {
-        let mut g = shared.lock();
-        // Whoever reads the body finds the close; polled again when the task next wakes.
-        if !matches!(g.body, BodyState::Done) || g.rbuf.len() >= max || g.io.is_none() {
-            return Poll::Pending;
-        }
-        loop {
-            match ready!(g.poll_fill(cx)) {
-                Ok(0) | Err(_) => return Poll::Ready(()),
-                Ok(_) if g.rbuf.len() >= max => return Poll::Pending,
                 Ok(_) => {}
             }
         }
@@ -1053,8 +991,10 @@ async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
             .await;
             let frame = match next {
                 None => {
+                    // Out to the socket, TLS records too, before waiting on the body.
                     write_all(shared, wbuf).await?;
                     wbuf.clear();
+                    std::future::poll_fn(|cx| shared.lock().io()?.poll_flush(cx)).await?;
                     continue;
                 }
                 Some(None) => break,

@@ -109,6 +109,16 @@ async fn edge_server(
     read_body: bool,
     max_header_bytes: usize,
 ) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
+    edge_server_with(answer, read_body, max_header_bytes, Duration::ZERO).await
+}
+
+/// The same, answering each request only after `delay`.
+async fn edge_server_with(
+    answer: Answer,
+    read_body: bool,
+    max_header_bytes: usize,
+    delay: Duration,
+) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -141,6 +151,7 @@ async fn edge_server(
                         } else {
                             let _ = tx.send(record(req.map(|_| RequestBody::empty())).await);
                         }
+                        tokio::time::sleep(delay).await;
                         answer()
                     }
                 })
@@ -505,4 +516,25 @@ async fn the_h2_preface_is_handed_over_with_the_bytes_read() {
         .await,
         None
     );
+}
+
+/// A client that pipelines and then half-closes (`printf … | nc -N`) gets every answer, from the
+/// edge as from hyper, even when the close arrives while the first is being answered.
+#[tokio::test]
+async fn pipelined_requests_then_a_half_close_are_all_answered() {
+    async fn answers(addr: SocketAddr) -> Vec<u16> {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+        statuses(&got)
+    }
+    let (ha, _h) = hyper_server().await;
+    // The answer takes a while, so the close arrives while the first request is answered.
+    let (ea, _e) = edge_server_with(ok(), true, 8192, Duration::from_millis(200)).await;
+    assert_eq!(answers(ha).await, vec![200, 200], "hyper");
+    assert_eq!(answers(ea).await, vec![200, 200], "the edge");
 }
