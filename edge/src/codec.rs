@@ -261,8 +261,8 @@ fn framing(
     })
 }
 
-/// Digits only (no sign, no space), fitting in 64 bits.
-fn decimal(s: &[u8]) -> Option<u64> {
+/// Digits only (no sign, no space, no list), fitting in 64 bits: a `Content-Length` value.
+pub fn decimal(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
         return None;
     }

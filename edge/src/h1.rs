@@ -42,7 +42,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use palisade_raft::task::Shutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::codec::{has_token, Chunked, CodecError, Step, LAST_CHUNK};
+use crate::codec::{decimal, has_token, Chunked, CodecError, Step, LAST_CHUNK};
 use crate::conn_limits::{Activity, Hold};
 use crate::response::{Body, BoxError};
 
@@ -82,20 +82,20 @@ fn take_read_buffer() -> BytesMut {
         .unwrap_or_else(|| BytesMut::with_capacity(BUF))
 }
 
-/// Back to the free list (it is empty, its own, and of the usual size).
-fn give_read_buffer(b: BytesMut) {
-    READ_BUFFERS.with(|l| {
+fn take_write_buffer() -> Vec<u8> {
+    WRITE_BUFFERS
+        .with(|l| l.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(BUF))
+}
+
+/// Onto a worker's free list, unless it already holds [`FREE_LIST`] buffers.
+fn keep<T>(list: &'static std::thread::LocalKey<RefCell<Vec<T>>>, b: T) {
+    list.with(|l| {
         let mut l = l.borrow_mut();
         if l.len() < FREE_LIST {
             l.push(b);
         }
     });
-}
-
-fn take_write_buffer() -> Vec<u8> {
-    WRITE_BUFFERS
-        .with(|l| l.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(BUF))
 }
 
 fn give_write_buffer(mut b: Vec<u8>) {
@@ -103,12 +103,7 @@ fn give_write_buffer(mut b: Vec<u8>) {
         return;
     }
     b.clear();
-    WRITE_BUFFERS.with(|l| {
-        let mut l = l.borrow_mut();
-        if l.len() < FREE_LIST {
-            l.push(b);
-        }
-    });
+    keep(&WRITE_BUFFERS, b);
 }
 
 // --- The request head ----------------------------------------------------------------------
@@ -238,7 +233,7 @@ pub fn parse_request(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHea
                 .trim_ascii()
                 .eq_ignore_ascii_case(b"chunked");
         } else if name == CONTENT_LENGTH {
-            let n = content_length(value.as_bytes()).ok_or(HeadError::ContentLength)?;
+            let n = decimal(value.as_bytes()).ok_or(HeadError::ContentLength)?;
             match length {
                 Some(m) if m != n => return Err(HeadError::ContentLength),
                 // The same length again: one field is enough for the next hop.
@@ -273,16 +268,6 @@ pub fn parse_request(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHea
         body,
         keep_alive,
     }))
-}
-
-/// `1*DIGIT` and nothing else (no sign, no list, at most 19 digits), as hyper reads it.
-fn content_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    v.iter().try_fold(0u64, |n, &d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
 }
 
 // --- The connection's shared state ---------------------------------------------------------
@@ -369,7 +354,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         if self.rbuf.capacity() > KEPT {
             self.rbuf = BytesMut::new();
         } else if self.rbuf.try_reclaim(BUF) {
-            give_read_buffer(std::mem::take(&mut self.rbuf));
+            keep(&READ_BUFFERS, std::mem::take(&mut self.rbuf));
         }
     }
 
@@ -916,10 +901,7 @@ async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
         h.remove(TRANSFER_ENCODING);
         h.remove(CONTENT_LENGTH);
         Out::Length(n)
-    } else if let Some(n) = h
-        .get(CONTENT_LENGTH)
-        .and_then(|v| content_length(v.as_bytes()))
-    {
+    } else if let Some(n) = h.get(CONTENT_LENGTH).and_then(|v| decimal(v.as_bytes())) {
         h.remove(TRANSFER_ENCODING);
         h.remove(CONTENT_LENGTH);
         Out::Length(n)
