@@ -731,7 +731,9 @@ where
         // A client that half-closes after its request (`printf … | nc -N`) is still answered,
         // as hyper and RFC 9112 §9.6 would have it; one that has gone finds out when the answer
         // is written.
-        let resp = handle(req).await;
+        // On the heap while it runs: the proxy's future is most of a connection's state, and an
+        // idle keep-alive connection (most of them, most of the time) need not carry its room.
+        let resp = Box::pin(handle(req)).await;
         let to = ResponseFor {
             keep_alive: to.keep_alive && !cx.shutdown.is_cancelled(),
             ..to

@@ -10,7 +10,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use palisade_raft::task::Shutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::conn_limits::{Activity, Hold, Slots, Tracked, Verdict};
 use crate::h1::{self, RequestBody};
@@ -138,30 +138,14 @@ pub async fn serve(
             match tls {
                 Some(tls) => {
                     let cfg = tls.pick(pipeline.view.get().tls13_only);
-                    let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
-                    match tokio::time::timeout(limits.handshake_timeout, accept).await {
-                        Ok(Ok(tls_stream)) => {
-                            metrics::counter!("palisade_tls_handshakes_total").increment(1);
-                            // A TLS-ALPN-01 validation ends with the handshake (RFC 8737 §3).
-                            if tls_stream.get_ref().1.alpn_protocol()
-                                == Some(crate::tls::ACME_TLS_ALPN)
-                            {
-                                return;
-                            }
-                            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                            serve_conn(
-                                tls_stream, conn, pipeline, &limits, hold, watcher, &shutdown, h2,
-                            )
-                            .await;
-                        }
-                        Ok(Err(e)) => {
-                            metrics::counter!("palisade_tls_handshake_failures_total", "reason" => "handshake").increment(1);
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            metrics::counter!("palisade_tls_handshake_failures_total", "reason" => "timeout").increment(1);
-                        }
-                    }
+                    let Some(tls_stream) = handshake(stream, cfg, &limits, peer).await else {
+                        return;
+                    };
+                    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    serve_conn(
+                        tls_stream, conn, pipeline, &limits, hold, watcher, &shutdown, h2,
+                    )
+                    .await
                 }
                 None => {
                     serve_conn(
@@ -175,6 +159,39 @@ pub async fn serve(
     drop(listener);
     // Let open connections finish what they are doing, within reason.
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+}
+
+/// The TLS handshake, within the handshake timeout: the connection, on the heap (the task's
+/// futures then pass a pointer along rather than each keeping room for rustls's state), or
+/// `None` when it failed, timed out, or was a TLS-ALPN-01 validation (which ends with the
+/// handshake, RFC 8737 §3).
+async fn handshake(
+    stream: TcpStream,
+    cfg: Arc<rustls::ServerConfig>,
+    limits: &ListenerLimits,
+    peer: std::net::SocketAddr,
+) -> Option<Box<tokio_rustls::server::TlsStream<TcpStream>>> {
+    let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
+    match tokio::time::timeout(limits.handshake_timeout, accept).await {
+        Ok(Ok(tls_stream)) => {
+            metrics::counter!("palisade_tls_handshakes_total").increment(1);
+            if tls_stream.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+                return None;
+            }
+            Some(Box::new(tls_stream))
+        }
+        Ok(Err(e)) => {
+            metrics::counter!("palisade_tls_handshake_failures_total", "reason" => "handshake")
+                .increment(1);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            metrics::counter!("palisade_tls_handshake_failures_total", "reason" => "timeout")
+                .increment(1);
+            None
+        }
+    }
 }
 
 /// Serve one connection until it ends or its watchdog closes it: HTTP/1.1 by the edge's own
@@ -196,30 +213,43 @@ async fn serve_conn<S>(
     let io = match alpn_h2 {
         true => h1::Prefixed::new(bytes::Bytes::new(), io),
         false => {
-            let served = h1::serve(
-                io,
-                h1::Connection {
-                    peer: conn.peer,
-                    https: conn.https,
-                    max_header_bytes: limits.max_header_bytes,
-                    hold: &hold,
-                    activity: &activity,
-                    shutdown,
-                },
-                |req| pipeline.handle(req, conn),
-            );
-            // Graceful shutdown waits for this connection too while `watcher` lives (it ends
-            // at its request's end, or at once when idle).
-            match watchdog(served, &activity, limits, conn).await {
-                Some(h1::Ended::H2(io)) => {
-                    return serve_h2(io, conn, pipeline, limits, hold, activity, Some(watcher))
-                        .await
-                }
+            // Pinned where it stands (not moved into the watchdog's future, which would hold
+            // a second copy's room): a task's size is what an idle connection costs.
+            let ended = {
+                let served = std::pin::pin!(h1::serve(
+                    io,
+                    h1::Connection {
+                        peer: conn.peer,
+                        https: conn.https,
+                        max_header_bytes: limits.max_header_bytes,
+                        hold: &hold,
+                        activity: &activity,
+                        shutdown,
+                    },
+                    |req| pipeline.handle(req, conn),
+                ));
+                // Graceful shutdown waits for this connection too while `watcher` lives (it
+                // ends at its request's end, or at once when idle).
+                watchdog(served, &activity, limits, conn).await
+            };
+            match ended {
+                Some(h1::Ended::H2(io)) => io,
                 _ => return,
             }
         }
     };
-    serve_h2(io, conn, pipeline, limits, hold, activity, Some(watcher)).await
+    // Boxed, as h1's requests are: hyper's h2 connection is large, and a task's size is the
+    // largest of what it may become.
+    Box::pin(serve_h2(
+        io,
+        conn,
+        pipeline,
+        limits,
+        hold,
+        activity,
+        Some(watcher),
+    ))
+    .await
 }
 
 async fn serve_h2<S>(
@@ -251,8 +281,8 @@ async fn serve_h2<S>(
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let served = builder.serve_connection(TokioIo::new(io), service);
     let ended = match watcher {
-        Some(w) => watchdog(w.watch(served), &activity, limits, conn).await,
-        None => watchdog(served, &activity, limits, conn).await,
+        Some(w) => watchdog(std::pin::pin!(w.watch(served)), &activity, limits, conn).await,
+        None => watchdog(std::pin::pin!(served), &activity, limits, conn).await,
     };
     if let Some(Err(e)) = ended {
         tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
@@ -264,16 +294,15 @@ async fn serve_h2<S>(
 /// idle longer than the idle timeout; one timer for the connection, re-armed when it falls
 /// due. `None` when a deadline closed it (dropping the future closes the connection).
 async fn watchdog<F: std::future::Future>(
-    fut: F,
+    mut fut: std::pin::Pin<&mut F>,
     activity: &Activity,
     limits: &ListenerLimits,
     conn: Conn,
 ) -> Option<F::Output> {
-    tokio::pin!(fut);
     let mut check = tokio::time::Instant::now() + limits.header_read_timeout;
     loop {
         tokio::select! {
-            ended = &mut fut => return Some(ended),
+            ended = fut.as_mut() => return Some(ended),
             _ = tokio::time::sleep_until(check) => {
                 let now = tokio::time::Instant::now();
                 match activity.verdict(now, limits.header_read_timeout, limits.idle_timeout) {
