@@ -88,24 +88,28 @@ fn forwarded(fwd: &Forwarded<'_>) -> String {
     }
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.contains_key(CONNECTION) {
-        for n in &HOP_BY_HOP[1..] {
-            headers.remove(n);
-        }
+/// Remove the hop-by-hop fields (RFC 9110 section 7.6.1: the fixed ones and those `Connection`
+/// names) and, from a request (`from_client`), what the client said about its origin
+/// ([`CLIENT_FORWARDING`]).
+///
+/// Most messages carry none of them, so one pass over the names they do carry decides: a
+/// `remove` per name would hash two dozen names per request, most of them custom, byte by byte.
+fn strip_hop_by_hop(headers: &mut HeaderMap, from_client: bool) {
+    let dropped =
+        |n: &HeaderName| HOP_BY_HOP.contains(n) || (from_client && CLIENT_FORWARDING.contains(n));
+    if !headers.keys().any(dropped) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
-    }
-    for n in &HOP_BY_HOP {
+    let mut gone: Vec<HeaderName> = headers.keys().filter(|n| dropped(n)).cloned().collect();
+    gone.extend(
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
+    );
+    for n in gone {
         headers.remove(n);
     }
 }
@@ -225,13 +229,38 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// An IP address as a header value, formatted on the stack.
+/// An IP address as a header value, formatted on the stack (IPv4 by hand: `Display` goes
+/// through the formatter's padding for each of its four numbers).
 fn ip_value(ip: IpAddr) -> HeaderValue {
-    use std::io::Write;
     let mut buf = [0u8; 45];
-    let mut w = &mut buf[..];
-    let _ = write!(w, "{ip}");
-    let n = 45 - w.len();
+    let n = match ip {
+        IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    buf[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    buf[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            n
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let mut w = &mut buf[..];
+            let _ = write!(w, "{v6}");
+            45 - w.len()
+        }
+    };
     crate::response::header_value(&buf[..n]).expect("an IP address is a header value")
 }
 
@@ -288,17 +317,14 @@ impl Proxy {
             false => None,
         };
         let retryable = is_idempotent(&parts.method) && !has_body(&parts.headers) && !upgrade;
-        strip_hop_by_hop(&mut parts.headers);
+        // What the client said about the request's origin never reaches the upstream as if the
+        // edge had said it either: frameworks believe these.
+        strip_hop_by_hop(&mut parts.headers, true);
         if let Some(v) = upgrade_value {
             parts
                 .headers
                 .insert(CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(UPGRADE, v);
-        }
-        // What the client said about the request's origin never reaches the upstream as if the
-        // edge had said it: frameworks believe these.
-        for name in &CLIENT_FORWARDING {
-            parts.headers.remove(name);
         }
         let h = &mut parts.headers;
         let ip = ip_value(fwd.client_ip);
@@ -400,7 +426,7 @@ impl Proxy {
                 Ok(mut x) => {
                     let status = x.head.status;
                     let mut headers = std::mem::take(&mut x.head.headers);
-                    strip_hop_by_hop(&mut headers);
+                    strip_hop_by_hop(&mut headers, false);
                     // The in-flight count lasts until the response body is done.
                     let mut resp = Response::new(Driven::new(conn, x, inflight).boxed());
                     *resp.status_mut() = status;
@@ -495,11 +521,93 @@ impl Proxy {
             return Response::from_parts(p, empty());
         }
         let (mut p, b) = resp.into_parts();
-        strip_hop_by_hop(&mut p.headers);
+        strip_hop_by_hop(&mut p.headers, false);
         let body = b.map_err(BoxError::from).map_frame(move |f| {
             let _ = &inflight;
             f
         });
         Response::from_parts(p, body.boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn an_ip_value_reads_as_the_address_prints() {
+        for a in 0..=255u8 {
+            for ip in [
+                Ipv4Addr::new(a, 0, 9, 10),
+                Ipv4Addr::new(99, a, 100, 255),
+                Ipv4Addr::new(1, 2, a, 3),
+                Ipv4Addr::new(200, 10, 0, a),
+            ] {
+                assert_eq!(ip_value(IpAddr::V4(ip)), ip.to_string().as_str());
+            }
+        }
+        let v6: IpAddr = "2001:db8::ff:1".parse().unwrap();
+        assert_eq!(ip_value(v6), "2001:db8::ff:1");
+        let longest: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+            .parse()
+            .unwrap();
+        assert_eq!(ip_value(longest), longest.to_string().as_str());
+    }
+
+    fn map(fields: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in fields {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut v: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_what_connection_names_are_removed() {
+        let mut h = map(&[
+            ("host", "a.test"),
+            ("connection", "keep-alive, X-Trace"),
+            ("keep-alive", "timeout=5"),
+            ("x-trace", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic eA=="),
+            ("x-real-ip", "1.2.3.4"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        // A response keeps `x-real-ip`: only a request's forwarding fields are the client's say.
+        assert_eq!(names(&h), ["accept", "host", "x-real-ip"]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(names(&h), ["accept", "host"]);
+    }
+
+    #[test]
+    fn a_client_claiming_an_origin_is_not_believed_and_others_are_untouched() {
+        let mut h = map(&[
+            ("host", "a.test"),
+            ("forwarded", "for=1.2.3.4"),
+            ("cf-connecting-ip", "1.2.3.4"),
+            ("x-original-url", "/admin"),
+            ("user-agent", "t"),
+            ("x-custom", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(names(&h), ["host", "user-agent", "x-custom"]);
+        // Nothing to remove: the map is as it was, every value in its place.
+        let before = map(&[("host", "a.test"), ("accept", "*/*"), ("x-custom", "1")]);
+        let mut after = before.clone();
+        strip_hop_by_hop(&mut after, true);
+        assert_eq!(before, after);
     }
 }

@@ -598,7 +598,8 @@ pub fn instructions(ctx: &mut Ctx) -> Result<Section> {
         &format!(
             "Each node runs under `valgrind --tool=callgrind` (one worker; `PALISADE_ALLOCATOR` picks the allocator). \
              For each protocol: {COUNTED} requests by `h2load --h1 -c 32 -n {COUNTED}` unmeasured, then the counters zeroed (`callgrind_control -z`), \
-             {COUNTED} more, and the counters dumped (`callgrind_control -d`): all of the node's threads' instructions (`Ir`) over those requests, divided by them. \
+             {COUNTED} more, and the counters dumped (`callgrind_control -d`): all of the node's threads' instructions (`Ir`) over those requests, divided by them \
+             (the dumps are kept next to the report as `callgrind-ALLOCATOR-SCHEME.out`, for `callgrind_annotate`). \
              A count of instructions, not of time: it does not see cache misses or the kernel, but no noise moves it."
         ),
         &names,
@@ -659,6 +660,11 @@ pub fn instructions(ctx: &mut Ctx) -> Result<Section> {
                         .ok()
                 })?;
             let per = total / t.ok as f64;
+            // Kept next to the report, so the figure can be taken apart by function
+            // (`callgrind_annotate FILE`).
+            let kept = ctx.out_dir.join(format!("callgrind-{alloc}-{scheme}.out"));
+            std::fs::create_dir_all(&ctx.out_dir)?;
+            std::fs::copy(&dump, &kept)?;
             ctx.progress(&format!(
                 "instructions, {}, {scheme}: {total:.0} over {} requests: {per:.0} each",
                 names[i], t.ok
