@@ -197,7 +197,7 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
         let raw = buf.split_to(len).freeze();
         // Room for what the edge adds on the way out (security headers, the request id), so
         // the map is allocated once.
-        let mut headers = HeaderMap::with_capacity(count + ADDED_HEADERS);
+        let mut headers = crate::header_maps::take(count + ADDED_HEADERS);
         for &(ns, ne, vs, ve) in &spans[..count] {
             let name = HeaderName::from_bytes(&raw[ns as usize..ne as usize])
                 .map_err(|_| CodecError::Field("name"))?;

@@ -216,7 +216,7 @@ pub fn parse_request(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHea
         0 => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let mut headers = HeaderMap::with_capacity(count + ADDED_HEADERS);
+    let mut headers = crate::header_maps::take(count + ADDED_HEADERS);
     let mut codings = 0;
     let mut chunked = false;
     let mut length: Option<u64> = None;
@@ -947,7 +947,7 @@ async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
         wbuf.extend_from_slice(b"\r\n");
     }
     wbuf.extend_from_slice(b"\r\n");
-    drop(parts);
+    crate::header_maps::give(parts.headers);
 
     let mut left = match out {
         Out::Length(n) => n,

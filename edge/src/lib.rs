@@ -17,7 +17,7 @@
 //! - [`bot`]: bot protection in the pipeline (gate, challenge and cookies, keyring, triggers);
 //! - [`proxy`], [`upstream`], [`pool`], [`codec`]: forwarding, target selection and health,
 //!   each worker's own upstream connections, and the HTTP/1.1 they speak (the edge's own
-//!   codec on `httparse`);
+//!   codec on `httparse`), and [`header_maps`], the worker's free list of the maps they parse into;
 //! - [`egress`]: where upstream connections may go (never the node's private side);
 //! - [`response`]: pages the edge makes and the security headers on every response.
 //!
@@ -34,6 +34,7 @@ pub mod codec;
 pub mod conn_limits;
 pub mod egress;
 pub mod h1;
+pub mod header_maps;
 pub mod jobs;
 pub mod pipeline;
 pub mod pool;

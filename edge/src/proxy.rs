@@ -431,6 +431,8 @@ impl Proxy {
                     let mut resp = Response::new(Driven::new(conn, x, inflight).boxed());
                     *resp.status_mut() = status;
                     *resp.headers_mut() = headers;
+                    // The request's map is done with (its head was sent): the next request's.
+                    crate::header_maps::give(std::mem::take(&mut parts.headers));
                     return resp;
                 }
                 Err(SendError::TimedOut) => return UpstreamError::Timeout.answer(&fwd),

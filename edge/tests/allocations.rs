@@ -41,14 +41,14 @@ const MEASURED: u64 = 3_000;
 
 /// Most allocations one proxied request may make on the worker, over plain HTTP and over HTTPS
 /// (the test prints the measured counts; `ALLOC_SITES=N` also prints where each allocation of N
-/// more requests was made). Measured when set: 6.1 and 8.1. Of those 6, two are the request
-/// head's header map (its index and its entries, sized once for the fields the edge adds
-/// upstream), two the response head's, one boxes the response body and one the request's
-/// future while it runs (so that an idle connection does not hold its room: see
-/// [`MAX_IDLE_TLS_BYTES`]); the connection's read and write buffers come from the worker's free
-/// list. TLS adds rustls's two (the received plaintext, the record buffer).
-const MAX_PER_REQUEST_HTTP: f64 = 7.0;
-const MAX_PER_REQUEST_HTTPS: f64 = 9.0;
+/// more requests was made). Measured when set: 2.1 and 4.1. The two are the box of the
+/// response body and the box of the request's future while it runs (so that an idle
+/// connection does not hold its room: see [`MAX_IDLE_TLS_BYTES`]); the request's and the
+/// response's header maps come from the worker's free list (`header_maps.rs`), as do the
+/// connection's read and write buffers. TLS adds rustls's two (the received plaintext, the
+/// record buffer).
+const MAX_PER_REQUEST_HTTP: f64 = 3.0;
+const MAX_PER_REQUEST_HTTPS: f64 = 5.0;
 
 /// The system allocator, counting the allocations (and reallocations) of edge worker threads.
 struct Counting;
