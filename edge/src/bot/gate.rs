@@ -24,10 +24,11 @@ use palisade_raft::model::{login_matches, path_matches, BotMode, DecisionAction,
 use palisade_raft::now_ms;
 
 use super::challenge::{
-    challenge_binding, clearance_binding, project_tag, work_bits, Challenge, ChallengeKind,
-    Clearance, Expect, Refusal, ReplayGuard,
+    challenge_binding, clearance_binding, ip_prefix, project_tag, work_bits, Challenge,
+    ChallengeKind, Clearance, Expect, Refusal, ReplayGuard,
 };
 use super::detect::{Detector, Signal};
+use super::memo;
 use crate::pipeline::{Gate, RequestCtx};
 use crate::response::{error_page, full, Body};
 use crate::view::{LiveView, Running, View};
@@ -249,21 +250,46 @@ impl BotGate {
             CLEARANCE_COOKIE_PLAIN
         };
         let value = cookie_value(req, name)?;
-        let expect = Expect {
-            now_ms: now,
-            project: project_tag(project.id.as_str()),
-            epoch: project.bot.epoch,
-            binding: clearance_binding(ctx.client_ip, header(req, USER_AGENT)),
-        };
+        let user_agent = header(req, USER_AGENT);
         let refused = |why: &'static str| {
             metrics::counter!("palisade_bot_cookies_refused_total", "reason" => why).increment(1);
             None
         };
-        match Clearance::verify(&view.bot_keys, value, &expect) {
-            Ok(c) if c.level == 0 && !project.bot.allow_no_script => refused("no_script"),
-            Ok(c) => Some(c.issued_ms),
-            Err(why) => refused(why.as_str()),
+        let presented = memo::Presented {
+            value,
+            prefix: ip_prefix(ctx.client_ip),
+            user_agent,
+            project: &project.id,
+            epoch: project.bot.epoch,
+            keys: view.bot_keys.generation(),
+        };
+        let honoured = match memo::get(&presented, now) {
+            Some(h) => h,
+            None => {
+                let expect = Expect {
+                    now_ms: now,
+                    project: project_tag(project.id.as_str()),
+                    epoch: project.bot.epoch,
+                    binding: clearance_binding(ctx.client_ip, user_agent),
+                };
+                match Clearance::verify(&view.bot_keys, value, &expect) {
+                    Ok(c) => {
+                        let h = memo::Honoured {
+                            issued_ms: c.issued_ms,
+                            expires_ms: c.expires_ms,
+                            level: c.level,
+                        };
+                        memo::put(&presented, h);
+                        h
+                    }
+                    Err(why) => return refused(why.as_str()),
+                }
+            }
+        };
+        if honoured.level == 0 && !project.bot.allow_no_script {
+            return refused("no_script");
         }
+        Some(honoured.issued_ms)
     }
 
     /// The challenge page for a navigation, 429 JSON for anything else.

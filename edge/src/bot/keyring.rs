@@ -44,15 +44,32 @@ impl SigningKey {
 #[derive(Clone, Default)]
 pub struct Keyring {
     keys: HashMap<Kid, SigningKey>,
+    /// Which contents these are: a number no other keyring contents of this process have had
+    /// (every change draws a new one; a clone keeps it, as it keeps the keys), so that what was
+    /// verified with one keyring is known to hold for another with the same number.
+    generation: u64,
 }
 
 impl Keyring {
     pub fn insert(&mut self, key: SigningKey) {
         self.keys.insert(key.kid, key);
+        self.changed();
     }
 
     pub fn remove(&mut self, kid: &Kid) {
-        self.keys.remove(kid);
+        if self.keys.remove(kid).is_some() {
+            self.changed();
+        }
+    }
+
+    fn changed(&mut self) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        self.generation = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn active(&self) -> Option<&SigningKey> {
@@ -77,5 +94,32 @@ impl Keyring {
         let key = self.keys.get(&kid).ok_or(Refusal::UnknownKey)?;
         hmac::verify(&key.key, payload, tag).map_err(|_| Refusal::BadMac)?;
         Ok(payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_change_draws_a_new_generation_and_a_clone_keeps_it() {
+        let mut ring = Keyring::default();
+        let mut seen = vec![ring.generation()];
+        ring.insert(SigningKey::new(*b"kid00001", b"secret one", true));
+        seen.push(ring.generation());
+        let copy = ring.clone();
+        assert_eq!(copy.generation(), ring.generation());
+        ring.insert(SigningKey::new(*b"kid00002", b"secret two", false));
+        seen.push(ring.generation());
+        ring.remove(b"kid00002");
+        seen.push(ring.generation());
+        let before = ring.generation();
+        ring.remove(b"kid00009");
+        assert_eq!(ring.generation(), before, "removing no key changes nothing");
+        let mut distinct = seen.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), seen.len(), "{seen:?}");
+        assert_eq!(copy.generation(), seen[1], "the clone is unaffected");
     }
 }

@@ -5,6 +5,8 @@
 //! - [`challenge`] (and its page script, `challenge.js`): stateless signed challenges, the proof
 //!   of work, clearance cookies, replay protection;
 //! - [`keyring`]: the replicated signing keys, opened;
+//! - `memo`: the clearance cookies a worker verified lately, so a client's next requests skip
+//!   the MAC and hashes (answering only for exactly what `verify` depends on);
 //! - [`detect`]: the automatic triggers' counters in bounded memory, and the decisions they
 //!   queue (written to the cluster by [`crate::jobs::decisions`]).
 
@@ -12,5 +14,6 @@ pub mod challenge;
 pub mod detect;
 pub mod gate;
 pub mod keyring;
+mod memo;
 
 pub use gate::BotGate;
