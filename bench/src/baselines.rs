@@ -239,6 +239,35 @@ pub const SECURITY_HEADERS: [(&str, &str); 4] = [
     ("X-XSS-Protection", "1; mode=block"),
 ];
 
+/// The IP block list every proxy checks in the proxy scenarios, as Palisade runs there with its
+/// protections on: 1,000 entries (single addresses, /24s and /16s in 16.0.0.0 to
+/// 95.255.255.255, so the load generator's 127.0.0.1 is not in it and each request's check is
+/// a full one that ends in "allowed"), and [`BLOCKED_CLIENT`], by which the harness checks that
+/// each proxy enforces it; one CIDR a line.
+pub fn block_list() -> &'static str {
+    static LIST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LIST.get_or_init(|| {
+        let mut text = palisade_testkit::iprules::BigList::generate(1_000, 4).text;
+        text.push_str(&format!("{BLOCKED_CLIENT}\n"));
+        text
+    })
+}
+
+/// A loopback address on [`block_list`].
+pub const BLOCKED_CLIENT: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
+
+/// Write [`block_list`] into `dir` as nginx's `geo` entries (`block.geo`) and HAProxy's ACL
+/// file (`block.lst`).
+fn write_block_list(dir: &Path) -> Result<()> {
+    let geo: String = block_list()
+        .lines()
+        .map(|cidr| format!("{cidr} 1;\n"))
+        .collect();
+    std::fs::write(dir.join("block.geo"), geo)?;
+    std::fs::write(dir.join("block.lst"), block_list())?;
+    Ok(())
+}
+
 /// Where a proxy baseline listens.
 #[derive(Debug, Clone, Copy)]
 pub struct Listen {
@@ -256,7 +285,8 @@ impl Listen {
 }
 
 /// nginx's configuration: one worker, TLS 1.3 with X25519, HTTP/2 by ALPN (as Palisade), no
-/// session cache or tickets, access log off, upstream keep-alive, the security headers (HSTS only over HTTPS, as Palisade).
+/// session cache or tickets, access log off, upstream keep-alive, the security headers (HSTS only
+/// over HTTPS, as Palisade), and [`block_list`] refused with a 403 (a `geo` table: a radix tree).
 pub fn nginx_conf(dir: &Path, at: Listen, upstream: SocketAddr, host: &str) -> String {
     let d = dir.display();
     let mut headers = String::new();
@@ -285,6 +315,10 @@ http {{
         keepalive 64;
     }}
     map $https $hsts {{ on "{hsts_v}"; default ""; }}
+    geo $blocked {{
+        default 0;
+        include {d}/block.geo;
+    }}
     server {{
         listen {http};
         listen {https} ssl http2;
@@ -295,6 +329,7 @@ http {{
         ssl_ecdh_curve X25519;
         ssl_session_cache off;
         ssl_session_tickets off;
+        if ($blocked) {{ return 403; }}
         location / {{
             proxy_pass http://up;
             proxy_http_version 1.1;
@@ -311,7 +346,8 @@ http {{
 }
 
 /// HAProxy's configuration: one thread, TLS 1.3 with X25519, HTTP/2 by ALPN, no session cache
-/// or tickets, no log, upstream keep-alive (connection reuse), the security headers.
+/// or tickets, no log, upstream keep-alive (connection reuse), the security headers, and
+/// [`block_list`] refused with a 403 (an ACL read from a file: a prefix tree).
 pub fn haproxy_conf(dir: &Path, at: Listen, upstream: SocketAddr) -> String {
     let d = dir.display();
     let mut headers = String::new();
@@ -339,6 +375,8 @@ defaults
 frontend fe
     bind {http}
     bind {https} ssl crt {d}/haproxy.pem alpn h2,http/1.1 ssl-min-ver TLSv1.3 no-tls-tickets curves X25519
+    acl blocked src -f {d}/block.lst
+    http-request deny deny_status 403 if blocked
 {headers}    default_backend be
 backend be
     server up {upstream}
@@ -366,6 +404,7 @@ pub fn start_nginx(
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("cert.pem"), cert_pem)?;
     std::fs::write(dir.join("key.pem"), key_pem)?;
+    write_block_list(dir)?;
     let args = vec![
         "-e".to_string(),
         format!("{}/error.log", dir.display()),
@@ -430,6 +469,7 @@ pub fn start_haproxy(
         .ok_or_else(|| anyhow!("haproxy is missing"))?;
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("haproxy.pem"), format!("{cert_pem}{key_pem}"))?;
+    write_block_list(dir)?;
     let args = vec![
         "-db".to_string(),
         "-f".to_string(),
@@ -554,6 +594,8 @@ mod tests {
             "keepalive 64;",
             "listen 127.0.0.1:8443 ssl http2;",
             "add_header X-Frame-Options \"DENY\" always;",
+            "include /tmp/b/block.geo;",
+            "if ($blocked) { return 403; }",
         ] {
             assert!(n.contains(want), "nginx.conf lacks {want:?}:\n{n}");
         }
@@ -565,6 +607,8 @@ mod tests {
             "http-reuse always",
             "server up 127.0.0.1:9000",
             "set-header X-Content-Type-Options \"nosniff\"",
+            "acl blocked src -f /tmp/b/block.lst",
+            "http-request deny deny_status 403 if blocked",
         ] {
             assert!(h.contains(want), "haproxy.cfg lacks {want:?}:\n{h}");
         }

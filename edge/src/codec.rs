@@ -14,8 +14,8 @@
 //! a body of known length goes with `Content-Length`, one of unknown length chunked.
 
 use bytes::{Buf, Bytes, BytesMut};
-use hyper::header::TRANSFER_ENCODING;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
+use hyper::header::{TRANSFER_ENCODING, UPGRADE};
 use hyper::{Method, StatusCode, Version};
 
 /// Header fields a response head may have (hyper's client has the same limit).
@@ -75,14 +75,22 @@ impl RequestFraming {
     }
 }
 
+/// Fields the edge sets on a request it forwards (`X-Forwarded-For`, `Host`, the request id…),
+/// each a name and its value's bytes (no CR, LF or NUL: checked by the caller when it made
+/// them). [`write_head`] writes them after the request's own fields, and leaves out any of the
+/// request's own of the same names: they are replaced, without a map insert per field.
+pub type Added<'a> = [(&'a HeaderName, &'a [u8])];
+
 /// Serialise a request head into `out`: the request line (origin form: `target` is the path and
-/// query), every header of `headers` but its framing ones, then `framing`'s. Header values hold no
-/// CR or LF (`HeaderValue` refuses them), so nothing a client sent can end a line.
+/// query), every header of `headers` but its framing ones and those `added` replaces, then
+/// `added`, then `framing`'s. Header values hold no CR or LF (`HeaderValue` refuses them), so
+/// nothing a client sent can end a line.
 pub fn write_head(
     out: &mut Vec<u8>,
     method: &Method,
     target: &str,
     headers: &HeaderMap,
+    added: &Added<'_>,
     framing: RequestFraming,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
@@ -90,23 +98,34 @@ pub fn write_head(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+        if name == CONTENT_LENGTH
+            || name == TRANSFER_ENCODING
+            || added.iter().any(|(n, _)| *n == name)
+        {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        line(out, name, value.as_bytes());
+    }
+    for (name, value) in added {
+        line(out, name, value);
     }
     match framing {
         RequestFraming::None => {}
         RequestFraming::Length(n) => {
-            use std::io::Write;
-            let _ = write!(out, "content-length: {n}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
+
+    fn line(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 /// One piece of a chunked request body: size line, data, CRLF.
@@ -198,15 +217,21 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
         // Room for what the edge adds on the way out (security headers, the request id), so
         // the map is allocated once.
         let mut headers = crate::header_maps::take(count + ADDED_HEADERS);
+        // Which of the fields framing and reuse depend on are there: those absent are not
+        // looked up in the map.
+        let mut present = Present::default();
         for &(ns, ne, vs, ve) in &spans[..count] {
             let name = HeaderName::from_bytes(&raw[ns as usize..ne as usize])
                 .map_err(|_| CodecError::Field("name"))?;
             let value = HeaderValue::from_maybe_shared(raw.slice(vs as usize..ve as usize))
                 .map_err(|_| CodecError::Field("value"))?;
+            present.note(&name);
             headers.append(name, value);
         }
-        let (framing, mut keep_alive) = framing(status, version, head_request, &mut headers)?;
-        keep_alive &= version == Version::HTTP_11 && !has_token(&headers, CONNECTION, "close");
+        let (framing, mut keep_alive) =
+            framing(status, version, head_request, &mut headers, present)?;
+        keep_alive &= version == Version::HTTP_11
+            && !(present.connection && has_token(&headers, CONNECTION, "close"));
         return Ok(Some(Head {
             status,
             version,
@@ -217,17 +242,46 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
     }
 }
 
+/// Which of the fields that frame a message and say whether its connection is reused it has,
+/// noted while its head is parsed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Present {
+    pub connection: bool,
+    pub content_length: bool,
+    pub transfer_encoding: bool,
+    pub upgrade: bool,
+}
+
+impl Present {
+    pub fn note(&mut self, name: &HeaderName) {
+        if *name == CONNECTION {
+            self.connection = true;
+        } else if *name == CONTENT_LENGTH {
+            self.content_length = true;
+        } else if *name == TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if *name == UPGRADE {
+            self.upgrade = true;
+        }
+    }
+}
+
 /// The body's framing and whether it lets the connection be reused (RFC 9112 §6.3).
 fn framing(
     status: StatusCode,
     version: Version,
     head_request: bool,
     headers: &mut HeaderMap,
+    present: Present,
 ) -> Result<(Framing, bool), CodecError> {
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok((Framing::Empty, true));
     }
-    if let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+    let last_coding = match present.transfer_encoding {
+        true => headers.get_all(TRANSFER_ENCODING).iter().next_back(),
+        false => None,
+    };
+    if let Some(last) = last_coding {
         if version == Version::HTTP_10 {
             return Err(CodecError::TransferEncoding10);
         }
@@ -245,7 +299,11 @@ fn framing(
         });
     }
     let mut length = None;
-    for v in headers.get_all(CONTENT_LENGTH) {
+    let lengths = match present.content_length {
+        true => Some(headers.get_all(CONTENT_LENGTH)),
+        false => None,
+    };
+    for v in lengths.into_iter().flatten() {
         for part in v.as_bytes().split(|&b| b == b',') {
             let n = decimal(part.trim_ascii()).ok_or(CodecError::ContentLength)?;
             if length.is_some_and(|l| l != n) {
@@ -444,17 +502,39 @@ mod tests {
         // What the client said about framing is replaced by what the body is.
         h.insert(CONTENT_LENGTH, HeaderValue::from_static("999"));
         h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
         let mut out = Vec::new();
         write_head(
             &mut out,
             &Method::POST,
             "/a?b=1",
             &h,
+            &[],
             RequestFraming::Length(5),
         );
         assert_eq!(
             out,
-            b"POST /a?b=1 HTTP/1.1\r\nhost: a.test\r\ncontent-length: 5\r\n\r\n"
+            &b"POST /a?b=1 HTTP/1.1\r\nhost: a.test\r\nx-forwarded-for: 6.6.6.6\r\naccept: */*\r\ncontent-length: 5\r\n\r\n"[..]
+        );
+        // What the edge sets replaces the request's fields of the same names, wherever they
+        // stood, and comes after the rest.
+        out.clear();
+        let xff = HeaderName::from_static("x-forwarded-for");
+        write_head(
+            &mut out,
+            &Method::GET,
+            "/",
+            &h,
+            &[
+                (&xff, &b"1.2.3.4"[..]),
+                (&hyper::header::HOST, &b"b.test"[..]),
+            ],
+            RequestFraming::None,
+        );
+        assert_eq!(
+            out,
+            &b"GET / HTTP/1.1\r\naccept: */*\r\nx-forwarded-for: 1.2.3.4\r\nhost: b.test\r\n\r\n"[..]
         );
         out.clear();
         write_head(
@@ -462,6 +542,7 @@ mod tests {
             &Method::GET,
             "/",
             &HeaderMap::new(),
+            &[],
             RequestFraming::None,
         );
         assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
@@ -471,6 +552,7 @@ mod tests {
             &Method::PUT,
             "/",
             &HeaderMap::new(),
+            &[],
             RequestFraming::Chunked,
         );
         assert_eq!(out, b"PUT / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n");

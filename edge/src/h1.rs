@@ -35,16 +35,15 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, EXPECT,
-    TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING,
 };
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::{Method, Request, StatusCode, Uri, Version};
 use palisade_raft::task::Shutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::codec::{decimal, has_token, Chunked, CodecError, Step, LAST_CHUNK};
 use crate::conn_limits::{Activity, Hold};
-use crate::response::{Body, BoxError};
+use crate::response::{Answer, BoxError, Finish};
 
 /// Header fields a request head may have (hyper's server has the same limit).
 pub const MAX_HEADERS: usize = 100;
@@ -217,6 +216,7 @@ pub fn parse_request(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHea
         _ => Version::HTTP_11,
     };
     let mut headers = crate::header_maps::take(count + ADDED_HEADERS);
+    let mut present = crate::codec::Present::default();
     let mut codings = 0;
     let mut chunked = false;
     let mut length: Option<u64> = None;
@@ -243,6 +243,7 @@ pub fn parse_request(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHea
         } else if name == EXPECT {
             expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         }
+        present.note(&name);
         headers.append(name, value);
     }
     let body = match (codings, length) {
@@ -253,14 +254,15 @@ pub fn parse_request(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHea
         (1, None) if chunked => RequestBodyFraming::Chunked,
         _ => return Err(HeadError::TransferCoding),
     };
+    let conn = |token| present.connection && has_token(&headers, CONNECTION, token);
     let keep_alive = method != Method::CONNECT
-        && !has_token(&headers, CONNECTION, "close")
-        && (version == Version::HTTP_11 || has_token(&headers, CONNECTION, "keep-alive"));
+        && !conn("close")
+        && (version == Version::HTTP_11 || conn("keep-alive"));
     Ok(Some(RequestHead {
         expect_continue: expect_continue
             && version == Version::HTTP_11
             && body != RequestBodyFraming::None,
-        upgrade: version == Version::HTTP_11 && headers.contains_key(UPGRADE),
+        upgrade: version == Version::HTTP_11 && present.upgrade,
         method,
         uri,
         version,
@@ -641,11 +643,12 @@ enum Next {
 /// Serve HTTP/1.1 on `io`, each request answered by `handle` (the pipeline), until the client
 /// or the edge closes it (the listener's watchdog drops this future for the connection's
 /// deadlines).
-pub async fn serve<S, H, F>(io: S, cx: Connection<'_>, mut handle: H) -> Ended<S>
+pub async fn serve<S, H, F, A>(io: S, cx: Connection<'_>, mut handle: H) -> Ended<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: FnMut(Request<RequestBody>) -> F,
-    F: std::future::Future<Output = Response<Body>>,
+    F: std::future::Future<Output = A>,
+    A: Into<Answer>,
 {
     let shared = Arc::new(Shared {
         inner: Mutex::new(Inner {
@@ -733,7 +736,7 @@ where
         // is written.
         // On the heap while it runs: the proxy's future is most of a connection's state, and an
         // idle keep-alive connection (most of them, most of the time) need not carry its room.
-        let resp = Box::pin(handle(req)).await;
+        let resp = Box::pin(handle(req)).await.into();
         let to = ResponseFor {
             keep_alive: to.keep_alive && !cx.shutdown.is_cancelled(),
             ..to
@@ -831,14 +834,16 @@ async fn linger<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared<S>) {
 
 /// An answer the connection itself gives (a refused head), with the security headers every
 /// response carries.
-fn refusal(status: StatusCode, detail: &str, https: bool) -> Response<Body> {
-    let mut resp = crate::response::error_page(status, detail, "-", false);
-    crate::response::apply_security_headers(
-        resp.headers_mut(),
-        crate::view::SecurityHeaders::defaults(),
-        https,
-    );
-    resp
+fn refusal(status: StatusCode, detail: &str, https: bool) -> Answer {
+    Answer {
+        response: crate::response::error_page(status, detail, "-", false),
+        finish: Some(Finish {
+            policy: crate::view::SecurityHeaders::defaults().clone(),
+            https,
+            request_id: None,
+            now_ms: palisade_raft::now_ms(),
+        }),
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -864,10 +869,16 @@ enum Out {
     Close,
 }
 
-/// Write `resp` (head, then body, batched) and say what becomes of the connection.
+/// Write `answer` (head, then body, batched) and say what becomes of the connection.
+///
+/// The head is written in one pass over the response's fields: the framing fields and
+/// `Connection` are the edge's to set (but for `HEAD` and `304`, whose fields say what a `GET`
+/// would have had), and the security headers and the request id go in as the lines the view
+/// built ([`Finish::write`]) in place of any the response had. Nothing is inserted into or
+/// removed from the map.
 async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared<S>,
-    resp: Response<Body>,
+    answer: Answer,
     wbuf: &mut Vec<u8>,
     to: ResponseFor,
 ) -> io::Result<Written> {
@@ -879,72 +890,101 @@ async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
         }
         matches!(g.body, BodyState::Done)
     };
-    let (mut parts, mut body) = resp.into_parts();
+    let Answer {
+        response,
+        mut finish,
+    } = answer;
+    let (mut parts, mut body) = response.into_parts();
+    if let Some(f) = finish.take_if(|f| f.policy.keep_upstream) {
+        // The upstream's values win where it sent them: decided in the map.
+        f.apply(&mut parts.headers);
+    }
     let status = parts.status;
-    let h = &mut parts.headers;
+    let h = &parts.headers;
     let upgraded = status == StatusCode::SWITCHING_PROTOCOLS && to.upgrade;
     // An answer before the request body has been read (a refusal, an early answer from the
-    // upstream) ends the connection, and says so.
-    let mut keep = to.keep_alive && body_read && !has_token(h, CONNECTION, "close");
+    // upstream) ends the connection, and says so; so does one whose `Connection` says `close`
+    // (looked at in the pass below).
+    let mut keep = to.keep_alive && body_read;
+    // Whether the response's own `Content-Length` and `Transfer-Encoding` are written.
+    let mut own_framing = false;
     let out = if status.is_informational() {
-        h.remove(CONTENT_LENGTH);
-        h.remove(TRANSFER_ENCODING);
         keep &= upgraded;
         Out::None
     } else if status == StatusCode::NO_CONTENT {
-        h.remove(CONTENT_LENGTH);
-        h.remove(TRANSFER_ENCODING);
         Out::None
     } else if to.head_request || status == StatusCode::NOT_MODIFIED {
         // The fields say what a GET would have had.
+        own_framing = true;
         Out::None
     } else if let Some(n) = body.size_hint().exact() {
-        // Written with the head (below), not formatted into a header value.
-        h.remove(TRANSFER_ENCODING);
-        h.remove(CONTENT_LENGTH);
         Out::Length(n)
     } else if let Some(n) = h.get(CONTENT_LENGTH).and_then(|v| decimal(v.as_bytes())) {
-        h.remove(TRANSFER_ENCODING);
-        h.remove(CONTENT_LENGTH);
         Out::Length(n)
     } else if to.version == Version::HTTP_11 {
-        h.remove(CONTENT_LENGTH);
-        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         Out::Chunked
     } else {
-        h.remove(CONTENT_LENGTH);
-        h.remove(TRANSFER_ENCODING);
         keep = false;
         Out::Close
     };
-    if !upgraded {
-        h.remove(CONNECTION);
-        if !keep {
-            h.insert(CONNECTION, HeaderValue::from_static("close"));
-        } else if to.version == Version::HTTP_10 {
-            h.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
-        }
-    }
     if wbuf.capacity() == 0 {
         *wbuf = take_write_buffer();
     }
     wbuf.clear();
     write_status_line(wbuf, status);
+    let mut dated = false;
     for (name, value) in h.iter() {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            if !own_framing {
+                continue;
+            }
+        } else if name == CONNECTION {
+            if value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+            {
+                keep = false;
+            }
+            if !upgraded {
+                continue;
+            }
+        } else if name == DATE {
+            dated = true;
+        } else if finish.as_ref().is_some_and(|f| f.replaces(name)) {
+            continue;
+        }
         wbuf.extend_from_slice(name.as_str().as_bytes());
         wbuf.extend_from_slice(b": ");
         wbuf.extend_from_slice(value.as_bytes());
         wbuf.extend_from_slice(b"\r\n");
     }
-    if let Out::Length(n) = out {
-        wbuf.extend_from_slice(b"content-length: ");
-        wbuf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    match out {
+        // Written with the head, not formatted into a header value.
+        Out::Length(n) => {
+            wbuf.extend_from_slice(b"content-length: ");
+            wbuf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            wbuf.extend_from_slice(b"\r\n");
+        }
+        Out::Chunked => wbuf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Out::None | Out::Close => {}
+    }
+    if !upgraded {
+        if !keep {
+            wbuf.extend_from_slice(b"connection: close\r\n");
+        } else if to.version == Version::HTTP_10 {
+            wbuf.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+    }
+    if !dated {
+        wbuf.extend_from_slice(b"date: ");
+        // The second the request arrived in, when the pipeline read the clock for it.
+        let secs = finish.as_ref().map(|f| f.now_ms / 1000);
+        with_date(secs, |d| wbuf.extend_from_slice(d));
         wbuf.extend_from_slice(b"\r\n");
     }
-    if !h.contains_key(DATE) {
-        wbuf.extend_from_slice(b"date: ");
-        with_date(|d| wbuf.extend_from_slice(d));
-        wbuf.extend_from_slice(b"\r\n");
+    if let Some(f) = &finish {
+        f.write(wbuf);
     }
     wbuf.extend_from_slice(b"\r\n");
     crate::header_maps::give(parts.headers);
@@ -1078,19 +1118,22 @@ fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The `Date` value, formatted once a second per worker.
-fn with_date(f: impl FnOnce(&[u8])) {
+/// The `Date` value for `secs` (Unix seconds; `None`: now), formatted once a second per
+/// worker.
+fn with_date(secs: Option<u64>, f: impl FnOnce(&[u8])) {
     thread_local! {
         static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
     }
-    let now = std::time::SystemTime::now();
-    let secs = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = secs.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
     DATE.with(|d| {
         let mut d = d.borrow_mut();
         if d.0 != secs {
-            let text = httpdate::fmt_http_date(now);
+            let at = std::time::UNIX_EPOCH + Duration::from_secs(secs);
+            let text = httpdate::fmt_http_date(at);
             let n = text.len().min(29);
             d.1[..n].copy_from_slice(&text.as_bytes()[..n]);
             d.0 = secs;

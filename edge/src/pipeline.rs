@@ -19,8 +19,8 @@ use palisade_raft::model::{Project, Record, RecordKey, Verdict};
 use palisade_raft::store::StateReader;
 
 use crate::client_ip::ClientIpResolver;
-use crate::proxy::{Forwarded, Proxy, X_REQUEST_ID};
-use crate::response::{apply_security_headers, error_page, full, wants_json, Body};
+use crate::proxy::{Forwarded, Proxy};
+use crate::response::{error_page, full, wants_json, Answer, Body, Finish, RequestId};
 use crate::view::{LiveView, Route, SecurityHeaders, StatusCounters};
 
 const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -33,6 +33,8 @@ pub struct RequestCtx<'a> {
     pub project: Option<&'a Project>,
     pub request_id: &'a str,
     pub https: bool,
+    /// The wall clock when the request arrived (Unix ms), read once for every stage.
+    pub now: u64,
     /// When the bot-protection clearance the request carried was issued, once a gate has
     /// checked it (for the counters [`Gate::observe`] feeds).
     pub cleared_at: std::cell::Cell<Option<u64>>,
@@ -64,48 +66,6 @@ pub struct Pipeline {
     pub client_ip: ClientIpResolver,
     pub proxy: Proxy,
     pub gates: Vec<Box<dyn Gate>>,
-}
-
-/// A request's id: unique per node run and cheap (a random prefix drawn once per thread, then
-/// the thread's counter: no system call and no shared cache line per request), formatted on the
-/// stack, and the one header value the upstream request and the response both carry.
-pub struct RequestId {
-    text: [u8; 22],
-    pub header: HeaderValue,
-}
-
-impl RequestId {
-    fn new() -> RequestId {
-        use std::cell::Cell;
-        thread_local! {
-            static NEXT: Cell<Option<([u8; 12], u64)>> = const { Cell::new(None) };
-        }
-        let (prefix, n) = NEXT.with(|next| {
-            let (prefix, n) = next.get().unwrap_or_else(|| {
-                let mut b = [0u8; 6];
-                palisade_raft::crypto::fill_random(&mut b);
-                let mut prefix = [0u8; 12];
-                hex::encode_to_slice(b, &mut prefix).expect("12 hex digits");
-                (prefix, 0)
-            });
-            next.set(Some((prefix, n + 1)));
-            (prefix, n)
-        });
-        let mut text = [0u8; 22];
-        text[..12].copy_from_slice(&prefix);
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        for (i, b) in text[12..].iter_mut().rev().enumerate() {
-            *b = HEX[((n >> (4 * i)) & 0xf) as usize];
-        }
-        RequestId {
-            header: crate::response::header_value(&text).expect("hex digits"),
-            text,
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.text).expect("hex digits")
-    }
 }
 
 /// Where a request names its host: h2's `:authority` or the `Host` header. Both share the
@@ -141,6 +101,10 @@ fn host_of(src: Option<&HostSource>) -> Result<Option<std::borrow::Cow<'_, str>>
         return Ok(None);
     };
     let raw = src.as_str().ok_or(())?;
+    // Most hosts are lower-case DNS names without a port: one pass says so.
+    if dns_name(raw.as_bytes(), false) {
+        return Ok(Some(std::borrow::Cow::Borrowed(raw)));
+    }
     let host = split_port(raw).ok_or(())?.trim_end_matches('.');
     let host = match host.bytes().any(|b| b.is_ascii_uppercase()) {
         true => std::borrow::Cow::Owned(host.to_ascii_lowercase()),
@@ -180,11 +144,12 @@ fn valid_port(p: &str) -> bool {
 pub fn valid_host(h: &str) -> bool {
     // The name first, in one pass (an IPv4 literal is one too): most hosts are names, and
     // parsing one as an address first costs more than the check.
-    dns_name(h.as_bytes()) || h.parse::<IpAddr>().is_ok()
+    dns_name(h.as_bytes(), true) || h.parse::<IpAddr>().is_ok()
 }
 
-/// Labels of letters, digits and inner hyphens, each of 1 to 63 bytes, 253 bytes in all.
-fn dns_name(h: &[u8]) -> bool {
+/// Labels of letters (upper case too, or not), digits and inner hyphens, each of 1 to 63
+/// bytes, 253 bytes in all.
+fn dns_name(h: &[u8], upper: bool) -> bool {
     if h.is_empty() || h.len() > 253 {
         return false;
     }
@@ -199,7 +164,11 @@ fn dns_name(h: &[u8]) -> bool {
                 len = 0;
             }
             b'-' if len == 0 => return false,
-            b if b.is_ascii_alphanumeric() || b == b'-' => {
+            b if b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || b == b'-'
+                || (upper && b.is_ascii_uppercase()) =>
+            {
                 len += 1;
                 if len > 63 {
                     return false;
@@ -213,8 +182,9 @@ fn dns_name(h: &[u8]) -> bool {
 }
 
 impl Pipeline {
-    pub async fn handle(&self, mut req: Request<RequestBody>, conn: Conn) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<RequestBody>, conn: Conn) -> Answer {
         let started = Instant::now();
+        let now = palisade_raft::now_ms();
         let id = RequestId::new();
         let request_id = id.as_str();
         let forwarded = conn.forwarded.then(|| req.headers());
@@ -226,15 +196,14 @@ impl Pipeline {
         let normal = normalize_path(&mut req);
         let source = HostSource::of(&req);
         let Ok(host) = normal.and_then(|()| host_of(source.as_ref())) else {
-            let mut resp = error_page(
+            let resp = error_page(
                 StatusCode::BAD_REQUEST,
                 "The request names no valid host, or its path cannot be read.",
                 request_id,
                 json,
             );
-            finish(&mut resp, SecurityHeaders::defaults(), conn.https, &id);
             unrouted().count(resp.status());
-            return resp;
+            return finish(resp, SecurityHeaders::defaults(), conn.https, id, now);
         };
         let host = host.as_deref().unwrap_or_default();
         let route = view.route(host);
@@ -244,11 +213,9 @@ impl Pipeline {
         let acme = !conn.https && req.uri().path().starts_with(ACME_PREFIX);
         // The ACME path answers to the cluster-wide list only: the CA is on no project's list.
         let lists_of = route.filter(|_| !acme).map(|r| &r.domain.project);
-        let decision = view
-            .access
-            .decide(lists_of, client_ip, palisade_raft::now_ms());
+        let decision = view.access.decide(lists_of, client_ip, now);
 
-        let mut resp = match route {
+        let resp = match route {
             _ if !decision.allowed => {
                 let label = route.map_or("-", |r| r.domain.project.as_str());
                 denial(&decision, label, client_ip, request_id);
@@ -286,6 +253,7 @@ impl Pipeline {
                         project: project.map(|p| &*p.project),
                         request_id,
                         https: conn.https,
+                        now,
                         cleared_at: Default::default(),
                     };
                     match self.gates.iter().find_map(|g| g.check(&ctx, &req)) {
@@ -298,7 +266,6 @@ impl Pipeline {
                                 https: conn.https,
                                 host,
                                 request_id,
-                                request_header: &id.header,
                                 max_body,
                                 wants_json: json,
                                 forwarded_header: headers.forwarded,
@@ -314,12 +281,11 @@ impl Pipeline {
                 }
             }
         };
-        finish(&mut resp, headers, conn.https, &id);
         project
             .map_or(unrouted(), |p| &p.counters)
             .count(resp.status());
         request_duration().record(started.elapsed().as_secs_f64());
-        resp
+        finish(resp, headers, conn.https, id, now)
     }
 
     /// Answer an ACME HTTP-01 challenge from the replicated state, whichever node the CA reaches.
@@ -418,10 +384,24 @@ fn redirect(host: &str, req: &Request<RequestBody>) -> Response<Body> {
     r
 }
 
-/// Every response, errors and redirects included: the security headers and the request id.
-fn finish(resp: &mut Response<Body>, headers: &SecurityHeaders, https: bool, id: &RequestId) {
-    apply_security_headers(resp.headers_mut(), headers, https);
-    resp.headers_mut().insert(X_REQUEST_ID, id.header.clone());
+/// Every response, errors and redirects included: the security headers and the request id,
+/// added as the response is written ([`Finish`]).
+fn finish(
+    response: Response<Body>,
+    headers: &Arc<SecurityHeaders>,
+    https: bool,
+    id: RequestId,
+    now_ms: u64,
+) -> Answer {
+    Answer {
+        response,
+        finish: Some(Finish {
+            policy: headers.clone(),
+            https,
+            request_id: Some(id),
+            now_ms,
+        }),
+    }
 }
 
 /// `palisade_requests_total` of requests that reach no project.
@@ -524,9 +504,19 @@ mod tests {
             ("[2001:db8::1]x", None),
             ("ex\u{e4}mple.com", None),
             ("", None),
+            ("shop.example.com", Some("shop.example.com")),
+            ("a.b-c.d", Some("a.b-c.d")),
+            ("1.2.3.4", Some("1.2.3.4")),
+            ("[::1]:80", Some("::1")),
         ];
         for (raw, want) in cases {
             assert_eq!(host(raw).as_deref(), *want, "{raw:?}");
+            // What the pipeline routes by (its one-pass path for lower-case names included).
+            let got = HeaderValue::from_bytes(raw.as_bytes())
+                .ok()
+                .map(HostSource::Header)
+                .and_then(|src| host_of(Some(&src)).ok().flatten().map(|h| h.into_owned()));
+            assert_eq!(got.as_deref(), *want, "host_of({raw:?})");
         }
     }
 }

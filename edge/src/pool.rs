@@ -186,13 +186,15 @@ impl Upstream {
             && matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Send a request (`target`: its path and query) and read until the response head has
-    /// arrived, for at most `within`. The request body goes with the head when it is ready, and
+    /// Send a request (`target`: its path and query; `added`: the fields the edge sets, see
+    /// [`codec::write_head`]) and read until the response head has arrived, for at most
+    /// `within`. The request body goes with the head when it is ready, and
     /// on (in the response body) when it is not.
     pub async fn send(
         &mut self,
         parts: &hyper::http::request::Parts,
         target: &str,
+        added: &codec::Added<'_>,
         body: Body,
         within: Duration,
     ) -> Result<Exchange, SendError> {
@@ -209,6 +211,7 @@ impl Upstream {
             &parts.method,
             target,
             &parts.headers,
+            added,
             framing,
         );
         let mut out = match body.is_end_stream() {

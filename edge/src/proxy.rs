@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::h1::{OnUpgrade, RequestBody};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body as _;
-use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, UPGRADE};
+use hyper::header::{HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -45,38 +45,69 @@ pub struct Proxy {
 }
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 section 7.6.1).
-/// Typed names: removing by `&str` would parse each name again on every request, twice.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    hyper::header::TE,
-    hyper::header::TRAILER,
-    hyper::header::TRANSFER_ENCODING,
-    UPGRADE,
-    hyper::header::PROXY_AUTHORIZATION,
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
 ];
 
 /// Headers through which clients and proxies state a request's origin. The edge removes what
 /// the client sent of them and sets `X-Forwarded-For/-Proto/-Host`, `X-Real-IP`, and (when the
 /// project asks for it) `Forwarded` itself.
-const CLIENT_FORWARDING: [HeaderName; 15] = [
-    hyper::header::FORWARDED,
-    HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("true-client-ip"),
-    HeaderName::from_static("cf-connecting-ip"),
-    HeaderName::from_static("fastly-client-ip"),
-    HeaderName::from_static("x-client-ip"),
-    HeaderName::from_static("x-cluster-client-ip"),
-    HeaderName::from_static("x-original-forwarded-for"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-prefix"),
-    HeaderName::from_static("x-forwarded-server"),
-    HeaderName::from_static("x-forwarded-ssl"),
-    HeaderName::from_static("front-end-https"),
-    HeaderName::from_static("x-original-url"),
-    HeaderName::from_static("x-rewrite-url"),
+const CLIENT_FORWARDING: [&str; 15] = [
+    "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "x-original-forwarded-for",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "front-end-https",
+    "x-original-url",
+    "x-rewrite-url",
 ];
+
+/// For each first byte, the lengths (bit n: n bytes) of the names on [`HOP_BY_HOP`] and
+/// [`CLIENT_FORWARDING`] that begin with it: a name whose first byte and length match none is
+/// on neither, told without comparing it to two dozen names.
+static DROPPED_SHAPES: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < HOP_BY_HOP.len() + CLIENT_FORWARDING.len() {
+        let n = match i < HOP_BY_HOP.len() {
+            true => HOP_BY_HOP[i],
+            false => CLIENT_FORWARDING[i - HOP_BY_HOP.len()],
+        }
+        .as_bytes();
+        assert!(n.len() < 32);
+        t[n[0] as usize] |= 1 << n.len();
+        i += 1;
+    }
+    t
+};
+
+/// Whether the edge drops a field of this name: a hop-by-hop one, or (`from_client`) one of
+/// the client's claims about its origin.
+fn dropped(name: &HeaderName, from_client: bool) -> bool {
+    let n = name.as_str();
+    let (Some(&first), len) = (n.as_bytes().first(), n.len()) else {
+        return false;
+    };
+    if len >= 32 || DROPPED_SHAPES[usize::from(first)] & (1 << len) == 0 {
+        return false;
+    }
+    HOP_BY_HOP.contains(&n) || (from_client && CLIENT_FORWARDING.contains(&n))
+}
 
 /// The RFC 7239 `Forwarded` value for this hop: `for` (IPv6 quoted and bracketed), `proto`,
 /// `host` (quoted).
@@ -92,15 +123,18 @@ fn forwarded(fwd: &Forwarded<'_>) -> String {
 /// names) and, from a request (`from_client`), what the client said about its origin
 /// ([`CLIENT_FORWARDING`]).
 ///
-/// Most messages carry none of them, so one pass over the names they do carry decides: a
-/// `remove` per name would hash two dozen names per request, most of them custom, byte by byte.
+/// Most messages carry none of them, so one pass over the names they do carry decides ([`dropped`],
+/// mostly by first byte and length): a `remove` per name would hash two dozen names per
+/// request, most of them custom, byte by byte.
 fn strip_hop_by_hop(headers: &mut HeaderMap, from_client: bool) {
-    let dropped =
-        |n: &HeaderName| HOP_BY_HOP.contains(n) || (from_client && CLIENT_FORWARDING.contains(n));
-    if !headers.keys().any(dropped) {
+    if !headers.keys().any(|n| dropped(n, from_client)) {
         return;
     }
-    let mut gone: Vec<HeaderName> = headers.keys().filter(|n| dropped(n)).cloned().collect();
+    let mut gone: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| dropped(n, from_client))
+        .cloned()
+        .collect();
     gone.extend(
         headers
             .get_all(CONNECTION)
@@ -116,14 +150,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, from_client: bool) {
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE) && crate::codec::has_token(headers, CONNECTION, "upgrade")
-}
-
-fn has_body(headers: &HeaderMap) -> bool {
-    headers.contains_key(hyper::header::TRANSFER_ENCODING)
-        || headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim() != "0")
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -214,25 +240,22 @@ pub struct Forwarded<'a> {
     pub https: bool,
     pub host: &'a str,
     pub request_id: &'a str,
-    /// The same id as the header value the response carries.
-    pub request_header: &'a HeaderValue,
     pub max_body: u64,
     pub wants_json: bool,
     /// Send the RFC 7239 `Forwarded` header (the project's `headers.forwarded`).
     pub forwarded_header: bool,
 }
 
-/// The names the edge sets on every forwarded request.
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The names the edge sets on every forwarded request (`static`s, as [`HOP_BY_HOP`]).
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// An IP address as a header value, formatted on the stack (IPv4 by hand: `Display` goes
+/// An IP address as header-value bytes, formatted into `buf` (IPv4 by hand: `Display` goes
 /// through the formatter's padding for each of its four numbers).
-fn ip_value(ip: IpAddr) -> HeaderValue {
-    let mut buf = [0u8; 45];
+fn ip_text(ip: IpAddr, buf: &mut [u8; 45]) -> &[u8] {
     let n = match ip {
         IpAddr::V4(v4) => {
             let mut n = 0;
@@ -261,7 +284,7 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
             45 - w.len()
         }
     };
-    crate::response::header_value(&buf[..n]).expect("an IP address is a header value")
+    &buf[..n]
 }
 
 /// The request's path and query: what an HTTP/1.1 request line carries (origin form).
@@ -297,11 +320,9 @@ impl Proxy {
         route: &Route,
         fwd: Forwarded<'_>,
     ) -> Response<Body> {
-        let declared = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        // The body knows its declared length (h1: the parsed `Content-Length`; h2: hyper's),
+        // and whether there is one at all: no field is looked up again.
+        let declared = req.body().size_hint().exact();
         if declared.is_some_and(|n| n > fwd.max_body) {
             return UpstreamError::BodyTooLarge.answer(&fwd);
         }
@@ -316,7 +337,7 @@ impl Proxy {
             true => parts.headers.get(UPGRADE).cloned(),
             false => None,
         };
-        let retryable = is_idempotent(&parts.method) && !has_body(&parts.headers) && !upgrade;
+        let retryable = is_idempotent(&parts.method) && body.is_end_stream() && !upgrade;
         // What the client said about the request's origin never reaches the upstream as if the
         // edge had said it either: frameworks believe these.
         strip_hop_by_hop(&mut parts.headers, true);
@@ -326,32 +347,29 @@ impl Proxy {
                 .insert(CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(UPGRADE, v);
         }
-        let h = &mut parts.headers;
-        let ip = ip_value(fwd.client_ip);
-        h.insert(X_FORWARDED_FOR, ip.clone());
-        h.insert(X_REAL_IP, ip);
-        h.insert(
-            X_FORWARDED_PROTO,
-            HeaderValue::from_static(if fwd.https { "https" } else { "http" }),
-        );
-        // The client's own `Host` when it is already the normalised host (it is a slice of the
-        // connection's read buffer: no copy), else a new value.
-        let host = match h.get(HOST) {
-            Some(v) if v.as_bytes() == fwd.host.as_bytes() => Some(v.clone()),
-            _ => crate::response::header_value(fwd.host.as_bytes()),
-        };
-        if let Some(host) = host {
-            h.insert(X_FORWARDED_HOST, host.clone());
-            h.insert(HOST, host);
-        } else {
-            h.remove(HOST);
-        }
-        h.insert(X_REQUEST_ID, fwd.request_header.clone());
-        if fwd.forwarded_header {
-            if let Ok(v) = HeaderValue::from_str(&forwarded(&fwd)) {
-                h.insert(hyper::header::FORWARDED, v);
-            }
-        }
+        // The fields the edge sets, each from a value it checked (an address, the normalised
+        // host, hex digits): written after the client's own, in place of any of the same names
+        // (`codec::write_head`), not inserted into the map one by one.
+        let mut ip = [0u8; 45];
+        let ip = ip_text(fwd.client_ip, &mut ip);
+        let host = fwd.host.as_bytes();
+        let rfc7239 = fwd.forwarded_header.then(|| forwarded(&fwd));
+        let all: [(&HeaderName, &[u8]); 7] = [
+            (&X_FORWARDED_FOR, ip),
+            (&X_REAL_IP, ip),
+            (
+                &X_FORWARDED_PROTO,
+                if fwd.https { &b"https"[..] } else { b"http" },
+            ),
+            (&X_FORWARDED_HOST, host),
+            (&HOST, host),
+            (&X_REQUEST_ID, fwd.request_id.as_bytes()),
+            (
+                &hyper::header::FORWARDED,
+                rfc7239.as_deref().unwrap_or_default().as_bytes(),
+            ),
+        ];
+        let added = &all[..all.len() - usize::from(rfc7239.is_none())];
         // Always HTTP/1.1 upstream, whatever the client spoke.
         parts.version = hyper::Version::HTTP_11;
         // A request without a body (most) sends an empty one: nothing to box or limit.
@@ -404,6 +422,11 @@ impl Proxy {
                         }
                     };
                     if upgrade {
+                        for (name, value) in added {
+                            if let Ok(v) = HeaderValue::from_bytes(value) {
+                                parts.headers.insert(*name, v);
+                            }
+                        }
                         parts.uri = origin_form(std::mem::take(&mut parts.uri));
                         let req = Request::from_parts(parts, body.take().unwrap_or_else(empty));
                         return self
@@ -422,7 +445,10 @@ impl Proxy {
             let b = body
                 .take()
                 .expect("a request body is sent once, or comes back");
-            match conn.send(&parts, &path, b, self.timeouts.response).await {
+            match conn
+                .send(&parts, &path, added, b, self.timeouts.response)
+                .await
+            {
                 Ok(mut x) => {
                     let status = x.head.status;
                     let mut headers = std::mem::take(&mut x.head.headers);
@@ -538,7 +564,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     #[test]
-    fn an_ip_value_reads_as_the_address_prints() {
+    fn an_ip_text_reads_as_the_address_prints() {
         for a in 0..=255u8 {
             for ip in [
                 Ipv4Addr::new(a, 0, 9, 10),
@@ -546,15 +572,21 @@ mod tests {
                 Ipv4Addr::new(1, 2, a, 3),
                 Ipv4Addr::new(200, 10, 0, a),
             ] {
-                assert_eq!(ip_value(IpAddr::V4(ip)), ip.to_string().as_str());
+                assert_eq!(
+                    ip_text(IpAddr::V4(ip), &mut [0; 45]),
+                    ip.to_string().as_bytes()
+                );
             }
         }
         let v6: IpAddr = "2001:db8::ff:1".parse().unwrap();
-        assert_eq!(ip_value(v6), "2001:db8::ff:1");
+        assert_eq!(ip_text(v6, &mut [0; 45]), b"2001:db8::ff:1");
         let longest: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
             .parse()
             .unwrap();
-        assert_eq!(ip_value(longest), longest.to_string().as_str());
+        assert_eq!(
+            ip_text(longest, &mut [0; 45]),
+            longest.to_string().as_bytes()
+        );
     }
 
     fn map(fields: &[(&str, &str)]) -> HeaderMap {
@@ -572,6 +604,32 @@ mod tests {
         let mut v: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn the_shape_filter_lets_every_listed_name_through() {
+        for n in HOP_BY_HOP {
+            let name = HeaderName::from_static(n);
+            assert!(dropped(&name, false) && dropped(&name, true), "{n}");
+        }
+        for n in CLIENT_FORWARDING {
+            let name = HeaderName::from_static(n);
+            assert!(dropped(&name, true) && !dropped(&name, false), "{n}");
+        }
+        for n in [
+            "host",
+            "user-agent",
+            "accept",
+            "cookie",
+            "x-forwarded-for",
+            "connections",
+            "x-real-ipv6",
+            "content-length",
+            "tk",
+        ] {
+            let name = HeaderName::from_static(n);
+            assert!(!dropped(&name, true), "{n}");
+        }
     }
 
     #[test]

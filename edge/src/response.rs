@@ -5,6 +5,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{HeaderMap, Response, StatusCode};
 
+use std::sync::Arc;
+
+use crate::proxy::X_REQUEST_ID;
 use crate::view::SecurityHeaders;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -82,6 +85,126 @@ pub fn wants_json(headers: &HeaderMap) -> bool {
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/json"))
+}
+
+/// A request's id: unique per node run and cheap (a random prefix drawn once per thread, then
+/// the thread's counter: no system call and no shared cache line per request), formatted on the
+/// stack. The upstream request and an HTTP/1.1 response carry its bytes as they are; only h2's
+/// map gets a header value made of them.
+#[derive(Clone, Copy)]
+pub struct RequestId([u8; 22]);
+
+impl RequestId {
+    pub fn new() -> RequestId {
+        use std::cell::Cell;
+        thread_local! {
+            static NEXT: Cell<Option<([u8; 12], u64)>> = const { Cell::new(None) };
+        }
+        let (prefix, n) = NEXT.with(|next| {
+            let (prefix, n) = next.get().unwrap_or_else(|| {
+                let mut b = [0u8; 6];
+                palisade_raft::crypto::fill_random(&mut b);
+                let mut prefix = [0u8; 12];
+                hex::encode_to_slice(b, &mut prefix).expect("12 hex digits");
+                (prefix, 0)
+            });
+            next.set(Some((prefix, n + 1)));
+            (prefix, n)
+        });
+        let mut text = [0u8; 22];
+        text[..12].copy_from_slice(&prefix);
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in text[12..].iter_mut().rev().enumerate() {
+            *b = HEX[((n >> (4 * i)) & 0xf) as usize];
+        }
+        RequestId(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits")
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> RequestId {
+        RequestId::new()
+    }
+}
+
+/// A response, and what the edge adds to every response's head ([`Finish`]). HTTP/1.1 writes
+/// those fields straight into the head it sends ([`Finish::replaces`], [`Finish::write`]): no
+/// map insert, no lookup; h2 puts them into the map ([`Answer::into_response`]).
+pub struct Answer {
+    pub response: Response<Body>,
+    pub finish: Option<Finish>,
+}
+
+/// The security headers and the request id a response gets on its way out.
+pub struct Finish {
+    pub policy: Arc<SecurityHeaders>,
+    pub https: bool,
+    /// `None` for an answer given before a request had an id (a refused head).
+    pub request_id: Option<RequestId>,
+    /// When the request arrived (Unix ms): its `Date` (the clock is read once per request).
+    pub now_ms: u64,
+}
+
+impl Finish {
+    /// Put the fields into `headers`, as [`apply_security_headers`] and the request id.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        apply_security_headers(headers, &self.policy, self.https);
+        if let Some(v) = self.request_id.and_then(|id| header_value(id.as_bytes())) {
+            headers.insert(&X_REQUEST_ID, v);
+        }
+    }
+
+    /// Whether a field of this name from the response is replaced (or removed) by the edge's
+    /// own when written by [`Finish::write`]: the security headers (HSTS over HTTPS only, as
+    /// [`apply_security_headers`]) and the request id. Only for a policy that does not keep
+    /// the upstream's values (one that does goes through [`Finish::apply`]).
+    pub fn replaces(&self, name: &HeaderName) -> bool {
+        debug_assert!(!self.policy.keep_upstream);
+        *name == header::X_CONTENT_TYPE_OPTIONS
+            || *name == header::X_FRAME_OPTIONS
+            || *name == header::X_XSS_PROTECTION
+            || (self.https && *name == header::STRICT_TRANSPORT_SECURITY)
+            || (self.request_id.is_some() && *name == X_REQUEST_ID)
+    }
+
+    /// The fields as HTTP/1.1 head lines, appended to `out`.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.policy.lines(self.https));
+        if let Some(id) = &self.request_id {
+            out.extend_from_slice(b"x-request-id: ");
+            out.extend_from_slice(id.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+impl Answer {
+    /// The response with the fields in its map (h2; tests).
+    pub fn into_response(self) -> Response<Body> {
+        let mut r = self.response;
+        if let Some(f) = &self.finish {
+            f.apply(r.headers_mut());
+        }
+        r
+    }
+}
+
+/// A response that gets nothing added.
+impl From<Response<Body>> for Answer {
+    fn from(response: Response<Body>) -> Answer {
+        Answer {
+            response,
+            finish: None,
+        }
+    }
 }
 
 /// Set the project's security headers (values built with the view, [`SecurityHeaders`]). HSTS

@@ -270,7 +270,7 @@ async fn serve_h2<S>(
         let flight = requests.begin();
         let req = req.map(RequestBody::from_hyper);
         async move {
-            let resp = pipeline.handle(req, conn).await;
+            let resp = pipeline.handle(req, conn).await.into_response();
             Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked::wrap(body, flight)))
         }
     });

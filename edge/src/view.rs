@@ -59,14 +59,15 @@ pub struct View {
 /// instead of once per request (the security header values, the request counters).
 pub struct ProjectView {
     pub project: Arc<Project>,
-    pub headers: SecurityHeaders,
+    /// Shared with each response's [`crate::response::Finish`] (a count, not a copy).
+    pub headers: Arc<SecurityHeaders>,
     pub counters: StatusCounters,
 }
 
 impl ProjectView {
     pub fn new(project: Project) -> ProjectView {
         ProjectView {
-            headers: SecurityHeaders::new(&project.headers),
+            headers: Arc::new(SecurityHeaders::new(&project.headers)),
             counters: StatusCounters::new(project.id.to_string()),
             project: Arc::new(project),
         }
@@ -100,7 +101,8 @@ impl StatusCounters {
     }
 }
 
-/// The security headers of a project, as header values built when the project changed.
+/// The security headers of a project, as header values built when the project changed, and
+/// as the lines an HTTP/1.1 response head carries (written as they are, no map involved).
 #[derive(Debug, Clone)]
 pub struct SecurityHeaders {
     pub keep_upstream: bool,
@@ -110,6 +112,8 @@ pub struct SecurityHeaders {
     pub xss_protection: bool,
     /// Send the upstream an RFC 7239 `Forwarded` header.
     pub forwarded: bool,
+    /// `name: value\r\n` for each header set, without HSTS (plain HTTP) and with it (HTTPS).
+    lines: [Box<[u8]>; 2],
 }
 
 impl SecurityHeaders {
@@ -124,20 +128,40 @@ impl SecurityHeaders {
             }
             hyper::header::HeaderValue::try_from(v).expect("digits and ASCII words")
         });
-        SecurityHeaders {
+        let mut h = SecurityHeaders {
             keep_upstream: p.keep_upstream,
             hsts,
             nosniff: p.nosniff,
             frame_deny: p.frame_deny,
             xss_protection: p.xss_protection,
             forwarded: p.forwarded,
-        }
+            lines: Default::default(),
+        };
+        h.lines = [false, true].map(|https| {
+            let mut map = hyper::HeaderMap::new();
+            crate::response::apply_security_headers(&mut map, &h, https);
+            let mut out = Vec::new();
+            for (name, value) in &map {
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            out.into_boxed_slice()
+        });
+        h
     }
 
     /// For requests that reach no project: the defaults.
-    pub fn defaults() -> &'static SecurityHeaders {
-        static DEFAULTS: OnceLock<SecurityHeaders> = OnceLock::new();
-        DEFAULTS.get_or_init(|| SecurityHeaders::new(&Default::default()))
+    pub fn defaults() -> &'static Arc<SecurityHeaders> {
+        static DEFAULTS: OnceLock<Arc<SecurityHeaders>> = OnceLock::new();
+        DEFAULTS.get_or_init(|| Arc::new(SecurityHeaders::new(&Default::default())))
+    }
+
+    /// The header lines a response over `https` (or not) carries, as written in an HTTP/1.1
+    /// head: the same fields [`crate::response::apply_security_headers`] sets.
+    pub fn lines(&self, https: bool) -> &[u8] {
+        &self.lines[usize::from(https)]
     }
 }
 

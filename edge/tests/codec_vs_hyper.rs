@@ -102,6 +102,7 @@ async fn by_edge(raw: &'static [u8], method: Method) -> Seen {
             .send(
                 &parts,
                 "/",
+                &[],
                 palisade_edge::response::empty(),
                 Duration::from_secs(5),
             )
@@ -217,6 +218,7 @@ async fn a_connection_closed_without_an_answer_gives_the_request_back() {
         .send(
             &parts,
             "/",
+            &[],
             palisade_edge::response::empty(),
             Duration::from_secs(5),
         )
@@ -241,6 +243,7 @@ async fn a_connection_closed_without_an_answer_gives_the_request_back() {
         .send(
             &parts,
             "/",
+            &[],
             palisade_edge::response::empty(),
             Duration::from_secs(5),
         )
@@ -291,7 +294,7 @@ async fn an_early_answer_does_not_pool_a_connection_with_the_request_still_going
         .unwrap()
         .into_parts();
     let x = match conn
-        .send(&parts, "/upload", body, Duration::from_secs(5))
+        .send(&parts, "/upload", &[], body, Duration::from_secs(5))
         .await
     {
         Ok(x) => x,
@@ -320,6 +323,7 @@ async fn an_interim_answer_then_a_close_is_not_a_reason_to_resend() {
         .send(
             &parts,
             "/",
+            &[],
             palisade_edge::response::empty(),
             Duration::from_secs(5),
         )
@@ -356,7 +360,7 @@ async fn an_upstream_stalling_mid_body_is_cut_off_after_the_response_timeout() {
     let (parts, ()) = Request::get("/").body(()).unwrap().into_parts();
     let within = Duration::from_millis(500);
     let x = match conn
-        .send(&parts, "/", palisade_edge::response::empty(), within)
+        .send(&parts, "/", &[], palisade_edge::response::empty(), within)
         .await
     {
         Ok(x) => x,

@@ -538,3 +538,129 @@ async fn pipelined_requests_then_a_half_close_are_all_answered() {
     assert_eq!(answers(ha).await, vec![200, 200], "hyper");
     assert_eq!(answers(ea).await, vec![200, 200], "the edge");
 }
+
+/// The security headers and the request id are written into an HTTP/1.1 head as lines the
+/// view built, not through the map; the fields a client gets must be exactly those the map
+/// path (h2) sets, for every policy, over HTTP and HTTPS, whatever the upstream sent of them.
+#[tokio::test]
+async fn the_head_carries_the_same_security_fields_as_the_map_would() {
+    use hyper::header::{HeaderName, HeaderValue};
+    use palisade_edge::response::{Answer as EdgeAnswer, Finish, RequestId};
+    use palisade_edge::view::SecurityHeaders;
+    use palisade_raft::model::HeaderPolicy;
+
+    let upstream_fields: &[(&str, &str)] = &[
+        ("content-type", "text/plain"),
+        ("x-frame-options", "SAMEORIGIN"),
+        ("x-request-id", "spoofed"),
+        ("strict-transport-security", "max-age=1"),
+        ("x-xss-protection", "0"),
+        ("x-custom", "kept"),
+    ];
+    let policies = [
+        HeaderPolicy::default(),
+        HeaderPolicy {
+            keep_upstream: true,
+            xss_protection: false,
+            ..Default::default()
+        },
+        HeaderPolicy {
+            hsts_max_age: 0,
+            frame_deny: false,
+            ..Default::default()
+        },
+        HeaderPolicy {
+            hsts_preload: true,
+            nosniff: false,
+            ..Default::default()
+        },
+    ];
+    let id = RequestId::new();
+    let answer = |policy: &HeaderPolicy, https: bool, upstream: bool| {
+        let mut r = Response::new(
+            Full::new(Bytes::from_static(b"ok"))
+                .map_err(BoxError::from)
+                .boxed(),
+        );
+        if upstream {
+            for (n, v) in upstream_fields {
+                r.headers_mut()
+                    .append(HeaderName::from_static(n), HeaderValue::from_static(v));
+            }
+        }
+        EdgeAnswer {
+            response: r,
+            finish: Some(Finish {
+                policy: Arc::new(SecurityHeaders::new(policy)),
+                https,
+                request_id: Some(id),
+                now_ms: palisade_raft::now_ms(),
+            }),
+        }
+    };
+    for policy in &policies {
+        for https in [false, true] {
+            for upstream in [false, true] {
+                let case = format!("{policy:?}, https {https}, upstream fields {upstream}");
+                let want = answer(policy, https, upstream).into_response();
+                let mut want: Vec<(String, String)> = want
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+                    .collect();
+                want.sort();
+
+                let (mut client, server) = tokio::io::duplex(64 << 10);
+                let slots = Slots::new(10, 10);
+                let hold = Hold::new(
+                    slots.take("127.0.0.1".parse().unwrap(), false).unwrap(),
+                    Duration::from_secs(5),
+                );
+                let (activity, shutdown) = (Activity::new(), Shutdown::new());
+                let cx = h1::Connection {
+                    peer: "127.0.0.1:1".parse().unwrap(),
+                    https,
+                    max_header_bytes: 8192,
+                    hold: &hold,
+                    activity: &activity,
+                    shutdown: &shutdown,
+                };
+                let policy = policy.clone();
+                let served = h1::serve(server, cx, |_req: Request<RequestBody>| {
+                    let a = answer(&policy, https, upstream);
+                    async move { a }
+                });
+                let talk = async {
+                    client
+                        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                        .await
+                        .unwrap();
+                    let mut raw = Vec::new();
+                    client.read_to_end(&mut raw).await.unwrap();
+                    raw
+                };
+                let (_, raw) = tokio::time::timeout(Duration::from_secs(5), async {
+                    tokio::join!(served, talk)
+                })
+                .await
+                .expect("answered and closed");
+                let mut fields = [httparse::EMPTY_HEADER; 32];
+                let mut resp = httparse::Response::new(&mut fields);
+                assert!(resp.parse(&raw).unwrap().is_complete(), "{case}");
+                let mut got: Vec<(String, String)> = resp
+                    .headers
+                    .iter()
+                    .filter(|h| !["date", "content-length", "connection"].contains(&h.name))
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8(h.value.to_vec()).unwrap(),
+                        )
+                    })
+                    .collect();
+                got.sort();
+                assert_eq!(got, want, "{case}");
+            }
+        }
+    }
+}

@@ -200,6 +200,16 @@ impl Proxies {
             if let Some(p) = o.problem() {
                 bail!("{} over HTTPS: {p}", self.names[i]);
             }
+            // The block list is in force: a client at an address on it is refused.
+            let status = status_from(baselines::BLOCKED_CLIENT, self.http[i])
+                .with_context(|| format!("{}: a request from a blocked address", self.names[i]))?;
+            if status != 403 {
+                bail!(
+                    "{} answered {status}, not 403, to a client on its block list ({})",
+                    self.names[i],
+                    baselines::BLOCKED_CLIENT
+                );
+            }
         }
         Ok(())
     }
@@ -225,9 +235,34 @@ impl Proxies {
     }
 }
 
+/// The status a plain `GET /` for [`HOST`] gets at `to`, sent from the loopback address `from`.
+fn status_from(from: std::net::Ipv4Addr, to: SocketAddr) -> Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4()?;
+        sock.bind(SocketAddr::from((from, 0)))?;
+        let mut s = tokio::time::timeout(Duration::from_secs(5), sock.connect(to)).await??;
+        s.write_all(
+            format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut head = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head)).await??;
+        std::str::from_utf8(&head[9..12])?
+            .parse()
+            .context("a status code")
+    })
+}
+
 /// One Palisade node from `bin` (one worker, `env` added to its environment) serving [`HOST`]
-/// from `upstream` with `pki`'s certificate and no bot protection, pinned to the proxy core
-/// when `pinned`; the node and its pid.
+/// from `upstream` with `pki`'s certificate and every protection on: the default security
+/// headers, [`baselines::block_list`] as the project's block list (the baselines check the same
+/// one), and bot protection `automatic` (every request counted; thresholds no benchmark client
+/// reaches, so nobody is challenged). Pinned to the proxy core when `pinned`; the node and its
+/// pid.
 fn start_palisade(
     ctx: &mut Ctx,
     bin: &std::path::Path,
@@ -246,14 +281,25 @@ fn start_palisade(
         bin.display(),
         c.nodes[0].dir.display()
     ));
+    let never = json!({ "threshold": 10_000_000, "window_seconds": 60 });
     let r = c.post(
         0,
         "/v1/projects",
-        json!({ "id": "bench", "name": "bench", "bot": { "mode": "off" } }),
+        json!({ "id": "bench", "name": "bench", "bot": { "mode": "automatic", "triggers": {
+            "request_rate": never, "request_rate_v6_64": never, "missing_headers": never, "client_errors": never } } }),
         None,
     )?;
     if r.status != 201 {
         bail!("creating the project: {} {}", r.status, r.body);
+    }
+    let (status, body) = c.post_raw(
+        0,
+        "/v1/projects/bench/ip-rules/import?list=block&wait=all",
+        "text/plain",
+        baselines::block_list().as_bytes().to_vec(),
+    )?;
+    if status != 200 {
+        bail!("importing the block list: {status} {body}");
     }
     let r = c.put(
         0,

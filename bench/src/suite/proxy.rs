@@ -27,7 +27,8 @@ pub fn proxy(ctx: &mut Ctx, https: bool) -> Result<Section> {
             "keep-alive plain HTTP, 1 KiB answers"
         },
         &format!(
-            "One Palisade node, nginx and HAProxy, one worker each, in front of the same local upstream (keep-alive to it), each adding the same security headers. \
+            "One Palisade node, nginx and HAProxy, one worker each, in front of the same local upstream (keep-alive to it), each adding the same security headers and checking the same 1,001-entry IP block list (nginx: `geo`; HAProxy: an ACL file); \
+             Palisade also with bot protection `automatic` (every request counted, thresholds no client reaches). \
              Closed loop: {CONNS} connections sending back to back for {:.1} s. Open loop: {CONNS} connections at a fixed total rate (50%, 75%, 90% of the slowest proxy's closed-loop median), \
              latency timed from each request's scheduled send time when the previous answer made it late (coordinated omission corrected), after {:.1} s of warm-up. \
              {} runs each, targets interleaved. CPU: the proxy's user + system time over the run (nginx: master and worker).",

@@ -14,10 +14,10 @@
 //! dropped and counted. [`crate::jobs::decisions`] sends the queue to the cluster in batches.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Mutex, OnceLock};
 
 use ipnet::IpNet;
 use palisade_raft::ids::{Cidr, ProjectId};
@@ -184,8 +184,14 @@ struct Decided {
 
 /// The node's counters and its queue of decisions.
 pub struct Detector {
+    /// This detector among those of the process (a worker's remembered hash is its own).
+    id: u64,
     hasher: RandomState,
-    sketches: RwLock<Vec<Arc<Sketch>>>,
+    /// One sketch per window length in use, made on first use, in order (a free slot has none
+    /// after it), never removed: looked up without a lock.
+    sketches: [OnceLock<Sketch>; MAX_SKETCHES],
+    /// Held while a sketch is made.
+    making: Mutex<()>,
     /// Sources this node decided to challenge. A decision applies here for
     /// [`LOCAL_GRACE_MS`], until the cluster's copy takes over (so that an operator lifting it
     /// is obeyed on this node too).
@@ -206,9 +212,12 @@ impl Default for Detector {
 
 impl Detector {
     pub fn new() -> Detector {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Detector {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             hasher: RandomState::new(),
-            sketches: RwLock::new(Vec::new()),
+            sketches: Default::default(),
+            making: Mutex::new(()),
             decided: Mutex::new(Decided::default()),
             grace_ends: AtomicU64::new(0),
             pending: Mutex::new(Vec::new()),
@@ -220,39 +229,83 @@ impl Detector {
     /// Bytes held by counters: fixed per window length in use, whatever the traffic.
     pub fn counter_bytes(&self) -> usize {
         self.sketches
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|s| s.bytes())
+            .map_while(OnceLock::get)
+            .map(Sketch::bytes)
             .sum()
     }
 
-    fn sketch(&self, window_ms: u64) -> Arc<Sketch> {
+    fn sketch(&self, window_ms: u64) -> &Sketch {
         let window_ms = window_ms.max(SLOTS as u64);
-        if let Some(s) = self
-            .sketches
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|s| s.window_ms == window_ms)
-        {
-            return s.clone();
-        }
-        let mut all = self.sketches.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = all.iter().find(|s| s.window_ms == window_ms) {
-            return s.clone();
-        }
-        if all.len() >= MAX_SKETCHES {
-            // Out of sketches: share the one with the nearest window.
-            return all
+        let find = || {
+            self.sketches
                 .iter()
-                .min_by_key(|s| s.window_ms.abs_diff(window_ms))
-                .expect("MAX_SKETCHES > 0")
-                .clone();
+                .map_while(OnceLock::get)
+                .find(|s| s.window_ms == window_ms)
+        };
+        if let Some(s) = find() {
+            return s;
         }
-        let s = Arc::new(Sketch::new(window_ms));
-        all.push(s.clone());
-        s
+        let _making = self.making.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = find() {
+            return s;
+        }
+        match self.sketches.iter().find(|s| s.get().is_none()) {
+            Some(free) => free.get_or_init(|| Sketch::new(window_ms)),
+            // Out of sketches: share the one with the nearest window.
+            None => self
+                .sketches
+                .iter()
+                .map_while(OnceLock::get)
+                .min_by_key(|s| s.window_ms.abs_diff(window_ms))
+                .expect("MAX_SKETCHES > 0"),
+        }
+    }
+
+    /// The sketch key of one signal from one source for one project: SipHash keyed per process
+    /// (an attacker cannot aim collisions) of the source and project, laid out in one buffer and
+    /// written at once, then mixed with the signal by a public bijection (which keeps the keyed
+    /// hash's secrecy). A request counted by several signals of the same prefix is hashed once:
+    /// the worker remembers the last layout it hashed (no allocation, compared as bytes).
+    fn key(&self, signal: Signal, project: &ProjectId, prefix: Cidr) -> u64 {
+        use std::cell::RefCell;
+        const MAX: usize = 18 + 63;
+        thread_local! {
+            /// (detector, layout, its length) and its keyed hash.
+            static LAST: RefCell<(u64, [u8; MAX], usize, u64)> =
+                const { RefCell::new((u64::MAX, [0; MAX], 0, 0)) };
+        }
+        let mut buf = [0u8; MAX];
+        let net = prefix.net();
+        buf[1] = net.prefix_len();
+        match net.addr() {
+            IpAddr::V4(a) => {
+                buf[0] = 4;
+                buf[2..6].copy_from_slice(&a.octets());
+            }
+            IpAddr::V6(a) => {
+                buf[0] = 6;
+                buf[2..18].copy_from_slice(&a.octets());
+            }
+        }
+        let id = project.as_str().as_bytes();
+        let n = 18 + id.len().min(63);
+        buf[18..n].copy_from_slice(&id[..n - 18]);
+        let source = LAST.with_borrow_mut(|last| {
+            if last.0 == self.id && last.2 == n && last.1[..n] == buf[..n] {
+                return last.3;
+            }
+            let mut h = self.hasher.build_hasher();
+            h.write(&buf[..n]);
+            let h = h.finish();
+            *last = (self.id, buf, n, h);
+            h
+        });
+        // splitmix64's finaliser over the source's hash and the signal.
+        let mut z = source ^ (signal as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 
     /// Count one event of `signal` from `ip` for `project`. When it reaches the trigger's
@@ -278,7 +331,7 @@ impl Detector {
         let Some(prefix) = source_prefix(signal, ip, trigger.ipv6_prefix) else {
             return false;
         };
-        let hash = self.hasher.hash_one((signal, project.as_str(), prefix));
+        let hash = self.key(signal, project, prefix);
         let sketch = self.sketch(u64::from(trigger.window_seconds) * 1000);
         let count = sketch.add(hash, now_ms);
         if count < trigger.threshold {

@@ -116,7 +116,7 @@ impl Gate for BotGate {
         // slashes merged). A `block` outranks every exemption, whatever the domain's bot mode.
         let normal = merge_slashes(req.uri().path());
         let path = normal.as_ref();
-        let now = now_ms();
+        let now = ctx.now;
         let ip = ctx.client_ip;
         let view = self.view.get();
         let decided = view.decision(&project.id, ip, now);
@@ -167,7 +167,13 @@ impl Gate for BotGate {
                 now,
                 cleared_at,
             );
-            if !req.headers().contains_key(USER_AGENT) || !req.headers().contains_key(ACCEPT) {
+            // One pass over the names the request has, not two lookups.
+            let (mut agent, mut accept) = (false, false);
+            for name in req.headers().keys() {
+                agent |= name == USER_AGENT;
+                accept |= name == ACCEPT;
+            }
+            if !agent || !accept {
                 d.count(
                     id,
                     Signal::MissingHeaders,
@@ -207,7 +213,7 @@ impl Gate for BotGate {
         if mode_of(ctx, project) != BotMode::Automatic || !status.is_client_error() {
             return;
         }
-        let (id, t, now) = (&project.id, &project.bot.triggers, now_ms());
+        let (id, t, now) = (&project.id, &project.bot.triggers, ctx.now);
         let cleared_at = ctx.cleared_at.get();
         self.detector.count(
             id,
