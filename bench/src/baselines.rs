@@ -254,7 +254,7 @@ pub fn block_list() -> &'static str {
 }
 
 /// A loopback address on [`block_list`].
-pub const BLOCKED_CLIENT: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
+pub const BLOCKED_CLIENT: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 254);
 
 /// Write [`block_list`] into `dir` as nginx's `geo` entries (`block.geo`) and HAProxy's ACL
 /// file (`block.lst`).

@@ -92,6 +92,23 @@ pub fn family(pid: u32) -> Vec<u32> {
 }
 
 /// CPU seconds of `pid` and its children so far.
+/// Wait until process `pid` is quiet (under 2% of a core over half a second) or `within`
+/// has passed; how long it took, and whether it did become quiet. A node that has just taken
+/// a large import is still compacting RocksDB and rebuilding its view for a while: CPU it
+/// spends on that is not the per-request cost a scenario measures.
+pub fn settle(pid: u32, within: std::time::Duration) -> (std::time::Duration, bool) {
+    let start = std::time::Instant::now();
+    let window = std::time::Duration::from_millis(500);
+    while start.elapsed() < within {
+        let before = cpu_seconds(pid);
+        std::thread::sleep(window);
+        if cpu_seconds(pid) - before < 0.02 * window.as_secs_f64() {
+            return (start.elapsed(), true);
+        }
+    }
+    (start.elapsed(), false)
+}
+
 pub fn family_cpu_seconds(pid: u32) -> f64 {
     family(pid).into_iter().map(cpu_seconds).sum()
 }
