@@ -841,7 +841,6 @@ fn refusal(status: StatusCode, detail: &str, https: bool) -> Answer {
             policy: crate::view::SecurityHeaders::defaults().clone(),
             https,
             request_id: None,
-            now_ms: palisade_raft::now_ms(),
         }),
     }
 }
@@ -978,9 +977,7 @@ async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
     }
     if !dated {
         wbuf.extend_from_slice(b"date: ");
-        // The second the request arrived in, when the pipeline read the clock for it.
-        let secs = finish.as_ref().map(|f| f.now_ms / 1000);
-        with_date(secs, |d| wbuf.extend_from_slice(d));
+        with_date(|d| wbuf.extend_from_slice(d));
         wbuf.extend_from_slice(b"\r\n");
     }
     if let Some(f) = &finish {
@@ -1118,22 +1115,20 @@ fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The `Date` value for `secs` (Unix seconds; `None`: now), formatted once a second per
-/// worker.
-fn with_date(secs: Option<u64>, f: impl FnOnce(&[u8])) {
+/// The `Date` value: when the response is written (RFC 9110 §6.6.1), formatted once a second
+/// per worker.
+fn with_date(f: impl FnOnce(&[u8])) {
     thread_local! {
         static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
     }
-    let secs = secs.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    });
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     DATE.with(|d| {
         let mut d = d.borrow_mut();
         if d.0 != secs {
-            let at = std::time::UNIX_EPOCH + Duration::from_secs(secs);
-            let text = httpdate::fmt_http_date(at);
+            let text = httpdate::fmt_http_date(now);
             let n = text.len().min(29);
             d.1[..n].copy_from_slice(&text.as_bytes()[..n]);
             d.0 = secs;

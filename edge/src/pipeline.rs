@@ -203,7 +203,7 @@ impl Pipeline {
                 json,
             );
             unrouted().count(resp.status());
-            return finish(resp, SecurityHeaders::defaults(), conn.https, id, now);
+            return finish(resp, SecurityHeaders::defaults(), conn.https, id);
         };
         let host = host.as_deref().unwrap_or_default();
         let route = view.route(host);
@@ -285,7 +285,7 @@ impl Pipeline {
             .map_or(unrouted(), |p| &p.counters)
             .count(resp.status());
         request_duration().record(started.elapsed().as_secs_f64());
-        finish(resp, headers, conn.https, id, now)
+        finish(resp, headers, conn.https, id)
     }
 
     /// Answer an ACME HTTP-01 challenge from the replicated state, whichever node the CA reaches.
@@ -391,7 +391,6 @@ fn finish(
     headers: &Arc<SecurityHeaders>,
     https: bool,
     id: RequestId,
-    now_ms: u64,
 ) -> Answer {
     Answer {
         response,
@@ -399,7 +398,6 @@ fn finish(
             policy: headers.clone(),
             https,
             request_id: Some(id),
-            now_ms,
         }),
     }
 }

@@ -149,8 +149,6 @@ pub struct Finish {
     pub https: bool,
     /// `None` for an answer given before a request had an id (a refused head).
     pub request_id: Option<RequestId>,
-    /// When the request arrived (Unix ms): its `Date` (the clock is read once per request).
-    pub now_ms: u64,
 }
 
 impl Finish {

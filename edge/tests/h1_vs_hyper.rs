@@ -594,7 +594,6 @@ async fn the_head_carries_the_same_security_fields_as_the_map_would() {
                 policy: Arc::new(SecurityHeaders::new(policy)),
                 https,
                 request_id: Some(id),
-                now_ms: palisade_raft::now_ms(),
             }),
         }
     };

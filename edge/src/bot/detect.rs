@@ -67,12 +67,14 @@ impl Sketch {
         self.window_ms / SLOTS as u64
     }
 
-    /// Make the slot of sub-window `epoch` current, clearing what it held before.
+    /// Make the slot of sub-window `epoch` current, clearing what it held before. A slot that
+    /// already holds a later sub-window is left as it is (an event timed before it, counted
+    /// late, goes into the later one): an old time never clears live counts.
     fn slot_for(&self, epoch: u64) -> usize {
         let slot = (epoch % SLOTS as u64) as usize;
-        if self.slot_epoch[slot].load(Ordering::Acquire) != epoch {
+        if self.slot_epoch[slot].load(Ordering::Acquire) < epoch {
             let _g = self.reset.lock().unwrap_or_else(|p| p.into_inner());
-            if self.slot_epoch[slot].load(Ordering::Acquire) != epoch {
+            if self.slot_epoch[slot].load(Ordering::Acquire) < epoch {
                 let base = slot * DEPTH * WIDTH;
                 for c in &self.cells[base..base + DEPTH * WIDTH] {
                     c.store(0, Ordering::Relaxed);
@@ -450,6 +452,22 @@ impl Detector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_counted_late_never_clears_a_later_sub_window() {
+        // A 4 s window: four 1 s sub-windows; 10.5 s and 6.5 s fall in the same slot.
+        let s = Sketch::new(4_000);
+        for n in 1..=5 {
+            assert_eq!(s.add(42, 10_500), n);
+        }
+        // An answer to a request that arrived at 6.5 s, counted now (a slow upload).
+        s.add(42, 6_500);
+        assert_eq!(
+            s.add(42, 10_500),
+            7,
+            "the live counts of 10 s are kept, the late one with them"
+        );
+    }
 
     fn project() -> ProjectId {
         "shop".parse().unwrap()

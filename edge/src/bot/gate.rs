@@ -213,7 +213,9 @@ impl Gate for BotGate {
         if mode_of(ctx, project) != BotMode::Automatic || !status.is_client_error() {
             return;
         }
-        let (id, t, now) = (&project.id, &project.bot.triggers, ctx.now);
+        // The clock now, not the request's arrival: an answer may come long after (a slow
+        // upload), and counting it in a sub-window already reused would clear that one.
+        let (id, t, now) = (&project.id, &project.bot.triggers, now_ms());
         let cleared_at = ctx.cleared_at.get();
         self.detector.count(
             id,
